@@ -1,0 +1,334 @@
+"""Typed configuration: dataclasses, YAML in and out, the paper's presets, unknown keys rejected.
+
+A config is built as: preset defaults -> YAML file (`--config`) -> `--set key=value` overrides ->
+explicit command-line flags. Keys are dotted paths into the dataclass tree (`train.epochs`,
+`has.gamma`). Nothing mutates a config after `resolve()`: the pipeline reads it, it never writes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from copl_dist.errors import InputError
+
+
+@dataclass
+class DataConfig:
+    train_subset: str = "validation"
+    test_subset: str = "test"
+    # Snippets sampled per training video (paper: 750 THUMOS, 50 ActivityNet). HAS and inference
+    # read every snippet of a video.
+    snippets: int = 750
+    # Videos shorter than this many snippets are rejected as too short.
+    min_snippets: int = 4
+
+
+@dataclass
+class ModelConfig:
+    feature_dim: int = 2048  # RGB (first half) | Flow (second half)
+    hidden_dim: int = 512
+    dropout: float = 0.5
+
+
+@dataclass
+class HASConfig:
+    enabled: bool = True  # False: every iteration clusters mean features (ablation "w/o HAS")
+    branch: str = "both"  # "both" (Eq. 2), "cs" (A_cs only) or "ca" (A_ca only)
+    voting: bool = True  # False: the last epoch's A_HAS alone (ablation "w/o voting")
+    gamma: float = 20.0  # k = max(1, floor(T / gamma)) (Eq. 3)
+    alpha: float = 0.9  # voting decay (Eq. 4)
+
+
+@dataclass
+class ClusterConfig:
+    plri: bool = True  # False: every clustered video is pseudo-labelled (ablation "w/o PLRI")
+    delta: float = 0.0  # PLRI threshold (Eqs. 9-10)
+    exact_max_n: int = 20000  # above this the FAISS/sparse path is used (issue 3)
+    knn: int = 30  # neighbours for the sparse path
+
+
+@dataclass
+class LossConfig:
+    cls: bool = True  # Eq. 15
+    asl: bool = True  # Eq. 16
+    ci: bool = True  # Eqs. 18-20
+    contrastive: bool = True  # L_C (AICL)
+    co: bool = True  # Eq. 21
+    q: float = 0.7
+    mu1: float = 5.0
+    mu2: float = 0.1
+    lambda1: float = 0.01
+    lambda2: float = 10.0
+    temperature: float = 0.1
+    contrast_ratio: float = 0.05  # top T/20 snippets per group
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 300
+    batch_size: int = 16
+    lr: float = 1e-4
+    weight_decay: float = 5e-4
+    ema_decay: float = 0.999
+    beta: float = 1.0 / 3.0  # Eq. 14
+    topl_ratio: float = 1.0 / 8.0  # l = T * topl_ratio
+    shift_channels: int = 512  # temporal feature shift, c
+    max_grad_norm: float = 10.0
+
+
+@dataclass
+class InferenceConfig:
+    class_threshold: float = 0.2  # keep classes whose video score exceeds this (at least the best)
+    thetas: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 10)])
+    nms_iou: float = 0.6
+    outer_ratio: float = 0.25  # outer margin = this share of the proposal length
+    class_score_weight: float = 0.25  # share of the video class score in a proposal's score
+    max_detections: int = 200  # per video, after NMS
+
+
+@dataclass
+class TrackingConfig:
+    tracking_uri: str = ""  # empty: $MLFLOW_TRACKING_URI, else sqlite:///OUT/mlflow.db
+    experiment: str = "copl"
+    registered_model: str = "copl-teacher"
+    log_model: bool = True
+
+
+@dataclass
+class CoplConfig:
+    preset: str = "thumos14"
+    mode: str = "utal"  # "utal" (clusters) or "wtal" (true video labels, one training)
+    iterations: int = 3
+    seed: int = 0
+    num_classes: int = 0  # 0: the number of classes in the corpus
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    has: HASConfig = field(default_factory=HASConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+# The paper's settings (4.1.3); everything else keeps the dataclass default.
+PRESETS: dict[str, dict[str, Any]] = {
+    "thumos14": {
+        "preset": "thumos14",
+        "data": {"train_subset": "validation", "test_subset": "test", "snippets": 750},
+        "has": {"gamma": 20.0, "alpha": 0.9},
+        "loss": {"lambda2": 10.0},
+        "train": {"epochs": 300, "batch_size": 16, "beta": 1.0 / 3.0, "topl_ratio": 1.0 / 8.0},
+    },
+    "anet12": {
+        "preset": "anet12",
+        "data": {"train_subset": "training", "test_subset": "validation", "snippets": 50},
+        "has": {"gamma": 2.0, "alpha": 0.5},
+        "loss": {"lambda2": 1.0},
+        "train": {"epochs": 30, "batch_size": 128, "beta": 0.5, "topl_ratio": 0.5},
+        "inference": {"nms_iou": 0.7},
+    },
+}
+
+# tIoU thresholds of each benchmark's protocol.
+PRESET_TIOUS: dict[str, list[float]] = {
+    "thumos14": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
+    "anet12": [round(0.5 + 0.05 * i, 2) for i in range(10)],
+}
+
+_CHOICES = {
+    "preset": tuple(PRESETS),
+    "mode": ("utal", "wtal"),
+    "has.branch": ("both", "cs", "ca"),
+}
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Check (and gently convert) one value against its annotated type."""
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif origin is list:
+        (item_hint,) = typing.get_args(hint)
+        if isinstance(value, str):
+            value = [v for v in value.strip("[]").split(",") if v.strip()]
+        if isinstance(value, (list, tuple)):
+            return [_coerce(v, item_hint, key, source) for v in value]
+    raise InputError(f"{source}: config key '{key}' expects {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _merge(obj: Any, updates: dict[str, Any], source: str, prefix: str = "") -> None:
+    hints = _type_hints(type(obj))
+    names = {f.name for f in fields(obj)}
+    for key, value in updates.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise InputError(f"{source}: unknown config key '{path}'")
+        current = getattr(obj, key)
+        if is_dataclass(current):
+            if not isinstance(value, dict):
+                raise InputError(f"{source}: config key '{path}' expects a mapping, got {value!r}")
+            _merge(current, value, source, prefix=f"{path}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], path, source))
+
+
+def _dotted_to_nested(key: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def parse_set(items: list[str]) -> list[tuple[str, Any]]:
+    """`--set key=value` items; values are parsed as YAML scalars or lists (`0.1`, `true`, `[1,2]`)."""
+    pairs = []
+    for item in items:
+        if "=" not in item:
+            raise InputError(f"--set: expected key=value, got '{item}'")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        pairs.append((key.strip(), value))
+    return pairs
+
+
+def validate(cfg: CoplConfig, source: str = "config") -> None:
+    """Value checks that types alone cannot express; the message quotes the bad value."""
+    for key, allowed in _CHOICES.items():
+        obj: Any = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            obj = getattr(obj, p)
+        value = getattr(obj, leaf)
+        if value not in allowed:
+            raise InputError(f"{source}: config key '{key}' must be one of {list(allowed)}, got '{value}'")
+    checks = [
+        (cfg.iterations >= 1, "iterations", cfg.iterations, ">= 1"),
+        (cfg.num_classes >= 0, "num_classes", cfg.num_classes, ">= 0"),
+        (cfg.train.epochs >= 1, "train.epochs", cfg.train.epochs, ">= 1"),
+        (cfg.train.batch_size >= 1, "train.batch_size", cfg.train.batch_size, ">= 1"),
+        (cfg.data.snippets >= 4, "data.snippets", cfg.data.snippets, ">= 4"),
+        (cfg.has.gamma >= 1, "has.gamma", cfg.has.gamma, ">= 1"),
+        (0 <= cfg.has.alpha < 1, "has.alpha", cfg.has.alpha, "in [0, 1)"),
+        (-1 <= cfg.cluster.delta <= 1, "cluster.delta", cfg.cluster.delta, "in [-1, 1]"),
+        (0 <= cfg.train.beta <= 1, "train.beta", cfg.train.beta, "in [0, 1]"),
+        (0 < cfg.train.topl_ratio <= 1, "train.topl_ratio", cfg.train.topl_ratio, "in (0, 1]"),
+        (0 <= cfg.train.ema_decay < 1, "train.ema_decay", cfg.train.ema_decay, "in [0, 1)"),
+        (cfg.model.feature_dim % 2 == 0, "model.feature_dim", cfg.model.feature_dim, "even (RGB | Flow)"),
+        (0 < cfg.inference.nms_iou <= 1, "inference.nms_iou", cfg.inference.nms_iou, "in (0, 1]"),
+    ]
+    for ok, key, value, rule in checks:
+        if not ok:
+            raise InputError(f"{source}: config key '{key}' must be {rule}, got {value!r}")
+
+
+def resolve(
+    preset: str = "thumos14",
+    config_file: str | Path | None = None,
+    sets: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> CoplConfig:
+    """Preset -> YAML file -> `--set` items -> explicit flags (dotted keys); validated."""
+    if preset not in PRESETS:
+        raise InputError(f"--preset: unknown preset '{preset}' (choose from {sorted(PRESETS)})")
+    cfg = CoplConfig()
+    _merge(cfg, PRESETS[preset], source=f"preset {preset}")
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise InputError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise InputError(f"{path}: expected a mapping of config keys at the top level")
+        file_preset = loaded.get("preset")
+        if file_preset is not None and file_preset != preset:
+            if file_preset not in PRESETS:
+                raise InputError(f"{path}: unknown preset '{file_preset}'")
+            cfg = CoplConfig()
+            _merge(cfg, PRESETS[file_preset], source=f"preset {file_preset}")
+        _merge(cfg, loaded, source=str(path))
+    for key, value in parse_set(sets or []):
+        _merge(cfg, _dotted_to_nested(key, value), source="--set")
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _merge(cfg, _dotted_to_nested(key, value), source=f"--{key.split('.')[-1]}")
+    validate(cfg, source=str(config_file) if config_file else "config")
+    return cfg
+
+
+def to_dict(cfg: CoplConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any], source: str = "config") -> CoplConfig:
+    cfg = CoplConfig()
+    _merge(cfg, data, source=source)
+    validate(cfg, source=source)
+    return cfg
+
+
+def to_yaml(cfg: CoplConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def config_hash(cfg: CoplConfig) -> str:
+    """A short stable hash of the resolved config (tags runs and registry versions)."""
+    blob = json.dumps(to_dict(cfg), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}: MLflow params and Tune keys use the dotted form."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
