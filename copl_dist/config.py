@@ -45,6 +45,9 @@ class HASConfig:
     voting: bool = True  # False: the last epoch's A_HAS alone (ablation "w/o voting")
     gamma: float = 20.0  # k = max(1, floor(T / gamma)) (Eq. 3)
     alpha: float = 0.9  # voting decay (Eq. 4)
+    # Vote over the last this many epochs of each training (0: every epoch, the paper). Each vote is a
+    # teacher pass over all training videos; with alpha = 0.9 a vote 30 epochs old weighs 0.04.
+    vote_last: int = 0
 
 
 @dataclass
@@ -77,7 +80,7 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-4
     weight_decay: float = 5e-4
-    ema_decay: float = 0.999
+    ema_decay: float = 0.999  # ramped up as min(decay, (1 + step) / (10 + step)): mean-teacher warm-up
     beta: float = 1.0 / 3.0  # Eq. 14
     topl_ratio: float = 1.0 / 8.0  # l = T * topl_ratio
     shift_channels: int = 512  # temporal feature shift, c
@@ -96,6 +99,7 @@ class InferenceConfig:
 
 @dataclass
 class TrackingConfig:
+    enabled: bool = True  # False: no MLflow at all (benchmarks that run many small pipelines)
     tracking_uri: str = ""  # empty: $MLFLOW_TRACKING_URI, else sqlite:///OUT/mlflow.db
     experiment: str = "copl"
     registered_model: str = "copl-teacher"
@@ -105,7 +109,9 @@ class TrackingConfig:
 @dataclass
 class CoplConfig:
     preset: str = "thumos14"
-    mode: str = "utal"  # "utal" (clusters) or "wtal" (true video labels, one training)
+    # "utal": the COPL iterations; "wtal": true video labels, one training; "baseline": spectral
+    # clustering of mean features and novelty-based snippets, no training (the plain baseline).
+    mode: str = "utal"
     iterations: int = 3
     seed: int = 0
     num_classes: int = 0  # 0: the number of classes in the corpus
@@ -146,7 +152,7 @@ PRESET_TIOUS: dict[str, list[float]] = {
 
 _CHOICES = {
     "preset": tuple(PRESETS),
-    "mode": ("utal", "wtal"),
+    "mode": ("utal", "wtal", "baseline"),
     "has.branch": ("both", "cs", "ca"),
 }
 
@@ -250,6 +256,7 @@ def validate(cfg: CoplConfig, source: str = "config") -> None:
         (cfg.train.epochs >= 1, "train.epochs", cfg.train.epochs, ">= 1"),
         (cfg.train.batch_size >= 1, "train.batch_size", cfg.train.batch_size, ">= 1"),
         (cfg.data.snippets >= 4, "data.snippets", cfg.data.snippets, ">= 4"),
+        (cfg.has.vote_last >= 0, "has.vote_last", cfg.has.vote_last, ">= 0"),
         (cfg.has.gamma >= 1, "has.gamma", cfg.has.gamma, ">= 1"),
         (0 <= cfg.has.alpha < 1, "has.alpha", cfg.has.alpha, "in [0, 1)"),
         (-1 <= cfg.cluster.delta <= 1, "cluster.delta", cfg.cluster.delta, "in [-1, 1]"),

@@ -1,0 +1,125 @@
+"""IOCNet (§3.4): a class-specific and a class-agnostic branch, the action selection score, and the
+EMA teacher.
+
+Shapes: x (B, T, D) with D = [RGB D/2 | Flow D/2]; CAS logits (B, T, C); attentions (B, T).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _agnostic_head(in_dim: int, hidden_dim: int, dropout: float) -> nn.Sequential:
+    """One modality of the class-agnostic branch: Conv(k=3) + ReLU + dropout, Conv(k=1) -> 1 logit."""
+    return nn.Sequential(
+        nn.Conv1d(in_dim, hidden_dim, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Conv1d(hidden_dim, 1, kernel_size=1),
+    )
+
+
+class IOCNet(nn.Module):
+    """Inner- and outer-consistency network: student and teacher share this architecture."""
+
+    def __init__(
+        self, num_classes: int, feature_dim: int = 2048, hidden_dim: int = 512, dropout: float = 0.5
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if feature_dim < 2 or feature_dim % 2:
+            raise ValueError(f"feature_dim must be even (RGB | Flow), got {feature_dim}")
+        self.num_classes = num_classes
+        self.feature_dim = feature_dim
+        self.hidden_dim = hidden_dim
+        # Class-specific branch on the concatenated features.
+        self.cs_conv = nn.Conv1d(feature_dim, hidden_dim, kernel_size=3, padding=1)
+        self.cs_dropout = nn.Dropout(dropout)
+        self.cs_classifier = nn.Conv1d(hidden_dim, num_classes, kernel_size=1)
+        # Class-agnostic branch: one head per modality (late fusion, Eq. 13).
+        half = feature_dim // 2
+        self.ca_rgb = _agnostic_head(half, hidden_dim, dropout)
+        self.ca_flow = _agnostic_head(half, hidden_dim, dropout)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """x (B, T, D) -> cas (B, T, C), a_cs (Eq. 11), a_ca_r / a_ca_f (Eq. 12), a_ca (Eq. 13),
+        embedding (B, T, H)."""
+        if x.dim() != 3 or x.shape[-1] != self.feature_dim:
+            raise ValueError(f"IOCNet expects (B, T, {self.feature_dim}) features, got {tuple(x.shape)}")
+        xc = x.transpose(1, 2)  # (B, D, T): Conv1d runs over time
+        hidden = F.relu(self.cs_conv(xc))  # (B, H, T)
+        cas = self.cs_classifier(self.cs_dropout(hidden)).transpose(1, 2)  # (B, T, C)
+        a_cs = torch.sigmoid(cas.sum(dim=-1))  # Eq. 11
+        half = self.feature_dim // 2
+        a_ca_r = torch.sigmoid(self.ca_rgb(xc[:, :half]).squeeze(1))  # Eq. 12, (B, T)
+        a_ca_f = torch.sigmoid(self.ca_flow(xc[:, half:]).squeeze(1))
+        return {
+            "cas": cas,
+            "a_cs": a_cs,
+            "a_ca_r": a_ca_r,
+            "a_ca_f": a_ca_f,
+            "a_ca": (a_ca_r + a_ca_f) / 2,  # Eq. 13
+            # Before dropout, so the contrastive loss sees the same embedding in train and eval mode.
+            "embedding": hidden.transpose(1, 2),  # (B, T, H)
+        }
+
+
+def selection_score(cas: Tensor, a_ca_r: Tensor, a_ca_f: Tensor, beta: float) -> Tensor:
+    """Action selection score h_cs (Eq. 14), (B, T, C).
+
+    h = beta * softmax_c(CAS) + (1 - beta) * (A^R + A^F) / 2: the (1 - beta) share is split equally
+    between the modalities, so beta = 1/3 gives ASL's (softmax + A^R + A^F) / 3 and h stays in [0, 1].
+    """
+    agnostic = (a_ca_r + a_ca_f) / 2  # (B, T)
+    return beta * torch.softmax(cas, dim=-1) + (1.0 - beta) * agnostic.unsqueeze(-1)
+
+
+def topl_count(T: int, ratio: float) -> int:
+    """l, the number of snippets selected per class: max(1, int(T * ratio)), at most T."""
+    return max(1, min(int(T), int(T * ratio)))
+
+
+def topl_indices(h_cs: Tensor, l: int) -> Tensor:
+    """(B, l, C) indices of each class's top-l snippets by h_cs; no gradient (a selection)."""
+    l = max(1, min(int(l), h_cs.shape[1]))
+    return torch.topk(h_cs.detach(), l, dim=1).indices
+
+
+def video_scores(cas: Tensor, h_cs: Tensor, l: int) -> Tensor:
+    """Video prediction p (B, C) for Eq. 15: softmax over classes of each class's mean CAS logit on
+    its top-l snippets by h_cs. The gradient flows through CAS only."""
+    idx = topl_indices(h_cs, l)  # (B, l, C)
+    pooled = cas.gather(1, idx).mean(dim=1)  # (B, C)
+    return torch.softmax(pooled, dim=-1)
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def make_teacher(student: M) -> M:
+    """The EMA teacher: a copy of the student with gradients off, in eval mode."""
+    teacher = copy.deepcopy(student)
+    teacher.eval()
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    return teacher
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
+    """teacher <- decay * teacher + (1 - decay) * student for parameters; buffers are copied."""
+    t_params = dict(teacher.named_parameters())
+    s_params = dict(student.named_parameters())
+    if t_params.keys() != s_params.keys():
+        raise ValueError("ema_update: teacher and student have different parameters")
+    for name, t_param in t_params.items():
+        t_param.mul_(decay).add_(s_params[name].detach(), alpha=1.0 - decay)
+    s_buffers = dict(student.named_buffers())
+    for name, t_buf in teacher.named_buffers():
+        t_buf.copy_(s_buffers[name])

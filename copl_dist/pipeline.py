@@ -1,0 +1,347 @@
+"""The COPL iteration driver: cluster -> PLRI -> train IOCNet -> HAS -> cluster again.
+
+Iteration 0 clusters mean snippet features (no model yet); every later iteration clusters the HAS
+global features voted by the previous iteration's teacher (Eqs. 1-5). Each iteration trains a fresh
+IOCNet, since cluster ids (and so the classifier's outputs) are not aligned between clusterings.
+The test set is evaluated after every iteration for the record (the paper's Fig. 4); nothing is
+selected on it: the reported model is the last one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from copl_dist import baseline as baseline_lib
+from copl_dist import has as has_lib
+from copl_dist.cluster import cluster_videos
+from copl_dist.config import PRESET_TIOUS, CoplConfig, to_dict
+from copl_dist.corpus import Corpus
+from copl_dist.engine import TeacherOutputs, infer_video, train_loop_per_worker
+from copl_dist.errors import InputError
+from copl_dist.localize import localize_video
+from copl_dist.metrics import ari, detection_map, hungarian_mapping, nmi, purity
+from copl_dist.model import IOCNet
+from copl_dist.seeding import STREAM_CLUSTER, derive_seed
+from copl_dist.tracking import Tracker
+
+TrainFn = Callable[..., dict[str, Any]]
+
+
+@dataclass
+class RunResult:
+    iterations: list[dict[str, Any]]
+    final: dict[str, float]
+    detections: dict[str, Any]
+    teacher_state: dict[str, torch.Tensor] | None
+    num_classes: int
+    cluster_to_class: dict[int, int]
+    traces: list[dict[str, Any]] = field(default_factory=list)
+    pseudo_labels: list[dict[str, Any]] = field(default_factory=list)
+
+
+def primary_labels(corpus: Corpus, video_ids: list[str]) -> np.ndarray:
+    """(N,) class index of each video's longest-annotated class; -1 for a video with none."""
+    index = {name: i for i, name in enumerate(corpus.classes)}
+    out = np.full(len(video_ids), -1, dtype=np.int64)
+    for n, vid in enumerate(video_ids):
+        totals: dict[str, float] = {}
+        for seg in corpus.segments(vid):
+            totals[seg.label] = totals.get(seg.label, 0.0) + (seg.end_s - seg.start_s)
+        if totals:
+            out[n] = index[max(sorted(totals), key=lambda k: totals[k])]
+    return out
+
+
+def label_targets(corpus: Corpus, video_ids: list[str]) -> np.ndarray:
+    """(N, C) true video labels as distributions (weakly-supervised mode)."""
+    index = {name: i for i, name in enumerate(corpus.classes)}
+    targets = np.zeros((len(video_ids), len(corpus.classes)), dtype=np.float32)
+    for n, vid in enumerate(video_ids):
+        for name in corpus.record(vid).labels:
+            targets[n, index[name]] = 1.0
+    sums = targets.sum(axis=1, keepdims=True)
+    return np.divide(targets, sums, out=np.zeros_like(targets), where=sums > 0)
+
+
+def cluster_metrics(primary: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    known = primary >= 0
+    if not known.any():
+        return {}
+    t, p = primary[known], labels[known]
+    return {"purity": purity(t, p), "nmi": nmi(t, p), "ari": ari(t, p)}
+
+
+def mean_features(corpus: Corpus, video_ids: list[str]) -> np.ndarray:
+    return np.stack([has_lib.mean_feature(corpus.features(v)) for v in video_ids])
+
+
+def has_features(corpus: Corpus, video_ids: list[str], votes: dict[str, np.ndarray]) -> np.ndarray:
+    """Eq. 5 for each video from its voted HAS attention."""
+    return np.stack([has_lib.global_feature(corpus.features(v), votes[v]) for v in video_ids])
+
+
+def load_teacher(state: dict[str, torch.Tensor], num_classes: int, cfg: CoplConfig) -> IOCNet:
+    model = IOCNet(num_classes, cfg.model.feature_dim, cfg.model.hidden_dim, cfg.model.dropout)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def localize_all(
+    corpus: Corpus,
+    video_ids: list[str],
+    cfg: CoplConfig,
+    outputs_for: Callable[[str], tuple[np.ndarray, np.ndarray]],
+    cluster_to_class: dict[int, int],
+) -> dict[str, Any]:
+    """Detections for every video, in the ActivityNet results format, labels after mapping."""
+    results: dict[str, list[dict[str, Any]]] = {}
+    for vid in video_ids:
+        h_cs, class_scores = outputs_for(vid)
+        duration = corpus.record(vid).duration_s
+        dets = localize_video(h_cs, class_scores, duration, cfg.inference)
+        results[vid] = [
+            {
+                "segment": [round(float(s), 3), round(float(e), 3)],
+                "label": corpus.classes[cluster_to_class[int(c)]],
+                "score": float(score),
+            }
+            for s, e, c, score in dets
+        ]
+    return {"version": "copl_dist", "results": results}
+
+
+def evaluate(corpus: Corpus, subset: str, detections: dict[str, Any], tious: list[float]) -> dict[str, float]:
+    """`map@<tIoU>` and `map@avg` in percent; empty if the subset has no annotations."""
+    gt = corpus.ground_truth(subset)
+    if not any(v["annotations"] for v in gt["database"].values()):
+        return {}
+    maps = detection_map(gt, detections, [f"{t:g}" for t in tious], subset=subset)
+    return {f"map@{k}": float(v) for k, v in maps.items()}
+
+
+def actionness_traces(
+    corpus: Corpus, video_ids: list[str], outputs: dict[str, TeacherOutputs], count: int = 3
+) -> list[dict[str, Any]]:
+    traces = []
+    for vid in [v for v in video_ids if corpus.segments(v)][:count]:
+        out = outputs[vid]
+        top = int(np.argmax(out.class_scores))
+        traces.append(
+            {
+                "video_id": vid,
+                "duration_s": corpus.record(vid).duration_s,
+                "actionness": out.h_cs[:, top],
+                "a_ca": out.a_ca,
+                "a_cs": out.a_cs,
+                "segments": [(s.start_s, s.end_s) for s in corpus.segments(vid)],
+            }
+        )
+    return traces
+
+
+class CoplRun:
+    """One `copl run`: its config, corpus and tracker; `execute()` runs the mode the config names."""
+
+    def __init__(
+        self,
+        cfg: CoplConfig,
+        corpus: Corpus,
+        tracker: Tracker | None = None,
+        train_fn: TrainFn = train_loop_per_worker,
+        progress: bool = True,
+        on_iteration: Callable[[list[dict[str, Any]]], None] | None = None,
+    ):
+        self.cfg = cfg
+        self.corpus = corpus
+        self.tracker = tracker
+        self.train_fn = train_fn
+        self.progress = progress
+        self.on_iteration = on_iteration
+        self.train_ids = corpus.video_ids(cfg.data.train_subset)
+        self.test_ids = corpus.video_ids(cfg.data.test_subset)
+        self.num_classes = cfg.num_classes or len(corpus.classes)
+        if len(corpus.classes) == 0:
+            raise InputError(f"{corpus.root}: the corpus has no annotated classes, so the number of clusters is unknown")
+        if len(self.train_ids) < self.num_classes:
+            raise InputError(
+                f"{corpus.root}: subset '{cfg.data.train_subset}' has {len(self.train_ids)} videos, "
+                f"fewer than the {self.num_classes} clusters"
+            )
+        self.tious = PRESET_TIOUS[cfg.preset]
+        self.primary = primary_labels(corpus, self.train_ids)
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _log(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self.tracker is not None:
+            self.tracker.log_metrics(metrics, step=step)
+
+    def _train(self, targets: np.ndarray, labelled: np.ndarray, iteration: int, collect_votes: bool) -> dict[str, Any]:
+        bar = tqdm(total=self.cfg.train.epochs, desc=f"iteration {iteration} training", disable=not self.progress, leave=False)
+
+        def report(metrics: dict[str, float], _checkpoint: Any = None) -> None:
+            epoch = int(metrics["epoch"])
+            self._log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+            bar.update(1)
+
+        config = {
+            "cfg": to_dict(self.cfg),
+            "corpus": str(self.corpus.root),
+            "video_ids": self.train_ids,
+            "targets": targets,
+            "labelled": labelled,
+            "num_classes": targets.shape[1],
+            "iteration": iteration,
+            "collect_votes": collect_votes,
+        }
+        try:
+            return self.train_fn(config, report=report)
+        finally:
+            bar.close()
+
+    def _model_detections(
+        self, teacher: IOCNet, cluster_to_class: dict[int, int]
+    ) -> tuple[dict[str, Any], dict[str, TeacherOutputs]]:
+        outputs = {
+            vid: infer_video(teacher, self.corpus.features(vid), self.cfg.train.beta, self.cfg.train.topl_ratio)
+            for vid in tqdm(self.test_ids, desc="inference", disable=not self.progress, leave=False)
+        }
+        dets = localize_all(
+            self.corpus, self.test_ids, self.cfg, lambda v: (outputs[v].h_cs, outputs[v].class_scores), cluster_to_class
+        )
+        return dets, outputs
+
+    def _mapping(self, labels: np.ndarray) -> dict[int, int]:
+        known = self.primary >= 0
+        return hungarian_mapping(labels[known], self.primary[known], self.num_classes)
+
+    # -- modes ---------------------------------------------------------------------------------
+    def execute(self) -> RunResult:
+        return {"utal": self._utal, "wtal": self._wtal, "baseline": self._baseline}[self.cfg.mode]()
+
+    def _utal(self) -> RunResult:
+        cfg = self.cfg
+        features = mean_features(self.corpus, self.train_ids)
+        iterations: list[dict[str, Any]] = []
+        result: RunResult | None = None
+        for it in range(cfg.iterations):
+            started = time.perf_counter()
+            ctx = self.tracker.iteration_run(it) if self.tracker else _null()
+            with ctx:
+                labels, scores, mask = cluster_videos(
+                    features, self.num_classes, derive_seed(cfg.seed, STREAM_CLUSTER, it), cfg.cluster.delta, cfg.cluster.plri
+                )
+                record: dict[str, Any] = {"iteration": it, **cluster_metrics(self.primary, labels)}
+                record["num_pseudo_labelled"] = int(mask.sum())
+                record["num_unlabelled"] = int((~mask).sum())
+                targets = np.eye(self.num_classes, dtype=np.float32)[labels] * mask[:, None]
+                collect = cfg.has.enabled and it < cfg.iterations - 1
+                trained = self._train(targets, mask, it, collect_votes=collect)
+                history = trained["history"]
+                record["losses"] = {k: float(np.mean([h[k] for h in history])) for k in history[0] if k != "epoch"}
+                teacher = load_teacher(trained["teacher"], self.num_classes, cfg)
+                mapping = self._mapping(labels)
+                dets, outputs = self._model_detections(teacher, mapping)
+                record.update(evaluate(self.corpus, cfg.data.test_subset, dets, self.tious))
+                record["seconds"] = time.perf_counter() - started
+                self._log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "iteration"})
+                iterations.append(record)
+                pseudo = [
+                    {"video_id": v, "cluster": int(labels[n]), "plri_score": float(scores[n]), "pseudo_labelled": bool(mask[n])}
+                    for n, v in enumerate(self.train_ids)
+                ]
+                result = RunResult(
+                    iterations=iterations,
+                    final={k: v for k, v in record.items() if k.startswith("map@")},
+                    detections=dets,
+                    teacher_state=trained["teacher"],
+                    num_classes=self.num_classes,
+                    cluster_to_class=mapping,
+                    traces=actionness_traces(self.corpus, self.test_ids, outputs),
+                    pseudo_labels=pseudo,
+                )
+                if self.on_iteration:
+                    self.on_iteration(iterations)
+            if collect:
+                features = has_features(self.corpus, self.train_ids, trained["votes"])
+            elif not cfg.has.enabled:
+                features = mean_features(self.corpus, self.train_ids)
+        assert result is not None
+        return result
+
+    def _wtal(self) -> RunResult:
+        started = time.perf_counter()
+        targets = label_targets(self.corpus, self.train_ids)
+        labelled = targets.sum(axis=1) > 0
+        ctx = self.tracker.iteration_run(0) if self.tracker else _null()
+        with ctx:
+            trained = self._train(targets, labelled, 0, collect_votes=False)
+            history = trained["history"]
+            teacher = load_teacher(trained["teacher"], len(self.corpus.classes), self.cfg)
+            identity = {c: c for c in range(len(self.corpus.classes))}
+            dets, outputs = self._model_detections(teacher, identity)
+            record: dict[str, Any] = {"iteration": 0, "num_pseudo_labelled": int(labelled.sum()), "num_unlabelled": int((~labelled).sum())}
+            record["losses"] = {k: float(np.mean([h[k] for h in history])) for k in history[0] if k != "epoch"}
+            record.update(evaluate(self.corpus, self.cfg.data.test_subset, dets, self.tious))
+            record["seconds"] = time.perf_counter() - started
+            self._log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "iteration"})
+        if self.on_iteration:
+            self.on_iteration([record])
+        return RunResult(
+            iterations=[record],
+            final={k: v for k, v in record.items() if k.startswith("map@")},
+            detections=dets,
+            teacher_state=trained["teacher"],
+            num_classes=len(self.corpus.classes),
+            cluster_to_class=identity,
+            traces=actionness_traces(self.corpus, self.test_ids, outputs),
+        )
+
+    def _baseline(self) -> RunResult:
+        started = time.perf_counter()
+        cfg = self.cfg
+        features = mean_features(self.corpus, self.train_ids)
+        labels, scores, _ = cluster_videos(
+            features, self.num_classes, derive_seed(cfg.seed, STREAM_CLUSTER, 0), cfg.cluster.delta, plri=False
+        )
+        mapping = self._mapping(labels)
+        centroids = baseline_lib.cluster_centroids(features, labels, self.num_classes)
+        test_features = mean_features(self.corpus, self.test_ids)
+        assigned = baseline_lib.assign_to_centroids(test_features, centroids)
+
+        def outputs_for(vid: str) -> tuple[np.ndarray, np.ndarray]:
+            n = self.test_ids.index(vid)
+            actionness = baseline_lib.novelty(self.corpus.features(vid))
+            class_scores = np.zeros(self.num_classes)
+            class_scores[assigned[n]] = 1.0
+            return np.repeat(actionness[:, None], self.num_classes, axis=1), class_scores
+
+        dets = localize_all(self.corpus, self.test_ids, cfg, outputs_for, mapping)
+        record: dict[str, Any] = {"iteration": 0, **cluster_metrics(self.primary, labels)}
+        record.update(evaluate(self.corpus, cfg.data.test_subset, dets, self.tious))
+        record["seconds"] = time.perf_counter() - started
+        self._log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "iteration"})
+        return RunResult(
+            iterations=[record],
+            final={k: v for k, v in record.items() if k.startswith("map@")},
+            detections=dets,
+            teacher_state=None,
+            num_classes=self.num_classes,
+            cluster_to_class=mapping,
+        )
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None

@@ -1,0 +1,270 @@
+"""Synthetic corpora with the statistics and the difficulty of THUMOS'14 and ActivityNet 1.2.
+
+Layout (per video v; times in seconds, then multiplied by `duration_scale`):
+  thumos14: duration D_v ~ LogNormal(ln 155, 0.85), clipped to [20, 1200];
+            segment count n_v = 1 + NegBin(mean (m - 1) D_v / E[D], r = 1.2) with m = 15.4
+            (heavy-tailed: median about 9); lengths L ~ LogNormal(ln 3, 0.84) clipped to [0.5, 60],
+            later ones dropped while sum L > 0.85 D_v.  Action fraction comes out near 0.3.
+  anet12:   D_v ~ 6 + 230 Beta(1.1, 1.2) (mean about 116); n_v = 1 + NegBin(0.49, r = 0.3);
+            action fraction f_v ~ Beta(2.2, 1) if n_v = 1 else Beta(2, 2); L = f_v D_v Dirichlet(1).
+  Both: the background time D_v - sum L is cut into n_v + 1 gaps by Dirichlet(1), so segments lie
+  inside [0, D_v] and never overlap.  A video has one class c_v; with probability p2 (13% / 0.14%)
+  and n_v >= 3 a second class (a group-mate of c_v with probability 0.7) takes a minority of the
+  segments, so the first class is the primary one (the most segments).
+
+Features.  d = feature_dim / 2; every vector below is a unit vector in each d-dim block
+([RGB | Flow]), drawn once per corpus (g, P, O, e) or once per video (s_v, w_v):
+  class vectors   u_c = normalise(P_{c // 4} + rho O_c), rho = 0.7: classes come in confusable groups
+                  of four (same-group cosine about 0.67, other groups about 0).
+  snippet t of T covers [t, t+1] D_v / T; a_t(c) = intensity-weighted share of the snippet covered by
+  class-c actions (intensity ~ LogNormal(0, 0.25) per segment), a_t = sum_c a_t(c) (soft boundaries);
+  r_t(c) = share covered by class-c "context" (a window of LogNormal(ln 0.8 L_med, 0.5) seconds just
+  before and after each action, inside its gap); q_t = share covered by "unrelated motion" intervals
+  (about one per 40 s of background, LogNormal(ln L_med, 0.6) long, placed in the background).
+
+  x_t = beta g                                   global background (the I3D mean)
+      + sigma_s (1 - lam a_t) s_v                per-video scene, shared by all snippets, lam = 0.5
+      + sum_c a_t(c) [kappa_R u_c^R | kappa_F u_c^F] + a_t [eta_R e^R | eta_F e^F]    action
+      + sum_c (1 - a_t) r_t(c) [kappa_x u_c^R | 0]                                  class context
+      + (1 - a_t) q_t [0 | mu normalise(e^F + w_v^F)]                               unrelated motion
+      + sigma_n (z_t + phi z_{t-1}) / sqrt(1 + phi^2),   z ~ N(0, I)                 MA(1) noise
+
+  with sigma_s larger than the class signal, so the L2-normalised mean feature of a video is ruled by
+  its scene (clustering it gives a low NMI), while the mean over the action snippets alone is ruled by
+  the class (high NMI) - the gap HAS exploits.  Context carries class evidence in RGB outside the
+  annotations (misleads the class-specific branch); motion carries action-like Flow energy without a
+  class (misleads the class-agnostic Flow branch, RGB disagrees).  Noise keeps a per-snippet linear
+  probe for action vs background imperfect (about 90%).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from copl_dist.errors import InputError
+
+PRESETS = {
+    "thumos14": {
+        "subsets": (("validation", 200), ("test", 210)), "classes": 20, "layout": "count",
+        "two_class_p": 0.13, "action_median_s": 3.0,
+    },
+    "anet12": {
+        "subsets": (("training", 4819), ("validation", 2383)), "classes": 100, "layout": "fraction",
+        "two_class_p": 0.0014, "action_median_s": 28.0,
+    },
+}
+GROUP_SIZE = 4
+# Feature amplitudes, in units of the per-dimension noise (see the module docstring).
+RHO = 0.7  # class offset relative to its group prototype
+BETA = 6.0  # global background
+SIGMA_S = (5.0, 3.0)  # scene, (RGB, Flow)
+TAU = 1.0  # per-video scene jitter around its scene type
+SCENE_TYPES = 1.0  # scene types per class
+LAM = 0.5  # scene attenuation on action snippets (the actor covers the scene)
+KAPPA = (3.0, 3.0)  # class signal on action snippets
+ETA = (1.0, 2.0)  # generic actionness on action snippets
+KAPPA_CTX = 1.8  # class context in RGB around actions
+MU = 2.5  # unrelated motion in Flow
+SIGMA_N = 1.0
+PHI = 0.5  # temporal correlation of the noise
+SCALE = 0.25  # overall feature scale (keeps values I3D-like, a few tenths per dimension)
+
+
+def make_synthetic(out_dir, preset: str = "thumos14", videos: int | None = None,
+                   classes: int | None = None, seed: int = 0, snippets_per_second: float = 25 / 16,
+                   feature_dim: int = 2048, duration_scale: float = 1.0,
+                   progress: bool = False) -> Path:
+    """Write `out_dir/annotations.json` (ActivityNet "database") and `out_dir/features/VIDEO.npy`.
+
+    `videos` is the count per subset (default: the real ones), `classes` the class count (default
+    20 / 100). Features are float32 (T, feature_dim) = [RGB | Flow], T = max(8, round(D * sps)).
+    The directory appears whole (built in a temporary sibling, then renamed); a seed fixes every byte.
+    """
+    if preset not in PRESETS:
+        raise InputError(f"unknown synthetic preset '{preset}' (known: {', '.join(PRESETS)})")
+    p = PRESETS[preset]
+    n_classes = p["classes"] if classes is None else int(classes)
+    if n_classes < 1:
+        raise InputError(f"synthetic classes must be >= 1, got {classes}")
+    if videos is not None and int(videos) < 1:
+        raise InputError(f"synthetic videos per subset must be >= 1, got {videos}")
+    if feature_dim < 2 or feature_dim % 2:
+        raise InputError(f"synthetic feature_dim must be even and >= 2 ([RGB | Flow]), got {feature_dim}")
+    if not snippets_per_second > 0 or not duration_scale > 0:
+        raise InputError("synthetic snippets_per_second and duration_scale must be > 0")
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"{out}: already exists and is not an empty directory")
+    subsets = [(name, p["subsets"][i][1] if videos is None else int(videos))
+               for i, (name, _) in enumerate(p["subsets"])]
+    names = [f"class_{c:0{max(2, len(str(n_classes - 1)))}d}" for c in range(n_classes)]
+
+    root = np.random.SeedSequence(seed)
+    corpus_ss, *subset_ss = root.spawn(1 + len(subsets))
+    basis = _corpus_vectors(np.random.default_rng(corpus_ss), n_classes, feature_dim // 2)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        (tmp / "features").mkdir()
+        database = {}
+        jobs, primaries = [], {}
+        for (sub, n), sss in zip(subsets, subset_ss):
+            primary_ss, videos_ss = sss.spawn(2)
+            primaries[sub] = _balanced(np.random.default_rng(primary_ss), n, n_classes)
+            jobs += [(sub, i, ss) for i, ss in enumerate(videos_ss.spawn(n))]
+        it = jobs
+        if progress:
+            from tqdm import tqdm
+            it = tqdm(jobs, desc="synth", unit="video")
+        for sub, i, ss in it:
+            rng = np.random.default_rng(ss)
+            vid = f"video_{sub}_{i + 1:07d}"
+            dur_s, segs = _layout(rng, p, int(primaries[sub][i]), n_classes, duration_scale)
+            t = max(8, int(round(dur_s * snippets_per_second)))
+            x = _features(rng, basis, dur_s, segs, t, p["action_median_s"] * duration_scale)
+            np.save(tmp / "features" / f"{vid}.npy", x)
+            database[vid] = {
+                "subset": sub, "duration": dur_s,
+                "annotations": [{"segment": [s, e], "label": names[c]} for s, e, c in segs],
+            }
+        text = json.dumps({"database": database}, indent=1) + "\n"
+        (tmp / "annotations.json").write_text(text)
+        if out.exists():
+            out.rmdir()  # empty (checked above); rename cannot replace a directory on every OS
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _balanced(rng, n, n_classes):
+    """Primary classes as even as the count allows (each class about n / C videos), shuffled."""
+    return rng.permutation(np.resize(np.arange(n_classes), n))
+
+
+def _corpus_vectors(rng, n_classes, d):
+    """Unit vectors per block: global g, class u (C, 2d), actionness e (2d,)."""
+    def unit(*shape):
+        v = rng.standard_normal(shape + (2, d))
+        return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+    g = np.abs(unit())  # non-negative, like the mean of post-ReLU I3D features
+    n_groups = -(-n_classes // GROUP_SIZE)
+    protos = unit(n_groups)[np.arange(n_classes) // GROUP_SIZE]
+    u = protos + RHO * unit(n_classes)
+    u /= np.linalg.norm(u, axis=-1, keepdims=True)
+    scenes = unit(max(2, round(SCENE_TYPES * n_classes)))  # (K, 2, d), drawn independently of class
+    return {"g": g.reshape(-1), "u": u.reshape(n_classes, -1), "e": unit().reshape(-1), "d": d,
+            "scenes": scenes}
+
+
+def _layout(rng, p, primary, n_classes, scale):
+    """(duration_s, [(start_s, end_s, class)]) for one video, rounded to 0.01 s; see the docstring."""
+    if p["layout"] == "count":
+        dur = float(np.clip(rng.lognormal(math.log(155.0), 0.85), 20.0, 1200.0))
+        mean_dur = 155.0 * math.exp(0.85**2 / 2)
+        mu, r = 14.4 * dur / mean_dur, 1.2
+        n = 1 + int(rng.negative_binomial(r, r / (r + mu)))
+        lengths = np.clip(rng.lognormal(math.log(3.0), 0.84, n), 0.5, 60.0)
+        keep = max(1, int(np.searchsorted(np.cumsum(lengths), 0.85 * dur, side="right")))
+        lengths = lengths[:keep]
+        lengths[0] = min(lengths[0], 0.85 * dur)
+    else:
+        dur = 6.0 + 230.0 * float(rng.beta(1.1, 1.2))
+        r, mu = 0.3, 0.49
+        n = 1 + int(rng.negative_binomial(r, r / (r + mu)))
+        n = min(n, int(dur // 2))
+        frac = rng.beta(2.2, 1.0) if n == 1 else rng.beta(2.0, 2.0)
+        frac = float(np.clip(frac, 0.05, 0.95))
+        lengths = np.maximum(frac * dur * rng.dirichlet(np.ones(n)), 0.5)
+        lengths *= min(1.0, 0.95 * dur / lengths.sum())
+    n = len(lengths)
+    gaps = (dur - lengths.sum()) * rng.dirichlet(np.ones(n + 1))
+    starts = np.cumsum(np.concatenate([[0.0], lengths[:-1]])) + np.cumsum(gaps[:-1])
+    cls = np.full(n, primary)
+    if n >= 3 and n_classes > 1 and rng.random() < p["two_class_p"]:
+        group = primary // GROUP_SIZE * GROUP_SIZE
+        mates = [c for c in range(group, min(group + GROUP_SIZE, n_classes)) if c != primary]
+        if mates and rng.random() < 0.7:
+            second = int(rng.choice(mates))
+        else:
+            second = int((primary + rng.integers(1, n_classes)) % n_classes)
+        k = int(np.clip(rng.binomial(n, 0.3), 1, (n - 1) // 2))
+        cls[rng.choice(n, k, replace=False)] = second
+    # Round to 0.01 s, keeping order: floor starts, floor ends, so no overlap and ends <= duration.
+    dur = round(dur * scale, 2)
+    s = np.floor(starts * scale * 100) / 100
+    e = np.minimum(np.floor((starts + lengths) * scale * 100) / 100, dur)
+    segs = [(float(a), float(b), int(c)) for a, b, c in zip(s, e, cls) if b > a]
+    if not segs:  # a very small duration_scale rounded the action away: keep one tiny action
+        segs = [(0.0, max(0.01, round(dur / 2, 2)), int(primary))]
+    return dur, segs
+
+
+def _coverage(t0, t1, starts, ends):
+    """(T, K) share of each snippet [t0, t1) covered by each interval [start, end)."""
+    lo = np.maximum(t0[:, None], starts[None, :])
+    hi = np.minimum(t1[:, None], ends[None, :])
+    return np.clip(hi - lo, 0.0, None) / (t1 - t0)[:, None]
+
+
+def _features(rng, basis, dur, segs, t, action_median_s):
+    """(T, 2d) float32 snippet features of one video (the model in the module docstring)."""
+    d = basis["d"]
+    edges = np.arange(t + 1) * (dur / t)
+    t0, t1 = edges[:-1], edges[1:]
+    s = np.array([a for a, _, _ in segs])
+    e = np.array([b for _, b, _ in segs])
+    cls = np.array([c for _, _, c in segs])
+    present = np.unique(cls)
+    onehot = (cls[:, None] == present[None, :]).astype(float)  # (n, Cv)
+    intensity = rng.lognormal(0.0, 0.25, len(segs))
+    act = _coverage(t0, t1, s, e) @ (onehot * intensity[:, None])  # (T, Cv)
+    a = act.sum(1)
+    inside = np.minimum(_coverage(t0, t1, s, e).sum(1), 1.0)
+
+    # Context windows before / after each action, inside the neighbouring gaps.
+    prev_end = np.concatenate([[0.0], e[:-1]])
+    next_start = np.concatenate([s[1:], [dur]])
+    w = rng.lognormal(math.log(0.8 * action_median_s), 0.5, (2, len(segs)))
+    cs = np.concatenate([np.maximum(prev_end, s - w[0]), e])
+    ce = np.concatenate([s, np.minimum(next_start, e + w[1])])
+    ctx = np.minimum(_coverage(t0, t1, cs, ce) @ np.vstack([onehot, onehot]), 1.0)
+    ctx *= (1.0 - inside)[:, None]
+
+    # Unrelated motion: about one interval per 40 s of background, anywhere outside actions.
+    n_motion = rng.poisson(max(dur - (e - s).sum(), 0.0) / 40.0)
+    ms = rng.uniform(0.0, dur, n_motion)
+    me = ms + rng.lognormal(math.log(action_median_s), 0.6, n_motion)
+    q = np.minimum(_coverage(t0, t1, ms, me).sum(1), 1.0) * (1.0 - inside)
+
+    rgb = np.zeros(2 * d)
+    rgb[:d] = 1.0
+    flow = 1.0 - rgb
+    u = basis["u"][present]  # (Cv, 2d)
+    jitter = rng.standard_normal((2, d))
+    scene = basis["scenes"][rng.integers(len(basis["scenes"]))] + TAU * jitter / np.linalg.norm(
+        jitter, axis=1, keepdims=True)
+    scene = (scene / np.linalg.norm(scene, axis=1, keepdims=True) * np.array(SIGMA_S)[:, None])
+    scene = scene.reshape(-1)
+    wv = rng.standard_normal(d)
+    motion = basis["e"][d:] + wv / np.linalg.norm(wv)
+    motion = np.concatenate([np.zeros(d), MU * motion / np.linalg.norm(motion)])
+    kappa = np.where(rgb > 0, KAPPA[0], KAPPA[1])
+    eta = np.where(rgb > 0, ETA[0], ETA[1])
+    rows = [BETA * basis["g"], scene, *(kappa * u), *(KAPPA_CTX * u * rgb), eta * basis["e"], motion]
+    coef = np.column_stack([np.ones(t), 1.0 - LAM * inside, act, ctx, a, q])  # (T, K)
+    x = (coef @ np.vstack(rows)).astype(np.float32)
+    z = rng.standard_normal((t + 1, 2 * d), dtype=np.float32)
+    x += (SIGMA_N / math.sqrt(1 + PHI**2)) * (z[1:] + PHI * z[:-1])
+    x *= SCALE
+    return x

@@ -1,0 +1,106 @@
+"""MLflow tracking: one parent run per `copl run`, one nested run per COPL iteration.
+
+Default store: a SQLite file under the output folder (the model registry needs a database store),
+with artifacts beside it. `MLFLOW_TRACKING_URI` (or `tracking.tracking_uri`) points it elsewhere.
+Metric keys are the project's own (`map@0.5`, `nmi`); MLflow forbids '@', so it sees `map_at_0.5`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from copl_dist.config import TrackingConfig, flatten
+
+logging.getLogger("mlflow").setLevel(logging.WARNING)
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def mlflow_key(key: str) -> str:
+    """The MLflow spelling of a metric key ('map@0.5' -> 'map_at_0.5')."""
+    return key.replace("@", "_at_")
+
+
+def resolve_tracking_uri(cfg: TrackingConfig, out_dir: Path) -> str:
+    if cfg.tracking_uri:
+        return cfg.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(out_dir / 'mlflow.db').resolve()}"
+
+
+class Tracker:
+    """A thin, explicit wrapper: the pipeline says what to log, this says where."""
+
+    def __init__(self, cfg: TrackingConfig, out_dir: Path):
+        self.cfg = cfg
+        self.out_dir = out_dir
+        self.enabled = cfg.enabled
+        self.uri = resolve_tracking_uri(cfg, out_dir) if self.enabled else ""
+        self.parent_run_id: str | None = None
+        self._mlflow: Any = None
+
+    def _setup(self) -> Any:
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        client = mlflow.MlflowClient()
+        exp = client.get_experiment_by_name(self.cfg.experiment)
+        if exp is None:
+            # A local store keeps artifacts beside its database; a server decides for itself.
+            location = None
+            if self.uri.startswith("sqlite:///") and not self.cfg.tracking_uri:
+                location = (self.out_dir / "mlartifacts").resolve().as_uri()
+            client.create_experiment(self.cfg.experiment, artifact_location=location)
+        mlflow.set_experiment(self.cfg.experiment)
+        return mlflow
+
+    @contextmanager
+    def parent_run(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        self._mlflow = self._setup()
+        with self._mlflow.start_run(run_name=run_name, tags=tags) as run:
+            self.parent_run_id = run.info.run_id
+            self._mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
+            yield
+
+    @contextmanager
+    def iteration_run(self, iteration: int) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        with self._mlflow.start_run(run_name=f"iteration-{iteration}", nested=True):
+            self._mlflow.log_param("iteration", iteration)
+            yield
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if not self.enabled:
+            return
+        clean = {mlflow_key(k): float(v) for k, v in metrics.items() if v is not None}
+        self._mlflow.log_metrics(clean, step=step)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if self.enabled and path.exists():
+            self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def log_teacher(self, model: Any, example: Any) -> str | None:
+        """Log the teacher as an MLflow PyTorch model; returns its model URI."""
+        if not (self.enabled and self.cfg.log_model):
+            return None
+        import mlflow.pytorch
+        import torch
+
+        info = mlflow.pytorch.log_model(
+            model,
+            name="teacher",
+            input_example=example,
+            # Explicit requirements: inferring them costs ~10 s per call.
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "copl-dist"],
+        )
+        return str(info.model_uri)

@@ -1,0 +1,224 @@
+"""End to end through the `copl` command: outputs, MLflow, determinism, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from copl_dist.cli import main
+from copl_dist.synth import make_synthetic
+
+# A tiny schedule: the point is the plumbing, not the numbers.
+TINY = ["--iterations", "2", "--epochs", "2", "--snippets", "32", "--no-progress",
+        "--set", "train.batch_size=4", "--set", "model.hidden_dim=32", "--set", "train.shift_channels=64"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "synth"
+    make_synthetic(root, preset="thumos14", videos=10, classes=3, seed=0, duration_scale=0.15)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "out"
+    assert main(["run", "--data", str(tiny_data), "--out", str(out), *TINY]) == 0
+    return out
+
+
+def test_run_writes_every_output(tiny_run, tiny_data):
+    dets = json.loads((tiny_run / "detections.json").read_text())
+    gt = json.loads((tiny_data / "annotations.json").read_text())["database"]
+    test_ids = {v for v, rec in gt.items() if rec["subset"] == "test"}
+    assert set(dets["results"]) == test_ids
+    classes = {a["label"] for rec in gt.values() for a in rec["annotations"]}
+    for items in dets["results"].values():
+        for d in items:
+            assert d["label"] in classes and d["segment"][0] < d["segment"][1] and np.isfinite(d["score"])
+
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert metrics["complete"] is True and len(metrics["iterations"]) == 2
+    for it in metrics["iterations"]:
+        for key in ("purity", "nmi", "ari", "num_pseudo_labelled", "num_unlabelled", "map@avg", "map@0.5"):
+            assert key in it
+        assert it["num_pseudo_labelled"] + it["num_unlabelled"] == 10
+        assert set(it["losses"]) == {"loss", "cls", "asl", "ci", "contrastive", "co"}
+    assert set(metrics["final"]) == {f"map@{t}" for t in ("0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "avg")}
+    assert metrics["final"]["map@avg"] == pytest.approx(np.mean([metrics["final"][f"map@0.{i}"] for i in range(1, 8)]))
+
+    assert "hidden_dim: 32" in (tiny_run / "config.yaml").read_text()
+    ckpt = torch.load(tiny_run / "teacher.pt", weights_only=True)
+    assert ckpt["num_classes"] == 3 and ckpt["config"]["model"]["hidden_dim"] == 32
+    assert sorted(ckpt["cluster_to_class"]) == [0, 1, 2]
+    for name in ("iterations.png", "actionness.png"):
+        assert (tiny_run / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+    table = pq.read_table(tiny_run / "pseudo_labels.parquet").to_pylist()
+    assert len(table) == 10 and {"video_id", "cluster", "plri_score", "pseudo_labelled"} <= set(table[0])
+    assert not list(tiny_run.glob("**/*.tmp"))
+
+
+def test_mlflow_parent_and_nested_runs(tiny_run):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tiny_run / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("copl")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1 and len(children) == 2
+    parent = parents[0]
+    assert parent.data.params["train.epochs"] == "2"
+    assert "map_at_avg" in parent.data.metrics and parent.data.tags["mode"] == "utal"
+    child = sorted(children, key=lambda r: int(r.data.params["iteration"]))[0]
+    assert {"nmi", "purity", "ari", "map_at_avg"} <= set(child.data.metrics)
+    history = client.get_metric_history(child.info.run_id, "loss")
+    assert [m.step for m in history] == [0, 1]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"detections.json", "metrics.json", "config.yaml", "plots"} <= artifacts
+    models = mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list")
+    assert any(m.name == "teacher" for m in models)
+
+
+def test_same_seed_same_pseudo_labels_and_map(tiny_run, tiny_data, tmp_path):
+    out = tmp_path / "again"
+    assert main(["run", "--data", str(tiny_data), "--out", str(out), *TINY]) == 0
+    a = json.loads((tiny_run / "metrics.json").read_text())
+    b = json.loads((out / "metrics.json").read_text())
+    assert a["final"] == b["final"]
+    assert [i["nmi"] for i in a["iterations"]] == [i["nmi"] for i in b["iterations"]]
+    assert pq.read_table(tiny_run / "pseudo_labels.parquet").equals(pq.read_table(out / "pseudo_labels.parquet"))
+
+
+@pytest.mark.parametrize("mode", ["wtal", "baseline"])
+def test_other_modes(mode, tiny_data, tmp_path):
+    out = tmp_path / mode
+    assert main(["run", "--data", str(tiny_data), "--out", str(out), "--mode", mode, "--set", "tracking.enabled=false", *TINY]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["mode"] == mode and len(metrics["iterations"]) == 1
+    assert (out / "teacher.pt").exists() == (mode == "wtal")
+
+
+def test_eval_json_and_table(tiny_run, tiny_data, capsys):
+    gt, pred = str(tiny_data / "annotations.json"), str(tiny_run / "detections.json")
+    assert main(["eval", "--gt", gt, "--pred", pred, "--subset", "test", "--tiou", "0.3,0.5", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) == {"0.3", "0.5", "avg"}
+    final = json.loads((tiny_run / "metrics.json").read_text())["final"]
+    assert result["0.5"] == pytest.approx(final["map@0.5"], abs=1e-9)
+    assert main(["eval", "--gt", gt, "--pred", pred, "--subset", "test"]) == 0
+    assert "0.7" in capsys.readouterr().out
+
+
+# -- bad input: one line, exit 2, no traceback, no outputs -----------------------------------
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _first_video(root: Path, subset: str = "validation") -> str:
+    gt = json.loads((root / "annotations.json").read_text())["database"]
+    return sorted(v for v, r in gt.items() if r["subset"] == subset)[0]
+
+
+def _corrupt(kind: str, root: Path) -> str:
+    """Break the dataset in one way; return a fragment the error line must contain."""
+    vid = _first_video(root)
+    feat = root / "features" / f"{vid}.npy"
+    ann = root / "annotations.json"
+    gt = json.loads(ann.read_text())
+    if kind == "missing_feature":
+        feat.unlink()
+        return vid
+    if kind == "wrong_shape":
+        np.save(feat, np.zeros((20, 100), dtype=np.float32))
+        return vid
+    if kind == "wrong_dtype":
+        np.save(feat, np.zeros((20, 2048), dtype=np.int32))
+        return vid
+    if kind == "nan":
+        x = np.load(feat)
+        x[3, 5] = np.nan
+        np.save(feat, x)
+        return vid
+    if kind == "too_short":
+        np.save(feat, np.zeros((2, 2048), dtype=np.float32))
+        return vid
+    if kind == "end_before_start":
+        gt["database"][vid]["annotations"] = [{"segment": [5.0, 4.0], "label": "class_00"}]
+        ann.write_text(json.dumps(gt))
+        return vid
+    if kind == "start_after_end":
+        d = gt["database"][vid]["duration"]
+        gt["database"][vid]["annotations"] = [{"segment": [d + 1, d + 3], "label": "class_00"}]
+        ann.write_text(json.dumps(gt))
+        return vid
+    raise AssertionError(kind)
+
+
+BAD_DATA = ["missing_feature", "wrong_shape", "wrong_dtype", "nan", "too_short", "end_before_start", "start_after_end"]
+
+
+@pytest.mark.parametrize("kind", BAD_DATA)
+def test_bad_data_one_line_exit_2_no_outputs(kind, tiny_data, tmp_path, capsys):
+    root = _copy(tiny_data, tmp_path / "data")
+    fragment = _corrupt(kind, root)
+    out = tmp_path / "out"
+    assert main(["run", "--data", str(root), "--out", str(out), *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("copl: error: ") and fragment in err[0], err
+    assert not out.exists()
+
+
+def test_rgb_flow_length_mismatch(tiny_data, tmp_path, capsys):
+    root = _copy(tiny_data, tmp_path / "data")
+    feats = root / "features"
+    (root / "rgb").mkdir()
+    (root / "flow").mkdir()
+    for f in feats.glob("*.npy"):
+        x = np.load(f)
+        np.save(root / "rgb" / f.name, x[:, :1024])
+        np.save(root / "flow" / f.name, x[:, 1024:])
+    shutil.rmtree(feats)
+    vid = _first_video(root)
+    np.save(root / "flow" / f"{vid}.npy", np.load(root / "flow" / f"{vid}.npy")[:-1])
+    assert main(["run", "--data", str(root), "--out", str(tmp_path / "out"), *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert vid in err and "\n" not in err
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--test-subset", "nosuch"], "unknown subset 'nosuch'"),
+        (["--set", "num_classes=50"], "fewer than the 50 clusters"),
+        (["--set", "train.epochz=3"], "unknown config key 'train.epochz'"),
+    ],
+)
+def test_bad_arguments(extra, fragment, tiny_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", "--data", str(tiny_data), "--out", str(out), *TINY, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and "\n" not in err
+    assert not (out / "metrics.json").exists() and not (out / "detections.json").exists()
+
+
+def test_console_script_exit_status_and_no_traceback(tmp_path):
+    copl = Path(sys.executable).parent / "copl"
+    proc = subprocess.run(
+        [str(copl), "run", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0
+    assert "nowhere" in proc.stderr and not (tmp_path / "o").exists()

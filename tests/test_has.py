@@ -1,0 +1,100 @@
+"""HAS (Eqs. 1-3), voting (Eq. 4) and global features (Eq. 5) on hand-computed cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from copl_dist.has import (
+    binarize_by_median,
+    consistent_actionness,
+    global_feature,
+    has_attention,
+    mean_feature,
+    top_k_attention,
+    vote,
+)
+
+# medians: a_cs 0.5 -> [1,1,0,0,1,0]; a_ca 0.45 -> [1,0,1,0,1,0]; both at snippets 0 and 4
+A_CS = np.array([0.9, 0.8, 0.1, 0.2, 0.7, 0.3])
+A_CA = np.array([0.6, 0.2, 0.9, 0.1, 0.7, 0.3])
+
+
+def test_binarize_strict_median():
+    np.testing.assert_array_equal(binarize_by_median(np.array([0.1, 0.5, 0.3, 0.9])), [0, 1, 0, 1])
+    # odd length: the median element itself is not "> median"
+    np.testing.assert_array_equal(binarize_by_median(np.array([3.0, 1.0, 2.0])), [1, 0, 0])
+    np.testing.assert_array_equal(binarize_by_median(np.full(4, 0.5)), [0, 0, 0, 0])
+
+
+def test_consistent_actionness_eq2():
+    expected = [0.75, 0, 0, 0, 0.7, 0]  # (0.9+0.6)/2 and (0.7+0.7)/2
+    np.testing.assert_allclose(consistent_actionness(A_CS, A_CA), expected)
+
+
+def test_consistent_actionness_length_mismatch():
+    with pytest.raises(ValueError):
+        consistent_actionness(A_CS, A_CA[:5])
+
+
+@pytest.mark.parametrize(
+    "gamma, expected",
+    [
+        (6.0, [0.75, 0, 0, 0, 0, 0]),  # k = 1
+        (3.0, [0.75, 0, 0, 0, 0.7, 0]),  # k = 2
+        (2.0, [0.75, 0, 0, 0, 0.7, 0]),  # k = 3 but only two non-zero entries survive
+        (100.0, [0.75, 0, 0, 0, 0, 0]),  # floor(6/100) = 0 -> k = 1
+    ],
+)
+def test_has_attention_both(gamma, expected):
+    np.testing.assert_allclose(has_attention(A_CS, A_CA, gamma), expected)
+
+
+def test_top_k_ties_go_to_lower_index():
+    np.testing.assert_allclose(top_k_attention(np.array([0.2, 0.5, 0.5, 0.1]), gamma=4), [0, 0.5, 0, 0])
+
+
+def test_single_branch_ablations():
+    # cs: kept where a_cs > 0.5 -> [0.9, 0.8, ., ., 0.7, .], top 2
+    np.testing.assert_allclose(has_attention(A_CS, A_CA, 3.0, branch="cs"), [0.9, 0.8, 0, 0, 0, 0])
+    # ca: kept where a_ca > 0.45 -> [0.6, ., 0.9, ., 0.7, .], top 2
+    np.testing.assert_allclose(has_attention(A_CS, A_CA, 3.0, branch="ca"), [0, 0, 0.9, 0, 0.7, 0])
+    with pytest.raises(ValueError):
+        has_attention(A_CS, A_CA, 3.0, branch="xx")
+
+
+def test_vote_is_decayed_sum_newest_weight_one():
+    rng = np.random.default_rng(0)
+    a0, a1, a2 = rng.random((3, 8))
+    v = None
+    for a in (a0, a1, a2):
+        v = vote(v, a, alpha=0.5)
+    np.testing.assert_allclose(v, 0.25 * a0 + 0.5 * a1 + a2)
+    assert vote(None, a0, 0.5) is not a0  # a copy, not an alias
+
+
+def test_global_feature_weighted_sum():
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=np.float32)
+    f = global_feature(x, np.array([1.0, 0.0, 2.0]))
+    np.testing.assert_allclose(f, np.array([3.0, 2.0]) / np.sqrt(13.0), rtol=1e-6)
+    assert f.dtype == np.float32
+    assert np.linalg.norm(f) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_global_feature_zero_vote_falls_back_to_mean():
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    f = global_feature(x, np.zeros(3))
+    np.testing.assert_allclose(f, [2 ** -0.5, 2 ** -0.5], rtol=1e-6)
+    np.testing.assert_allclose(f, mean_feature(x))
+
+
+def test_mean_feature_unit_norm_and_zero_safe():
+    rng = np.random.default_rng(1)
+    assert np.linalg.norm(mean_feature(rng.normal(size=(5, 16)))) == pytest.approx(1.0, abs=1e-6)
+    z = mean_feature(np.zeros((3, 4)))
+    assert np.all(z == 0) and np.all(np.isfinite(z))
+
+
+def test_global_feature_shape_mismatch():
+    with pytest.raises(ValueError):
+        global_feature(np.ones((4, 3)), np.ones(5))

@@ -1,0 +1,91 @@
+"""Proposals, outer-inner scoring, NMS, times and localize_video on hand-computed cases."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from copl_dist.config import InferenceConfig
+from copl_dist.localize import localize_video, nms, outer_inner_score, proposals_from_scores, snippet_times
+
+
+def test_snippet_times_by_hand():
+    np.testing.assert_allclose(snippet_times(4, 10.0), [[0, 2.5], [2.5, 5], [5, 7.5], [7.5, 10]])
+    with pytest.raises(ValueError):
+        snippet_times(0, 10.0)
+
+
+def test_proposals_runs_by_hand():
+    score = np.array([0.2, 0.6, 0.7, 0.1, 0.8, 0.3])
+    # theta 0.5: [1,3) and [4,5); theta 0.65: [2,3) and [4,5) (duplicate dropped)
+    assert proposals_from_scores(score, [0.5, 0.65]) == [(1, 3), (4, 5), (2, 3)]
+    assert proposals_from_scores(score, [0.8]) == []  # strict '>'
+    assert proposals_from_scores(np.ones(3), [0.5]) == [(0, 3)]  # run touching both borders
+
+
+def test_outer_inner_by_hand():
+    score = np.array([0, 0, 1, 1, 1, 1, 0.5, 0])
+    # margin round(0.25*4)=1: outer = [0, 0.5]
+    assert outer_inner_score(score, 2, 6, 0.25) == pytest.approx(1 - 0.25)
+    # margin 2: outer = [0, 0, 0.5, 0]
+    assert outer_inner_score(score, 2, 6, 0.5) == pytest.approx(1 - 0.125)
+    # clipped at the left border, margin 2: outer = [1, 1]
+    assert outer_inner_score(score, 0, 2, 1.0) == pytest.approx(0 - 1)
+    # margin is at least 1 snippet
+    assert outer_inner_score(score, 6, 7, 0.1) == pytest.approx(0.5 - 0.5)
+    # whole video: no margin, outer mean 0
+    assert outer_inner_score(score, 0, 8, 0.25) == pytest.approx(4.5 / 8)
+    with pytest.raises(ValueError):
+        outer_inner_score(score, 3, 3, 0.25)
+
+
+def test_nms_by_hand():
+    segs = np.array([[5.0, 15.0], [0.0, 10.0], [8.0, 18.0]])
+    scores = np.array([0.8, 0.9, 0.7])
+    # tIoU: [0,10]-[5,15] = 5/15; [0,10]-[8,18] = 2/18; [5,15]-[8,18] = 7/13 > 0.5
+    np.testing.assert_array_equal(nms(segs, scores, 0.5), [1, 0])
+    # 0.3: [5,15] is suppressed by [0,10] (1/3 > 0.3), so it no longer suppresses [8,18]
+    np.testing.assert_array_equal(nms(segs, scores, 0.3), [1, 2])
+    np.testing.assert_array_equal(nms(segs, scores, 0.1), [1])  # 2/18 > 0.1
+    np.testing.assert_array_equal(nms(segs, scores, 0.6), [1, 0, 2])
+    assert nms(np.zeros((0, 2)), np.zeros(0), 0.5).size == 0
+
+
+def _bump(T=20, C=2):
+    h = np.full((T, C), 0.1)
+    h[5:10, 0] = 0.9  # one clear action on snippets [5, 10)
+    return h
+
+
+def test_localize_video_single_bump():
+    cfg = InferenceConfig()
+    dets = localize_video(_bump(), np.array([0.9, 0.1]), 40.0, cfg)  # 2 s per snippet
+    assert len(dets) == 1
+    start_s, end_s, c, score = dets[0]
+    assert (start_s, end_s, c) == (10.0, 20.0, 0)
+    # inner 0.9 - outer 0.1 (margin round(0.25*5)=1 each side) + 0.25 * class score 0.9
+    assert score == pytest.approx(0.8 + 0.25 * 0.9)
+
+
+def test_localize_video_class_selection():
+    cfg = InferenceConfig(class_threshold=0.2)
+    h = _bump()
+    h[12:15, 1] = 0.8
+    classes = lambda p: sorted({d[2] for d in localize_video(h, np.array(p), 20.0, cfg)})  # noqa: E731
+    assert classes([0.5, 0.5]) == [0, 1]
+    assert classes([0.1, 0.15]) == [1]  # none over the threshold: the best one is kept
+    capped = localize_video(h, np.array([0.5, 0.5]), 20.0, dataclasses.replace(cfg, max_detections=1))
+    assert len(capped) == 1
+
+
+def test_localize_video_detections_sorted_and_flat_score():
+    rng = np.random.default_rng(0)
+    dets = localize_video(rng.random((50, 3)), np.array([0.4, 0.3, 0.3]), 100.0, InferenceConfig())
+    scores = [d[3] for d in dets]
+    assert scores == sorted(scores, reverse=True)
+    assert all(0 <= s < e <= 100.0 for s, e, _, _ in dets)
+    # a flat score has no boundary: one whole-video proposal
+    flat = localize_video(np.full((6, 1), 0.3), np.array([1.0]), 12.0, InferenceConfig())
+    assert [(s, e, c) for s, e, c, _ in flat] == [(0.0, 12.0, 0)]
