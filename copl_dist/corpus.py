@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from copl_dist.atomic import atomic_path
 from copl_dist.errors import InputError
 
 FORMAT_NAME = "copl-corpus"
@@ -127,6 +128,8 @@ class Corpus:
             locations[vid] = _Location(row["shard"], row["row_offset"])
         segments: dict[str, list[Segment]] = {vid: [] for vid in records}
         for row in annotations:
+            if row["video_id"] not in segments:
+                raise InputError(f"{root / ANNOTATIONS_FILE}: unknown video '{row['video_id']}'")
             segments[row["video_id"]].append(
                 Segment(row["video_id"], row["start_s"], row["end_s"], row["label"])
             )
@@ -360,7 +363,9 @@ def _check_replaceable(out_dir: Path) -> None:
         if not out_dir.is_dir():
             raise InputError(f"{out_dir}: exists and is not a directory")
         if not (out_dir / MANIFEST).is_file() and any(out_dir.iterdir()):
-            raise InputError(f"{out_dir}: exists, is not empty and is not a corpus; not replacing it")
+            raise InputError(
+                f"{out_dir}: exists, is not empty and is not a corpus; not replacing it"
+            )
 
 
 def _publish(tmp: Path, out_dir: Path) -> None:
@@ -381,13 +386,6 @@ def _publish(tmp: Path, out_dir: Path) -> None:
 
 def write_table(path: str | os.PathLike[str], rows: list[dict[str, Any]] | pa.Table) -> None:
     """Write a Parquet table atomically (temporary name, then rename)."""
-    path = Path(path)
     table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -65,7 +65,7 @@ class TeacherOutputs:
 def infer_video(model: IOCNet, features: np.ndarray, beta: float, topl_ratio: float) -> TeacherOutputs:
     """The model on every snippet of one video."""
     model.eval()
-    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))[None]
+    x = torch.from_numpy(np.array(features, dtype=np.float32))[None]  # a writable copy of the mmap view
     out = model(x)
     h = selection_score(out["cas"], out["a_ca_r"], out["a_ca_f"], beta)
     scores = video_scores(out["cas"], h, topl_count(x.shape[1], topl_ratio))

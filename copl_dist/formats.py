@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import uuid
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -24,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.lib import format as npy_format
 
+from copl_dist.atomic import write_text
 from copl_dist.corpus import MANIFEST, Corpus, Segment, VideoRecord, write_corpus
 from copl_dist.errors import InputError
 
@@ -49,10 +50,6 @@ class _FeaturePart:
     load: Callable[[], np.ndarray]  # cheap to call: memory-maps .npy files
 
 
-# ---------------------------------------------------------------------------------------------
-# import
-
-
 def import_dataset(
     src: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -68,12 +65,18 @@ def import_dataset(
     src = Path(src)
     if not src.exists():
         raise InputError(f"{src}: no such file or directory")
+    # ActivityNet JSON states each video's real duration, so a segment that is empty or starts past
+    # it is a data error. W-TALC bundles derive durations from feature counts and ship known quirks
+    # (30 THUMOS segments start past the recorded end, 10 ActivityNet 1.2 ones are [0, 0]): there
+    # such segments are dropped with a warning that counts them.
+    strict = True
     if src.is_file() and src.suffix == ".json":
         videos, parts = _activitynet_inputs(src.parent, src, allow_pickle=allow_pickle)
     elif (src / MANIFEST).is_file():
         return Corpus.open(src)
     elif (bundle := _find_wtalc(src)) is not None:
         videos, parts = _wtalc_inputs(*bundle, allow_pickle=allow_pickle)
+        strict = False
     else:
         jsons = sorted(p for p in src.glob("*.json") if p.name != MANIFEST) if src.is_dir() else []
         if len(jsons) > 1:
@@ -86,7 +89,7 @@ def import_dataset(
                 f"*{WTALC_ANNOTATIONS_SUFFIX}/)"
             )
         videos, parts = _activitynet_inputs(src, jsons[0], allow_pickle=allow_pickle)
-    return _convert(videos, parts, out_dir, str(src), min_snippets, snippets_per_second)
+    return _convert(videos, parts, out_dir, str(src), min_snippets, snippets_per_second, strict)
 
 
 def _convert(
@@ -96,6 +99,7 @@ def _convert(
     source: str,
     min_snippets: int,
     snippets_per_second: float,
+    strict: bool = True,
 ) -> Corpus:
     # Pass 1: shapes and dtypes from .npy headers (memory maps), durations, segments.
     videos = sorted(videos, key=lambda v: v.video_id)
@@ -115,18 +119,12 @@ def _convert(
         durations[video.video_id] = (
             video.duration_s if video.duration_s is not None else t / snippets_per_second
         )
-    segments = clip_segments([s for v in videos for s in v.segments], durations, source)
-    labels: dict[str, set[str]] = {v.video_id: set() for v in videos}
-    for s in segments:
-        labels[s.video_id].add(s.label)
+    segments = clip_segments([s for v in videos for s in v.segments], durations, source, strict)
+    # A video's labels are all its annotated classes, dropped segments' included: a wrong
+    # duration or an empty segment does not make the class absent from the video.
     records = [
-        VideoRecord(
-            v.video_id,
-            v.subset,
-            durations[v.video_id],
-            num_snippets[v.video_id],
-            tuple(sorted(labels[v.video_id])),
-        )
+        VideoRecord(v.video_id, v.subset, durations[v.video_id], num_snippets[v.video_id],
+                    tuple(sorted({s.label for s in v.segments})))
         for v in videos
     ]
 
@@ -134,7 +132,8 @@ def _convert(
     def feature_source(video_id: str) -> np.ndarray:
         arrays = []
         for part in parts[video_id]:
-            x = np.asarray(part.load(), dtype=np.float32)
+            with np.errstate(over="ignore"):  # float64 beyond float32's range: caught below as Inf
+                x = np.asarray(part.load(), dtype=np.float32)
             if not np.isfinite(x).all():
                 raise InputError(f"{part.name}: contains NaN or Inf (video '{video_id}')")
             arrays.append(x)
@@ -149,23 +148,18 @@ def _check_shapes(
     """(T, D) of a video's features, its parts 2-D floats of one length; D as the others'."""
     for name, a in arrays:
         if a.ndim != 2:
-            raise InputError(f"{name}: features of shape {a.shape}, expected (T, D) (video '{video_id}')")
+            raise InputError(
+                f"{name}: features of shape {a.shape}, expected (T, D) (video '{video_id}')"
+            )
         if a.dtype.kind != "f":
             raise InputError(
                 f"{name}: features of dtype {a.dtype}, expected floating point (video '{video_id}')"
             )
-    if len(arrays) == 2:
+    if len(arrays) == 2 and arrays[0][1].shape != arrays[1][1].shape:
         (rgb_name, rgb), (flow_name, flow) = arrays
-        if rgb.shape[0] != flow.shape[0]:
-            raise InputError(
-                f"video '{video_id}': {rgb_name} has {rgb.shape[0]} snippets "
-                f"but {flow_name} has {flow.shape[0]}"
-            )
-        if rgb.shape[1] != flow.shape[1]:
-            raise InputError(
-                f"video '{video_id}': {rgb_name} is {rgb.shape[1]} wide "
-                f"but {flow_name} is {flow.shape[1]}"
-            )
+        raise InputError(
+            f"video '{video_id}': {rgb_name} has shape {rgb.shape} but {flow_name} has {flow.shape}"
+        )
     width = sum(a.shape[1] for _, a in arrays)
     name = arrays[0][0]
     if feature_dim and width != feature_dim:
@@ -180,43 +174,48 @@ def _check_shapes(
 
 
 def clip_segments(
-    segments: Iterable[Segment], durations: Mapping[str, float], source: str
+    segments: Iterable[Segment], durations: Mapping[str, float], source: str, strict: bool = True
 ) -> list[Segment]:
     """Validate segments against their videos' durations; clip those ending past the end.
 
-    end <= start, a negative start or a non-finite time is an InputError. A segment ending past
-    its video's duration is clipped to it; one lying wholly past the end (starting at or after
-    it) is dropped, as nothing of it is in the video; one warning counts both.
+    A non-finite time, a negative start or end < start is an InputError. A segment that only ends
+    past its video's duration is clipped to it, and one warning counts them. `strict`: a
+    zero-length segment or one starting at or after the end is an InputError. Not strict (W-TALC
+    bundles): such segments are dropped and counted in warnings (W-TALC's THUMOS test set has 26
+    starting past the end, ActivityNet 1.2 has 10 zero-length ones, mostly [0, 0]).
     """
     kept: list[Segment] = []
-    past_end = dropped = 0
+    past_end = wholly_past = zero_length = 0
     for s in segments:
         where = f"{source}: video '{s.video_id}': segment [{s.start_s}, {s.end_s}] ({s.label})"
         if not (math.isfinite(s.start_s) and math.isfinite(s.end_s)):
             raise InputError(f"{where} is not finite")
-        if s.end_s <= s.start_s:
-            raise InputError(f"{where} ends at or before it starts")
+        if s.end_s < s.start_s or (strict and s.end_s == s.start_s):
+            raise InputError(f"{where} ends {'before' if s.end_s < s.start_s else 'where'} it starts")
         if s.start_s < 0:
             raise InputError(f"{where} starts before 0 s")
         duration = durations[s.video_id]
         if s.end_s > duration:
             past_end += 1
             if s.start_s >= duration:
-                dropped += 1
+                if strict:
+                    raise InputError(f"{where} starts after the video ends ({duration:g} s)")
+                wholly_past += 1
                 continue
             s = Segment(s.video_id, s.start_s, float(duration), s.label)
+        elif s.end_s == s.start_s:
+            zero_length += 1
+            continue
         kept.append(s)
     if past_end:
-        detail = f" ({dropped} of them start after it and were dropped)" if dropped else ""
+        detail = f" ({wholly_past} of them start after it and were dropped)" if wholly_past else ""
         warnings.warn(
             f"{source}: clipped {past_end} segments that end after their video's duration{detail}",
             stacklevel=2,
         )
+    if zero_length:
+        warnings.warn(f"{source}: dropped {zero_length} zero-length segments", stacklevel=2)
     return kept
-
-
-# ---------------------------------------------------------------------------------------------
-# ActivityNet-style JSON + .npy per video
 
 
 def _activitynet_inputs(
@@ -298,7 +297,9 @@ def _parse_database(obj: Any, path: Path) -> list[AnnotatedVideo]:
             seg = a.get("segment") if isinstance(a, dict) else None
             label = a.get("label") if isinstance(a, dict) else None
             if not isinstance(seg, list) or len(seg) != 2 or not isinstance(label, str):
-                raise InputError(f"{where}: annotation {a!r} lacks 'segment': [start, end] or 'label'")
+                raise InputError(
+                    f"{where}: annotation {a!r} lacks 'segment': [start, end] or 'label'"
+                )
             start, end = (_number(x, f"{where}: segment value") for x in seg)
             segments.append(Segment(str(vid), start, end, label))
         videos.append(AnnotatedVideo(str(vid), subset, duration, tuple(segments)))
@@ -315,24 +316,20 @@ def _number(value: Any, what: str) -> float:
         raise InputError(f"{what} {value!r} is not a number") from None
 
 
-# ---------------------------------------------------------------------------------------------
-# W-TALC bundle
-
-
 def _find_wtalc(src: Path) -> tuple[Path, Path] | None:
     """(features file, annotations folder) of a W-TALC bundle in src, or None."""
     if not src.is_dir():
         return None
-    prefixes = {p.name[: -len(WTALC_FEATURES_SUFFIX)] for p in src.glob("*" + WTALC_FEATURES_SUFFIX)}
-    prefixes |= {
-        p.name[: -len(WTALC_ANNOTATIONS_SUFFIX)]
-        for p in src.glob("*" + WTALC_ANNOTATIONS_SUFFIX)
-        if p.is_dir()
+    prefixes = {
+        p.name.removesuffix(suffix)
+        for suffix in (WTALC_FEATURES_SUFFIX, WTALC_ANNOTATIONS_SUFFIX)
+        for p in src.glob("*" + suffix)
     }
     if not prefixes:
         return None
     if len(prefixes) > 1:
-        raise InputError(f"{src}: several W-TALC bundles ({', '.join(sorted(prefixes))}); expected one")
+        names = ", ".join(sorted(prefixes))
+        raise InputError(f"{src}: several W-TALC bundles ({names}); expected one")
     prefix = prefixes.pop()
     features = src / (prefix + WTALC_FEATURES_SUFFIX)
     annotations = src / (prefix + WTALC_ANNOTATIONS_SUFFIX)
@@ -355,12 +352,13 @@ def load_wtalc_annotations(
         raise InputError(f"{ann_dir / 'videoname.npy'}: video names repeat")
     durations = np.asarray(arrays["duration"], dtype=np.float64).reshape(-1)
     subsets = _texts(arrays["subset"])
-    for name, length in (("subset", len(subsets)), ("duration", len(durations)),
-                         ("segments", len(arrays["segments"])), ("labels", len(arrays["labels"]))):
+    lengths = {"subset": len(subsets), "duration": len(durations)}
+    lengths |= {name: len(arrays[name]) for name in ("segments", "labels")}
+    for name, length in lengths.items():
         if length != n:
-            raise InputError(f"{ann_dir / (name + '.npy')}: {length} entries, videoname.npy has {n}")
-    classlist_path = ann_dir / "classlist.npy"
-    classes = set(_texts(load_npy(classlist_path, allow_pickle))) if classlist_path.is_file() else None
+            raise InputError(f"{ann_dir / name}.npy: {length} entries, videoname.npy has {n}")
+    classlist = ann_dir / "classlist.npy"
+    classes = set(_texts(load_npy(classlist, allow_pickle))) if classlist.is_file() else None
     videos = []
     for i, vid in enumerate(names):
         where = f"{ann_dir}: video '{vid}'"
@@ -389,9 +387,8 @@ def _wtalc_inputs(
     videos = load_wtalc_annotations(ann_dir, allow_pickle)
     features = load_npy(features_path, allow_pickle)
     if len(features) != len(videos):
-        raise InputError(
-            f"{features_path}: {len(features)} videos, {ann_dir / 'videoname.npy'} has {len(videos)}"
-        )
+        names_path = ann_dir / "videoname.npy"
+        raise InputError(f"{features_path}: {len(features)} videos, {names_path} has {len(videos)}")
     parts: dict[str, list[_FeaturePart]] = {}
     for i, video in enumerate(videos):
         x = np.asarray(features[i])
@@ -404,23 +401,16 @@ def _texts(values: np.ndarray) -> list[str]:
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values.reshape(-1)]
 
 
-# ---------------------------------------------------------------------------------------------
-# .npy files
-
-
 def load_npy(path: Path, allow_pickle: bool = False, mmap: bool = False) -> np.ndarray:
     """Load a .npy file; refuse pickled contents unless allowed, before unpickling anything."""
     if not path.is_file():
         raise InputError(f"{path}: missing file")
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, _, dtype = read_header(f)
+            if npy_format.read_magic(f) == (1, 0):
+                shape, _, dtype = npy_format.read_array_header_1_0(f)
+            else:  # 2.0 and 3.0 differ only in the header's text encoding
+                shape, _, dtype = npy_format.read_array_header_2_0(f)
         if not dtype.hasobject:
             # An empty array cannot be memory-mapped.
             use_mmap = mmap and math.prod(shape) > 0
@@ -438,24 +428,19 @@ def load_npy(path: Path, allow_pickle: bool = False, mmap: bool = False) -> np.n
         raise InputError(f"{path}: cannot be unpickled ({type(e).__name__}: {e})") from None
 
 
-# ---------------------------------------------------------------------------------------------
-# detections
-
-
-def write_detections(path: str | os.PathLike[str], results: Mapping[str, list[dict[str, Any]]]) -> None:
+def write_detections(
+    path: str | os.PathLike[str], results: Mapping[str, list[dict[str, Any]]]
+) -> None:
     """Write {"results": {vid: [{"segment": [s, e], "label": name, "score": x}]}} atomically."""
     normalized = {
         str(vid): [
-            {
-                "segment": [float(d["segment"][0]), float(d["segment"][1])],
-                "label": str(d["label"]),
-                "score": float(d["score"]),
-            }
+            {"segment": [float(d["segment"][0]), float(d["segment"][1])],
+             "label": str(d["label"]), "score": float(d["score"])}
             for d in detections
         ]
         for vid, detections in results.items()
     }
-    _write_text_atomic(Path(path), json.dumps({"results": normalized}, sort_keys=True) + "\n")
+    write_text(path, json.dumps({"results": normalized}, sort_keys=True) + "\n")
 
 
 def read_detections(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -473,24 +458,10 @@ def read_detections(path: str | os.PathLike[str]) -> dict[str, Any]:
         for d in detections:
             seg = d.get("segment") if isinstance(d, dict) else None
             if not isinstance(seg, list) or len(seg) != 2 or not isinstance(d.get("label"), str):
-                raise InputError(f"{where}: detection {d!r} lacks 'segment': [start, end] or 'label'")
-            out.append(
-                {
-                    "segment": [_number(x, f"{where}: segment value") for x in seg],
-                    "label": d["label"],
-                    "score": _number(d.get("score"), f"{where}: score"),
-                }
-            )
+                raise InputError(
+                    f"{where}: detection {d!r} lacks 'segment': [start, end] or 'label'"
+                )
+            out.append({"segment": [_number(x, f"{where}: segment value") for x in seg],
+                        "label": d["label"], "score": _number(d.get("score"), f"{where}: score")})
         results[str(vid)] = out
     return {"results": results}
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

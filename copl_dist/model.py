@@ -123,3 +123,19 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
     s_buffers = dict(student.named_buffers())
     for name, t_buf in teacher.named_buffers():
         t_buf.copy_(s_buffers[name])
+
+
+class ExportedTeacher(nn.Module):
+    """IOCNet with one tensor out, for MLflow and serving (which want a single output tensor).
+
+    forward(x (B, T, D)) -> (B, T, C + 3): [CAS logits | A_cs | A_ca^R | A_ca^F].
+    """
+
+    def __init__(self, model: IOCNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.model(x)
+        extras = torch.stack([out["a_cs"], out["a_ca_r"], out["a_ca_f"]], dim=-1)
+        return torch.cat([out["cas"], extras], dim=-1)

@@ -73,7 +73,8 @@ ETA = (1.0, 2.0)  # generic actionness on action snippets
 KAPPA_CTX = 1.8  # class context in RGB around actions
 MU = 2.5  # unrelated motion in Flow
 SIGMA_N = 1.0
-PHI = 0.5  # temporal correlation of the noise
+PHI = 0.5
+XI_SHAPE = 2.5  # per-snippet action strength ~ Gamma(XI_SHAPE, 1 / XI_SHAPE), mean 1  # temporal correlation of the noise
 SCALE = 0.25  # overall feature scale (keeps values I3D-like, a few tenths per dimension)
 
 
@@ -229,6 +230,7 @@ def _features(rng, basis, dur, segs, t, action_median_s):
     onehot = (cls[:, None] == present[None, :]).astype(float)  # (n, Cv)
     intensity = rng.lognormal(0.0, 0.25, len(segs))
     act = _coverage(t0, t1, s, e) @ (onehot * intensity[:, None])  # (T, Cv)
+    act *= rng.gamma(XI_SHAPE, 1.0 / XI_SHAPE, (t, 1))  # some action snippets are weak (static pose)
     a = act.sum(1)
     inside = np.minimum(_coverage(t0, t1, s, e).sum(1), 1.0)
 

@@ -95,11 +95,18 @@ class Tracker:
             return None
         import mlflow.pytorch
         import torch
+        from mlflow.models import infer_signature
 
+        from copl_dist.model import ExportedTeacher
+
+        exported = ExportedTeacher(model).eval()
+        with torch.no_grad():
+            output = exported(torch.from_numpy(example)).numpy()
         info = mlflow.pytorch.log_model(
-            model,
+            exported,
             name="teacher",
-            input_example=example,
+            signature=infer_signature(example, output),
+            serialization_format="pickle",
             # Explicit requirements: inferring them costs ~10 s per call.
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "copl-dist"],
         )
