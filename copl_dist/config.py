@@ -107,6 +107,18 @@ class TrackingConfig:
 
 
 @dataclass
+class DistributedConfig:
+    # Ray Train workers for IOCNet training: 0 trains in this process (no Ray); -1 fits the machine
+    # (GPUs if any, else CPU cores // 2, at least 1).
+    workers: int = 0
+    use_gpu: bool = False  # NCCL on GPUs, gloo on CPUs
+    has_actors: int = 0  # Ray actors for HAS voting / global features; 0: in this process
+    ray_address: str = ""  # "": $RAY_ADDRESS, else a local in-process Ray
+    storage_path: str = ""  # Ray Train checkpoints; "": OUT/ray_storage
+    max_failures: int = 1  # worker-group restarts from the last epoch checkpoint
+
+
+@dataclass
 class CoplConfig:
     preset: str = "thumos14"
     # "utal": the COPL iterations; "wtal": true video labels, one training; "baseline": spectral
@@ -123,6 +135,7 @@ class CoplConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 # The paper's settings (4.1.3); everything else keeps the dataclass default.

@@ -7,34 +7,41 @@ Layout (per video v; times in seconds, then multiplied by `duration_scale`):
             later ones dropped while sum L > 0.85 D_v.  Action fraction comes out near 0.3.
   anet12:   D_v ~ 6 + 230 Beta(1.1, 1.2) (mean about 116); n_v = 1 + NegBin(0.49, r = 0.3);
             action fraction f_v ~ Beta(2.2, 1) if n_v = 1 else Beta(2, 2); L = f_v D_v Dirichlet(1).
-  Both: the background time D_v - sum L is cut into n_v + 1 gaps by Dirichlet(1), so segments lie
-  inside [0, D_v] and never overlap.  A video has one class c_v; with probability p2 (13% / 0.14%)
+  Both: the background time D_v - sum L is cut into n_v + 1 gaps (0.2 s each + Dirichlet(1) shares),
+  so segments lie inside [0, D_v] and never overlap.  A video has one class c_v; with probability p2 (13% / 0.14%)
   and n_v >= 3 a second class (a group-mate of c_v with probability 0.7) takes a minority of the
   segments, so the first class is the primary one (the most segments).
 
-Features.  d = feature_dim / 2; every vector below is a unit vector in each d-dim block
-([RGB | Flow]), drawn once per corpus (g, P, O, e) or once per video (s_v, w_v):
-  class vectors   u_c = normalise(P_{c // 4} + rho O_c), rho = 0.7: classes come in confusable groups
-                  of four (same-group cosine about 0.67, other groups about 0).
-  snippet t of T covers [t, t+1] D_v / T; a_t(c) = intensity-weighted share of the snippet covered by
-  class-c actions (intensity ~ LogNormal(0, 0.25) per segment), a_t = sum_c a_t(c) (soft boundaries);
-  r_t(c) = share covered by class-c "context" (a window of LogNormal(ln 0.8 L_med, 0.5) seconds just
-  before and after each action, inside its gap); q_t = share covered by "unrelated motion" intervals
-  (about one per 40 s of background, LogNormal(ln L_med, 0.6) long, placed in the background).
+Features.  d = feature_dim / 2.  Each vector below has one unit-norm part in each d-dim block of
+[RGB | Flow]; corpus-wide: g (non-negative), group prototypes P_k, class offsets O_c, actionness e,
+scene types S_j (K = C of them, independent of the classes); per video: s_v, w_v.
+  class vectors   u_c = normalise(P_{c // 4} + rho O_c), rho = 0.7: confusable groups of four
+                  (same-group cosine about 0.67, other groups about 0).
+  scene           s_v = normalise(S_{j_v} + tau n_v), j_v uniform, n_v random unit, tau = 1.5.
+  snippet t of T covers [t, t+1] D_v / T.  m_t = share of it inside annotated actions;
+  a_t(c) = xi_t * sum over class-c segments of (share covered * segment intensity), with intensity
+  ~ LogNormal(0, 0.25) and xi_t ~ Gamma(2.5, 1/2.5) (some action snippets are weak); a_t = sum_c.
+  r_t(c) = share covered by class-c context: windows of LogNormal(ln 0.8 L_med, 0.5) s just before
+  and after each action, clipped to its gaps; q_t = share covered by unrelated motion: Poisson(bg / 40 s)
+  intervals of LogNormal(ln L_med, 0.6) s anywhere; both zeroed inside actions (factor 1 - m_t).
+  (L_med = the preset's median action length.)
 
-  x_t = beta g                                   global background (the I3D mean)
-      + sigma_s (1 - lam a_t) s_v                per-video scene, shared by all snippets, lam = 0.5
-      + sum_c a_t(c) [kappa_R u_c^R | kappa_F u_c^F] + a_t [eta_R e^R | eta_F e^F]    action
-      + sum_c (1 - a_t) r_t(c) [kappa_x u_c^R | 0]                                  class context
-      + (1 - a_t) q_t [0 | mu normalise(e^F + w_v^F)]                               unrelated motion
-      + sigma_n (z_t + phi z_{t-1}) / sqrt(1 + phi^2),   z ~ N(0, I)                 MA(1) noise
+  x_t = beta g                                                 global background, beta = 6
+      + (1 - lam m_t) [sigma_R s_v^R | sigma_F s_v^F]          scene (4, 2); lam = 0.7: actor covers it
+      + sum_c a_t(c) kappa u_c + a_t [eta_R e^R | eta_F e^F]   action: class (kappa = 3) + actionness (1, 2)
+      + sum_c (1 - m_t) r_t(c) [kappa_x u_c^R | 0]             class context in RGB only, kappa_x = 1.8
+      + (1 - m_t) q_t [0 | mu normalise(e^F + w_v^F)]          action-like Flow motion, no class, mu = 2.5
+      + sigma_n (z_t + phi z_{t-1}) / sqrt(1 + phi^2)          MA(1) noise, z ~ N(0, I), 0.3 per dim, phi 0.5
 
-  with sigma_s larger than the class signal, so the L2-normalised mean feature of a video is ruled by
-  its scene (clustering it gives a low NMI), while the mean over the action snippets alone is ruled by
-  the class (high NMI) - the gap HAS exploits.  Context carries class evidence in RGB outside the
-  annotations (misleads the class-specific branch); motion carries action-like Flow energy without a
-  class (misleads the class-agnostic Flow branch, RGB disagrees).  Noise keeps a per-snippet linear
-  probe for action vs background imperfect (about 90%).
+Why it is hard in the paper's way: the scene (norm 4 in RGB) outweighs the class signal a video's
+mean carries (about 0.3 * 3 on THUMOS), and scenes cluster by type, not by class, so clustering the
+L2-normalised mean features gives an NMI near chance; over the action snippets alone the scene is
+damped and the class (3) rules, so the action-only mean clusters by class (NMI > 0.9) - the gap HAS
+exploits.  Context gives RGB class evidence outside the annotations (misleads the class-specific
+branch); motion gives action-like Flow without a class (misleads the class-agnostic Flow branch while
+RGB disagrees).  Weak snippets, context and motion keep a per-snippet linear probe for action vs
+background near 90%.  Amplitudes are block norms and the noise is per dimension, so a small
+feature_dim gives cleaner snippets (handy for tiny test corpora).
 """
 
 from __future__ import annotations
@@ -61,21 +68,21 @@ PRESETS = {
     },
 }
 GROUP_SIZE = 4
-# Feature amplitudes, in units of the per-dimension noise (see the module docstring).
+# Feature amplitudes: norms per [RGB | Flow] block (see the module docstring).
 RHO = 0.7  # class offset relative to its group prototype
 BETA = 6.0  # global background
-SIGMA_S = (5.0, 3.0)  # scene, (RGB, Flow)
-TAU = 1.0  # per-video scene jitter around its scene type
+SIGMA_S = (4.0, 2.0)  # scene, (RGB, Flow)
+TAU = 1.5  # per-video scene jitter around its scene type
 SCENE_TYPES = 1.0  # scene types per class
-LAM = 0.5  # scene attenuation on action snippets (the actor covers the scene)
+LAM = 0.7  # scene attenuation on action snippets (the actor covers the scene)
 KAPPA = (3.0, 3.0)  # class signal on action snippets
 ETA = (1.0, 2.0)  # generic actionness on action snippets
 KAPPA_CTX = 1.8  # class context in RGB around actions
 MU = 2.5  # unrelated motion in Flow
-SIGMA_N = 1.0
-PHI = 0.5
-XI_SHAPE = 2.5  # per-snippet action strength ~ Gamma(XI_SHAPE, 1 / XI_SHAPE), mean 1  # temporal correlation of the noise
-SCALE = 0.25  # overall feature scale (keeps values I3D-like, a few tenths per dimension)
+MOTION_EVERY_S = 40.0  # one unrelated-motion interval per this much background (at scale 1)
+SIGMA_N = 0.3  # per-dimension noise: low enough that a video's action mean is clean, see XI_SHAPE
+PHI = 0.5  # temporal correlation of the noise (neighbouring snippets look alike)
+XI_SHAPE = 2.5  # per-snippet action strength ~ Gamma(XI_SHAPE, 1 / XI_SHAPE), mean 1: weak snippets
 
 
 def make_synthetic(out_dir, preset: str = "thumos14", videos: int | None = None,
@@ -98,6 +105,8 @@ def make_synthetic(out_dir, preset: str = "thumos14", videos: int | None = None,
         raise InputError(f"synthetic videos per subset must be >= 1, got {videos}")
     if feature_dim < 2 or feature_dim % 2:
         raise InputError(f"synthetic feature_dim must be even and >= 2 ([RGB | Flow]), got {feature_dim}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"synthetic seed must be an integer >= 0, got {seed!r}")
     if not snippets_per_second > 0 or not duration_scale > 0:
         raise InputError("synthetic snippets_per_second and duration_scale must be > 0")
     out = Path(out_dir)
@@ -189,7 +198,9 @@ def _layout(rng, p, primary, n_classes, scale):
         lengths = np.maximum(frac * dur * rng.dirichlet(np.ones(n)), 0.5)
         lengths *= min(1.0, 0.95 * dur / lengths.sum())
     n = len(lengths)
-    gaps = (dur - lengths.sum()) * rng.dirichlet(np.ones(n + 1))
+    background = dur - lengths.sum()
+    min_gap = min(0.2, background / (2 * (n + 1)))  # actions never touch, even after rounding
+    gaps = min_gap + (background - (n + 1) * min_gap) * rng.dirichlet(np.ones(n + 1))
     starts = np.cumsum(np.concatenate([[0.0], lengths[:-1]])) + np.cumsum(gaps[:-1])
     cls = np.full(n, primary)
     if n >= 3 and n_classes > 1 and rng.random() < p["two_class_p"]:
@@ -243,15 +254,14 @@ def _features(rng, basis, dur, segs, t, action_median_s):
     ctx = np.minimum(_coverage(t0, t1, cs, ce) @ np.vstack([onehot, onehot]), 1.0)
     ctx *= (1.0 - inside)[:, None]
 
-    # Unrelated motion: about one interval per 40 s of background, anywhere outside actions.
-    n_motion = rng.poisson(max(dur - (e - s).sum(), 0.0) / 40.0)
+    # Unrelated motion: about one interval per MOTION_EVERY_S of background, anywhere outside actions.
+    n_motion = rng.poisson(max(dur - (e - s).sum(), 0.0) / MOTION_EVERY_S)
     ms = rng.uniform(0.0, dur, n_motion)
     me = ms + rng.lognormal(math.log(action_median_s), 0.6, n_motion)
     q = np.minimum(_coverage(t0, t1, ms, me).sum(1), 1.0) * (1.0 - inside)
 
     rgb = np.zeros(2 * d)
     rgb[:d] = 1.0
-    flow = 1.0 - rgb
     u = basis["u"][present]  # (Cv, 2d)
     jitter = rng.standard_normal((2, d))
     scene = basis["scenes"][rng.integers(len(basis["scenes"]))] + TAU * jitter / np.linalg.norm(
@@ -268,5 +278,4 @@ def _features(rng, basis, dur, segs, t, action_median_s):
     x = (coef @ np.vstack(rows)).astype(np.float32)
     z = rng.standard_normal((t + 1, 2 * d), dtype=np.float32)
     x += (SIGMA_N / math.sqrt(1 + PHI**2)) * (z[1:] + PHI * z[:-1])
-    x *= SCALE
     return x
