@@ -20,6 +20,11 @@ from copl_dist.errors import InputError
 # 10 minutes on two CPU cores (measured: see README). Explicit flags still win.
 EMBEDDED_SYNTH = {"videos": 48, "classes": 6, "duration_scale": 0.5}
 EMBEDDED_OVERRIDES = {"iterations": 3, "train.epochs": 12, "data.snippets": 128, "has.vote_last": 6}
+# `copl run` trains on Ray Train with workers fitted to the machine (a local Ray started in-process),
+# or to the cluster at $RAY_ADDRESS, unless --workers, --set, the config file or $COPL_WORKERS says
+# otherwise. The config default stays 0 (in-process): library callers start no Ray, and the test
+# suite sets COPL_WORKERS=0 (tests/conftest.py) so its many small runs skip Ray's start-up.
+RUN_DEFAULT_WORKERS = -1
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -37,6 +42,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-subset")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled W-TALC object arrays (runs code from the file)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--has-actors", type=int, metavar="N", help="HAS voting and global features in N Ray actors (0: in this process)")
+    p.add_argument("--workers", type=int, metavar="N", help="train IOCNet on N Ray Train workers (DDP); 0: in this process; -1 (default, or $COPL_WORKERS): fit the machine, or the cluster at $RAY_ADDRESS")
+    p.add_argument("--resume", action="store_true", help="continue a killed run in --out after its last completed iteration")
+    p.add_argument("--init-from", metavar="MODEL", help="start the first training from a teacher: models:/NAME@ALIAS, models:/NAME/VERSION or a teacher.pt")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiou", help="comma-separated tIoU thresholds (default THUMOS 0.1-0.7)")
     p.add_argument("--json", action="store_true", help="print one JSON object: tIoU -> mAP (%%) and avg")
 
+    from copl_dist import predict, registry
+
+    registry.add_arguments(sub.add_parser("registry", help="the MLflow model registry: list versions, promote the best"))
+    predict.add_arguments(sub.add_parser("predict", help="detections for new videos from a registered teacher or a teacher.pt"))
+
+    from copl_dist import tune
+
+    tune.add_arguments(sub.add_parser("tune", help="Ray Tune search of COPL's hyper-parameters (space YAML), then post-processing on cached predictions"))
+
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="bench", required=True)
     q = bench.add_parser("quality", help="the paper's ablations on a synthetic THUMOS-like corpus")
@@ -89,7 +107,48 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "data.train_subset": args.train_subset,
         "data.test_subset": args.test_subset,
+        "distributed.has_actors": args.has_actors,
+        "distributed.workers": args.workers,
     }
+
+
+def _run_workers(args: argparse.Namespace) -> int | None:
+    """`copl run`'s distributed.workers override: --workers; else none if --set or the config file
+    gives it; else $COPL_WORKERS; else RUN_DEFAULT_WORKERS."""
+    if args.workers is not None:
+        return args.workers
+    if _config_sets(args, "distributed.workers"):
+        return None
+    return _default_workers()
+
+
+def _default_workers() -> int:
+    raw = os.environ.get("COPL_WORKERS", "").strip()
+    if not raw:
+        return RUN_DEFAULT_WORKERS
+    try:
+        return int(raw)
+    except ValueError:
+        raise InputError(f"$COPL_WORKERS: expected an integer (-1, 0 or a worker count), got '{raw}'") from None
+
+
+def _config_sets(args: argparse.Namespace, key: str) -> bool:
+    """Whether --set or the --config file gives `key` (dotted) a value."""
+    if any(s.split("=", 1)[0].strip() == key for s in args.sets):
+        return True
+    if not args.config or not Path(args.config).is_file():
+        return False  # resolve() reports a missing file
+    import yaml
+
+    try:
+        node: Any = yaml.safe_load(Path(args.config).read_text())
+    except yaml.YAMLError:
+        return False  # resolve() reports it
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -98,6 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from copl_dist.synth import make_synthetic
 
     overrides = _run_overrides(args)
+    overrides["distributed.workers"] = _run_workers(args)
     synthetic = args.data is None
     if synthetic:
         for key, value in EMBEDDED_OVERRIDES.items():
@@ -107,6 +167,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/{cfg.preset}-{cfg.mode}-seed{cfg.seed}")
     if args.data is not None and not Path(args.data).exists():
         raise InputError(f"{args.data}: data folder not found")
+    init_ckpt = None
+    if args.init_from:
+        from copl_dist.registry import load_teacher_checkpoint
+        from copl_dist.tracking import resolve_tracking_uri
+
+        if cfg.mode == "baseline":
+            raise InputError(f"--init-from {args.init_from}: mode 'baseline' trains no model")
+        init_ckpt = load_teacher_checkpoint(args.init_from, resolve_tracking_uri(cfg.tracking, out))
 
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -123,27 +191,42 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             src = Path(args.data)
         corpus_dir = out / "corpus"
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            corpus = import_dataset(src, corpus_dir, allow_pickle=args.allow_pickle, min_snippets=cfg.data.min_snippets)
-        for w in caught:
-            print(f"copl: warning: {w.message}", file=sys.stderr)
-        return _execute(cfg, corpus, out, progress=not args.no_progress)
+        if args.resume and (corpus_dir / "corpus.json").is_file():
+            corpus = import_dataset(corpus_dir, corpus_dir)  # converted before the interruption
+        else:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                corpus = import_dataset(src, corpus_dir, allow_pickle=args.allow_pickle, min_snippets=cfg.data.min_snippets)
+            for w in caught:
+                print(f"copl: warning: {w.message}", file=sys.stderr)
+        init_state = None
+        if init_ckpt is not None:
+            from copl_dist.registry import init_state_for
+
+            clusters = len(corpus.classes) if cfg.mode == "wtal" else (cfg.num_classes or len(corpus.classes))
+            init_state = init_state_for(init_ckpt, args.init_from, clusters, cfg)
+        return _execute(cfg, corpus, out, progress=not args.no_progress, init_state=init_state, resume=args.resume)
     except BaseException:
         if created and not any(out.iterdir()):
             out.rmdir()
         raise
 
 
-def _execute(cfg: Any, corpus: Any, out: Path, progress: bool) -> int:
+def _execute(cfg: Any, corpus: Any, out: Path, progress: bool, init_state: Any = None, resume: bool = False) -> int:
     from copl_dist.config import config_hash, to_dict
     from copl_dist.outputs import write_metrics, write_run_outputs
     from copl_dist.pipeline import CoplRun
     from copl_dist.report import results_table
     from copl_dist.tracking import Tracker
 
+    if not resume:  # a fresh run must never continue from another run's state
+        shutil.rmtree(out / "state", ignore_errors=True)
     tracker = Tracker(cfg.tracking, out)
-    run = CoplRun(cfg, corpus, tracker, progress=progress, on_iteration=lambda its: write_metrics(out / "metrics.json", cfg, its))
+    run = CoplRun(
+        cfg, corpus, tracker, progress=progress, on_iteration=lambda its: write_metrics(out / "metrics.json", cfg, its),
+        init_state=init_state, state_dir=out / "state", resume=resume,
+    )
+    registered = None
     tags = {"dataset": str(corpus.root), "seed": str(cfg.seed), "config_hash": config_hash(cfg), "mode": cfg.mode}
     with tracker.parent_run(f"{cfg.preset}-{cfg.mode}-seed{cfg.seed}", to_dict(cfg), tags):
         result = run.execute()
@@ -159,9 +242,17 @@ def _execute(cfg: Any, corpus: Any, out: Path, progress: bool) -> int:
 
             teacher = load_teacher(result.teacher_state, result.num_classes, cfg)
             example = torch.zeros(1, 16, cfg.model.feature_dim).numpy()
-            tracker.log_teacher(teacher, example)
+            model_uri = tracker.log_teacher(teacher, example)
+            if model_uri is not None and tracker.parent_run_id is not None:
+                from copl_dist.registry import register_teacher
+
+                name = cfg.tracking.registered_model
+                version = register_teacher(model_uri, name, tracker.parent_run_id, paths["teacher"], tags, result.final)
+                registered = f"models:/{name}/{version}"
     print(results_table(result, cfg))
     print(f"outputs: {out.resolve()}" + (f"  (MLflow: {tracker.uri})" if tracker.enabled else ""))
+    if registered:
+        print(f"registered: {registered}")
     return 0
 
 
@@ -204,7 +295,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    handlers = {"run": cmd_run, "synth": cmd_synth, "import": cmd_import, "eval": cmd_eval, "bench": cmd_bench}
+    from copl_dist import predict, registry, tune
+
+    handlers = {
+        "run": cmd_run, "synth": cmd_synth, "import": cmd_import, "eval": cmd_eval, "bench": cmd_bench,
+        "registry": registry.run, "predict": predict.run,
+        "tune": tune.run,
+    }
     try:
         return handlers[args.command](args)
     except InputError as exc:

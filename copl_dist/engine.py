@@ -7,7 +7,6 @@ calls it directly; Ray Train runs the same function on each worker.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +20,14 @@ from copl_dist.config import CoplConfig, from_dict
 from copl_dist.corpus import Corpus
 from copl_dist.losses import total_loss
 from copl_dist.model import IOCNet, ema_update, make_teacher, selection_score, topl_count, video_scores
-from copl_dist.seeding import STREAM_INIT, STREAM_SAMPLING, STREAM_SHIFT, derive_seed, seed_everything
+from copl_dist.seeding import (
+    STREAM_DROPOUT,
+    STREAM_INIT,
+    STREAM_SAMPLING,
+    STREAM_SHIFT,
+    derive_seed,
+    seed_everything,
+)
 
 LOSS_KEYS = ("loss", "cls", "asl", "ci", "contrastive", "co")
 
@@ -78,6 +84,26 @@ def infer_video(model: IOCNet, features: np.ndarray, beta: float, topl_ratio: fl
     )
 
 
+class LocalVoter:
+    """HAS voting (Eqs. 1-4) in this process: after each voting epoch, the teacher on every snippet
+    of every training video. Ray actors implement the same three methods (distributed/has_actors)."""
+
+    def __init__(self, corpus: Corpus, video_ids: list[str], cfg: CoplConfig):
+        self.corpus = corpus
+        self.video_ids = list(video_ids)
+        self.cfg = cfg
+        self.votes: dict[str, np.ndarray] = {}
+
+    def vote(self, epoch: int, teacher: IOCNet) -> None:
+        update_votes(teacher, self.corpus, self.video_ids, self.votes, self.cfg)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {k: v.copy() for k, v in self.votes.items()}
+
+    def restore(self, votes: dict[str, np.ndarray]) -> None:
+        self.votes = {k: np.array(v) for k, v in votes.items()}
+
+
 def update_votes(
     model: IOCNet,
     corpus: Corpus,
@@ -94,23 +120,58 @@ def update_votes(
 
 
 def build_batch(
-    corpus: Corpus, video_ids: list[str], length: int, rng: np.random.Generator
+    corpus: Corpus, video_ids: list[str], indices: np.ndarray, length: int, seed: int, iteration: int, epoch: int
 ) -> torch.Tensor:
-    """(B, length, D) float32 from the corpus' memory-mapped shards."""
+    """(B, length, D) float32 from the corpus' memory-mapped shards.
+
+    Each video's snippet draw depends only on (seed, iteration, epoch, video index), not on the
+    batch or the worker that reads it: 1 and N workers train on the same snippets.
+    """
     rows = []
-    for vid in video_ids:
-        feats = corpus.features(vid)
+    for i in indices:
+        feats = corpus.features(video_ids[int(i)])
+        rng = np.random.default_rng(derive_seed(seed, STREAM_SAMPLING, iteration, epoch, int(i)))
         rows.append(feats[sample_indices(feats.shape[0], length, rng)])
     return torch.from_numpy(np.stack(rows).astype(np.float32, copy=False))
 
 
+def distributed_context() -> tuple[int, int]:
+    """(rank, world size): (0, 1) unless torch.distributed is initialised (Ray Train, torchrun)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _all_reduce_mean(values: dict[str, float], world: int) -> dict[str, float]:
+    if world == 1:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return {k: float(v) / world for k, v in zip(keys, t.tolist())}
+
+
+def epoch_batches(n: int, batch: int, world: int, seed: int, iteration: int, epoch: int) -> list[np.ndarray]:
+    """The epoch's global batches (video indices), the same on every rank.
+
+    A last batch too small to give every rank a video is dropped (never with one worker).
+    """
+    order = np.random.default_rng(derive_seed(seed, STREAM_SAMPLING, iteration, epoch)).permutation(n)
+    batches = [order[i : i + batch] for i in range(0, n, batch)]
+    return [b for b in batches if len(b) >= world]
+
+
 def train_loop_per_worker(config: dict[str, Any], report: ReportFn | None = None) -> dict[str, Any]:
-    """Train IOCNet (student + EMA teacher) on one pseudo-labelled set.
+    """Train IOCNet (student + EMA teacher) on one pseudo-labelled set; DDP when distributed.
 
     config keys: "cfg" (CoplConfig as dict), "corpus" (root path), "video_ids" (training videos),
     "targets" ((N, C) label distributions; zero rows for U), "labelled" ((N,) bools),
-    "num_classes", "iteration", "collect_votes" (bool), and optionally "init_state" (a teacher state
-    dict to start from). Returns {"teacher": state dict, "votes": {vid: (T,) array}, "history": [...]}.
+    "num_classes", "iteration", "collect_votes" (bool); optional "init_state" (a teacher state dict
+    to start from), "resume_state" (a checkpoint from `report`, to continue after it), "voter" (an
+    object with vote/state/restore; default LocalVoter). Each rank trains on its share of every
+    global batch (DDP averages the gradients); rank 0 votes and checkpoints.
+    `report(metrics, checkpoint)` is called after every epoch; metrics are averaged over ranks,
+    checkpoint is None on ranks > 0. Returns {"teacher", "votes", "history"}.
     """
     cfg = from_dict(config["cfg"], source="train config")
     corpus = Corpus.open(config["corpus"])
@@ -120,37 +181,46 @@ def train_loop_per_worker(config: dict[str, Any], report: ReportFn | None = None
     num_classes = int(config["num_classes"])
     iteration = int(config.get("iteration", 0))
     collect_votes = bool(config.get("collect_votes", False))
-    rank = int(config.get("rank", 0))
+    rank, world = distributed_context()
+    seed = cfg.seed
 
-    seed_everything(derive_seed(cfg.seed, STREAM_INIT, iteration))
+    seed_everything(derive_seed(seed, STREAM_INIT, iteration))
     student = IOCNet(num_classes, cfg.model.feature_dim, cfg.model.hidden_dim, cfg.model.dropout)
     if config.get("init_state") is not None:
         student.load_state_dict(config["init_state"])
     teacher = make_teacher(student)
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    sampling_rng = np.random.default_rng(derive_seed(cfg.seed, STREAM_SAMPLING, iteration, rank))
-    shift_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, STREAM_SHIFT, iteration, rank))
+    voter = config.get("voter") or (LocalVoter(corpus, video_ids, cfg) if collect_votes and rank == 0 else None)
+
+    start_epoch, step, history = 0, 0, []
+    resume = config.get("resume_state")
+    if resume is not None:
+        student.load_state_dict(resume["student"])
+        teacher.load_state_dict(resume["teacher"])
+        optimizer.load_state_dict(resume["optimizer"])
+        start_epoch, step, history = int(resume["epoch"]) + 1, int(resume["step"]), list(resume["history"])
+        if voter is not None and rank == 0:
+            voter.restore(resume.get("votes") or {})
+
+    model: torch.nn.Module = student
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(student)
 
     length = cfg.data.snippets
     l_count = topl_count(length, cfg.train.topl_ratio)
-    n = len(video_ids)
-    batch = min(cfg.train.batch_size, n)
-    steps_per_epoch = max(1, math.ceil(n / batch))
+    batch = min(cfg.train.batch_size, len(video_ids))
     first_vote_epoch = 0 if cfg.has.vote_last == 0 else max(0, cfg.train.epochs - cfg.has.vote_last)
-    votes: dict[str, np.ndarray] = {}
-    history: list[dict[str, float]] = []
-    step = 0
-    for epoch in range(cfg.train.epochs):
+    for epoch in range(start_epoch, cfg.train.epochs):
         student.train()
-        order = sampling_rng.permutation(n)
         sums = dict.fromkeys(LOSS_KEYS, 0.0)
-        for b in range(steps_per_epoch):
-            idx = order[b * batch : (b + 1) * batch]
-            if len(idx) == 0:
-                continue
-            x = build_batch(corpus, [video_ids[i] for i in idx], length, sampling_rng)
+        batches = epoch_batches(len(video_ids), batch, world, seed, iteration, epoch)
+        for b, global_idx in enumerate(batches):
+            idx = np.array_split(global_idx, world)[rank]
+            x = build_batch(corpus, video_ids, idx, length, seed, iteration, epoch)
+            shift_gen = torch.Generator().manual_seed(derive_seed(seed, STREAM_SHIFT, iteration, epoch, b))
             x_student = temporal_feature_shift(x, cfg.train.shift_channels, generator=shift_gen)
-            student_out = student(x_student)
+            torch.manual_seed(derive_seed(seed, STREAM_DROPOUT, iteration, epoch, b, rank))
+            student_out = model(x_student)
             with torch.no_grad():
                 teacher_out = teacher(x)
             loss, terms = total_loss(
@@ -164,15 +234,26 @@ def train_loop_per_worker(config: dict[str, Any], report: ReportFn | None = None
             step += 1
             for key in LOSS_KEYS:
                 sums[key] += float(terms[key])
-        metrics = {key: sums[key] / steps_per_epoch for key in LOSS_KEYS}
+        metrics = _all_reduce_mean({key: sums[key] / max(1, len(batches)) for key in LOSS_KEYS}, world)
         metrics["epoch"] = float(epoch)
         history.append(metrics)
-        if collect_votes and epoch >= first_vote_epoch:
-            update_votes(teacher, corpus, video_ids, votes, cfg)
+        if voter is not None and rank == 0 and collect_votes and epoch >= first_vote_epoch:
+            voter.vote(epoch, teacher)
         if report is not None:
-            report(metrics, None)
+            checkpoint = None
+            if rank == 0:
+                checkpoint = {
+                    "epoch": epoch,
+                    "step": step,
+                    "student": student.state_dict(),
+                    "teacher": teacher.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "history": history,
+                    "votes": voter.state() if voter is not None else {},
+                }
+            report(metrics, checkpoint)
     return {
         "teacher": {k: v.detach().clone() for k, v in teacher.state_dict().items()},
-        "votes": votes,
+        "votes": voter.state() if voter is not None else {},
         "history": history,
     }

@@ -21,8 +21,9 @@ from tqdm.auto import tqdm
 
 from copl_dist import baseline as baseline_lib
 from copl_dist import has as has_lib
+from copl_dist import run_state
 from copl_dist.cluster import cluster_videos
-from copl_dist.config import PRESET_TIOUS, CoplConfig, to_dict
+from copl_dist.config import PRESET_TIOUS, CoplConfig, config_hash, to_dict
 from copl_dist.corpus import Corpus
 from copl_dist.engine import TeacherOutputs, infer_video, train_loop_per_worker
 from copl_dist.errors import InputError
@@ -147,6 +148,17 @@ def actionness_traces(
     return traces
 
 
+def default_train_fn(cfg: CoplConfig, out_dir: Path | None = None) -> TrainFn:
+    """The trainer `cfg.distributed.workers` asks for: 0 trains in this process; N > 0 (or -1, fit the
+    machine or cluster) on Ray Train, checkpointing to distributed.storage_path, else OUT/ray_storage."""
+    if cfg.distributed.workers == 0:
+        return train_loop_per_worker
+    from copl_dist.distributed.train import make_ray_train_fn
+
+    storage = cfg.distributed.storage_path or (str(out_dir / "ray_storage") if out_dir is not None else None)
+    return make_ray_train_fn(cfg, storage)
+
+
 class CoplRun:
     """One `copl run`: its config, corpus and tracker; `execute()` runs the mode the config names."""
 
@@ -155,16 +167,28 @@ class CoplRun:
         cfg: CoplConfig,
         corpus: Corpus,
         tracker: Tracker | None = None,
-        train_fn: TrainFn = train_loop_per_worker,
+        train_fn: TrainFn | None = None,
         progress: bool = True,
         on_iteration: Callable[[list[dict[str, Any]]], None] | None = None,
+        init_state: dict[str, torch.Tensor] | None = None,
+        state_dir: Path | None = None,
+        resume: bool = False,
     ):
         self.cfg = cfg
+        self.init_state = init_state  # the first training starts from these weights (`copl run --init-from`)
+        self.state_dir = state_dir  # per-iteration state for `--resume` (run_state.py); None: not kept
+        self.resume = resume
         self.corpus = corpus
         self.tracker = tracker
-        self.train_fn = train_fn
+        # None: in-process unless cfg.distributed.workers says Ray Train (default_train_fn).
+        self.train_fn = train_fn if train_fn is not None else default_train_fn(cfg, tracker.out_dir if tracker else None)
         self.progress = progress
         self.on_iteration = on_iteration
+        # The newest iteration's result (teacher, clustering, mapping) while `on_iteration` runs:
+        # `copl tune` scores each iteration's teacher from it.
+        self.latest: RunResult | None = None
+        # HAS voting and global features in Ray actors while _utal runs with distributed.has_actors > 0.
+        self._has_pool: Any = None
         self.train_ids = corpus.video_ids(cfg.data.train_subset)
         self.test_ids = corpus.video_ids(cfg.data.test_subset)
         self.num_classes = cfg.num_classes or len(corpus.classes)
@@ -201,7 +225,11 @@ class CoplRun:
             "num_classes": targets.shape[1],
             "iteration": iteration,
             "collect_votes": collect_votes,
+            "init_state": self.init_state if iteration == 0 else None,
         }
+        if collect_votes and self._has_pool is not None:
+            self._has_pool.restore({})  # every training votes from scratch, as a fresh LocalVoter does
+            config["voter"] = self._has_pool
         try:
             return self.train_fn(config, report=report)
         finally:
@@ -227,12 +255,63 @@ class CoplRun:
     def execute(self) -> RunResult:
         return {"utal": self._utal, "wtal": self._wtal, "baseline": self._baseline}[self.cfg.mode]()
 
+    def _resume_point(self) -> tuple[int, np.ndarray | None, list[dict[str, Any]], RunResult | None]:
+        """(first iteration to run, its clustering features, records so far, last result)."""
+        if not (self.resume and self.state_dir is not None):
+            return 0, None, [], None
+        state = run_state.load_latest(self.state_dir, config_hash(self.cfg))
+        if state is None:
+            return 0, None, [], None
+        labels, scores, mask = state["labels"], state["scores"], state["mask"].astype(bool)
+        result = RunResult(
+            iterations=list(state["iterations"]),
+            final={k: v for k, v in state["iterations"][-1].items() if k.startswith("map@")},
+            detections=state["detections"],
+            teacher_state=state["teacher"],
+            num_classes=self.num_classes,
+            cluster_to_class={int(k): int(v) for k, v in state["mapping"].items()},
+            traces=state["traces"],
+            pseudo_labels=self._pseudo_table(labels, scores, mask),
+        )
+        return int(state["iteration"]) + 1, state["next_features"], result.iterations, result
+
+    def _pseudo_table(self, labels: np.ndarray, scores: np.ndarray, mask: np.ndarray) -> list[dict[str, Any]]:
+        return [
+            {"video_id": v, "cluster": int(labels[n]), "plri_score": float(scores[n]), "pseudo_labelled": bool(mask[n])}
+            for n, v in enumerate(self.train_ids)
+        ]
+
+    def _mean_features(self) -> np.ndarray:
+        if self._has_pool is not None:
+            return self._has_pool.mean_features(self.train_ids)
+        return mean_features(self.corpus, self.train_ids)
+
+    def _has_features(self, votes: dict[str, np.ndarray]) -> np.ndarray:
+        if self._has_pool is not None:  # Eq. 5 inside the actors, from the votes they hold
+            return self._has_pool.global_features(self.train_ids)
+        return has_features(self.corpus, self.train_ids, votes)
+
     def _utal(self) -> RunResult:
+        n_actors = self.cfg.distributed.has_actors
+        if n_actors > 0:
+            from copl_dist.distributed.has_actors import HASActorPool
+            from copl_dist.distributed.ray_runtime import ensure_ray
+
+            ensure_ray(self.cfg.distributed)
+            self._has_pool = HASActorPool(self.corpus.root, self.train_ids, self.cfg, n_actors)
+        try:
+            return self._utal_iterations()
+        finally:
+            if self._has_pool is not None:
+                self._has_pool.shutdown()
+                self._has_pool = None
+
+    def _utal_iterations(self) -> RunResult:
         cfg = self.cfg
-        features = mean_features(self.corpus, self.train_ids)
-        iterations: list[dict[str, Any]] = []
-        result: RunResult | None = None
-        for it in range(cfg.iterations):
+        start, features, iterations, result = self._resume_point()
+        if features is None:
+            features = self._mean_features()
+        for it in range(start, cfg.iterations):
             started = time.perf_counter()
             ctx = self.tracker.iteration_run(it) if self.tracker else _null()
             with ctx:
@@ -254,10 +333,6 @@ class CoplRun:
                 record["seconds"] = time.perf_counter() - started
                 self._log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "iteration"})
                 iterations.append(record)
-                pseudo = [
-                    {"video_id": v, "cluster": int(labels[n]), "plri_score": float(scores[n]), "pseudo_labelled": bool(mask[n])}
-                    for n, v in enumerate(self.train_ids)
-                ]
                 result = RunResult(
                     iterations=iterations,
                     final={k: v for k, v in record.items() if k.startswith("map@")},
@@ -266,14 +341,22 @@ class CoplRun:
                     num_classes=self.num_classes,
                     cluster_to_class=mapping,
                     traces=actionness_traces(self.corpus, self.test_ids, outputs),
-                    pseudo_labels=pseudo,
+                    pseudo_labels=self._pseudo_table(labels, scores, mask),
                 )
+                self.latest = result
+                # The next clustering's features: HAS (Eq. 5) from this training's votes, or the
+                # mean features again when HAS is off.
+                if collect:
+                    features = self._has_features(trained["votes"])
+                if self.state_dir is not None:
+                    run_state.save_iteration(self.state_dir, it, config_hash(cfg), {
+                        "iterations": iterations, "labels": labels, "scores": scores, "mask": mask,
+                        "teacher": trained["teacher"], "votes": trained["votes"], "next_features": features,
+                        "detections": dets, "mapping": {str(k): int(v) for k, v in mapping.items()},
+                        "traces": [{**t, "segments": [list(s) for s in t["segments"]]} for t in result.traces],
+                    })
                 if self.on_iteration:
                     self.on_iteration(iterations)
-            if collect:
-                features = has_features(self.corpus, self.train_ids, trained["votes"])
-            elif not cfg.has.enabled:
-                features = mean_features(self.corpus, self.train_ids)
         assert result is not None
         return result
 

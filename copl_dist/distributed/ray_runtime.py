@@ -1,0 +1,93 @@
+"""Connecting to Ray: a cluster when one is named, else a local Ray in this process.
+
+Address order: `distributed.ray_address`, then `$RAY_ADDRESS` (set by `ray job submit`), else a
+local instance. The local one listens on 127.0.0.1 only, with no dashboard and no usage stats.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+LOCALHOST = "127.0.0.1"
+
+
+def ray_address(cfg_distributed: Any) -> str:
+    """The address `ensure_ray` connects to: a cluster's, or "local"."""
+    return cfg_distributed.ray_address or os.environ.get("RAY_ADDRESS", "") or "local"
+
+
+def ensure_ray(cfg_distributed: Any, num_cpus: int | None = None) -> None:
+    """Reuse an initialised Ray, join the configured cluster, or start a local Ray in-process.
+
+    `num_cpus` caps a local instance (tests); a cluster ignores it.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = ray_address(cfg_distributed)
+    if address != "local":
+        ray.init(address=address, log_to_driver=True)
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # token auth guards a shared cluster, not this process's
+    _init_local_on_loopback(num_cpus)
+
+
+def _init_local_on_loopback(num_cpus: int | None) -> None:
+    """ray.init(address="local") with every Ray server bound to 127.0.0.1.
+
+    `_node_ip_address="127.0.0.1"` alone is not enough on Linux: Ray swaps a loopback address for the
+    machine's outward IP unless `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER` is false, a flag it reads once at
+    import (measured with `ss -ltn`, Ray 2.60: GCS, raylet and workers then listen on 127.0.0.1, not
+    on all interfaces). The environment variable reaches Ray's own processes; the driver's copy of
+    the flag is switched off for the duration of `ray.init`.
+    """
+    import ray
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    saved = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    if saved is not None:
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            _node_ip_address=LOCALHOST,
+            log_to_driver=True,
+        )
+    finally:
+        if saved is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+def resolve_workers(workers: int, use_gpu: bool = False) -> tuple[int, bool]:
+    """(number of Ray Train workers, whether each takes a GPU) for `distributed.workers`.
+
+    workers > 0 is taken as given (with `use_gpu` as configured). -1 fits the machine, or the
+    cluster when Ray is initialised: one worker per GPU if there are GPUs, else one per two CPUs
+    (each worker's torch then has two threads' worth of cores), at least one.
+    """
+    if workers > 0:
+        return workers, use_gpu
+    if workers != -1:
+        raise ValueError(f"distributed.workers must be -1 (auto), 0 (in-process) or > 0, got {workers}")
+    gpus, cpus = _available_gpus_cpus()
+    if gpus >= 1:
+        return gpus, True
+    return max(1, cpus // 2), False
+
+
+def _available_gpus_cpus() -> tuple[int, int]:
+    import ray
+
+    if ray.is_initialized():
+        res = ray.cluster_resources()
+        return int(res.get("GPU", 0)), int(res.get("CPU", 1))
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return gpus, os.cpu_count() or 1

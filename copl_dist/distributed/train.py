@@ -1,0 +1,193 @@
+"""IOCNet training on Ray Train: `engine.train_loop_per_worker` under a TorchTrainer with DDP.
+
+`make_ray_train_fn(cfg, storage_path)` returns a function with the in-process signature
+(`train_fn(config, report=None) -> {"teacher", "votes", "history"}`), so `pipeline.CoplRun` does not
+know which one it holds. On the workers, `ray_worker_loop` runs the same engine loop: each rank
+opens the corpus by its path and reads its share of every global batch from the memory-mapped
+Arrow shards; rank 0 votes and checkpoints after every epoch through `ray.train.report`.
+`FailureConfig(max_failures)` restarts a failed worker group from the last checkpoint; since every
+random draw depends only on (seed, iteration, epoch, batch, rank), a restarted run ends with the
+same weights as an undisturbed one.
+
+Backend: gloo for CPU workers; for GPU workers "cpu:gloo,cuda:nccl", i.e. NCCL for CUDA tensors and
+gloo for the CPU-side epoch metrics that the engine all-reduces.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from copl_dist import engine
+from copl_dist.distributed.ray_runtime import ensure_ray, ray_address, resolve_workers
+from copl_dist.errors import InputError
+
+CHECKPOINT_FILE = "train_state.pt"
+
+
+class RayTrainingError(RuntimeError):
+    """A Ray Train run failed after its restarts (`distributed.max_failures`) ran out."""
+
+
+# -- on the workers ------------------------------------------------------------------------------
+def ray_worker_loop(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker function: resume from the latest checkpoint, if any, then train.
+
+    Every rank calls `ray.train.report` once per epoch (V2 synchronises on it); only rank 0 attaches
+    a checkpoint. config["fault"] = {"epoch", "rank", "marker"} (tests only) makes that rank SIGKILL
+    its own process at that epoch's report, once: the marker file records the kill, and a restarted
+    attempt that finds it trains through. config["clock"] (benchmarks): a file where rank 0 appends
+    "epoch unix-time" as each epoch ends.
+    """
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as path:
+            config = {**config, "resume_state": _load_state(Path(path))}
+    rank = ray.train.get_context().get_world_rank()
+    fault = config.get("fault")
+    clock = config.get("clock") if rank == 0 else None  # benchmarks: a file of "epoch wall-time" lines
+
+    def _report(metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        if clock:
+            with open(clock, "a") as f:
+                f.write(f"{int(metrics['epoch'])} {time.time():.6f}\n")
+        if fault is not None and rank == int(fault["rank"]) and int(metrics["epoch"]) == int(fault["epoch"]):
+            _kill_once(Path(fault["marker"]), rank, int(metrics["epoch"]))
+        if state is None:
+            ray.train.report(metrics, checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory(prefix="copl-ckpt-") as tmp:
+            torch.save(state, Path(tmp) / CHECKPOINT_FILE)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    engine.train_loop_per_worker(config, report=_report)
+    # Nothing returned: the driver reads the final checkpoint rather than shipping weights twice.
+
+
+def _kill_once(marker: Path, rank: int, epoch: int) -> None:
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return  # already killed once: this is the restarted attempt
+    os.write(fd, f"rank {rank} pid {os.getpid()} SIGKILLed itself at epoch {epoch}\n".encode())
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _load_state(directory: Path) -> dict[str, Any]:
+    # Our own checkpoint (numpy vote arrays beside tensors), hence not weights_only.
+    return torch.load(directory / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+
+
+# -- on the driver -------------------------------------------------------------------------------
+def _cpus_per_worker(num_workers: int, local: bool) -> int:
+    """CPUs for each worker: the smallest node's CPUs split evenly, at least 1. On one machine the
+    workers then use all its cores, and each worker's torch threads (OMP_NUM_THREADS, which Ray sets
+    from the worker's CPUs) match what the in-process path uses with one worker. If other Ray work
+    (HAS actors) holds CPUs, the workers share the free ones; on a local Ray with fewer free CPUs
+    than workers the fit could never be placed, so that is an error rather than a hang."""
+    import ray
+
+    per_node = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    want = max(1, min([c for c in per_node if c > 0] or [1]) // num_workers)
+    free = int(ray.available_resources().get("CPU", 0))
+    deadline = time.monotonic() + 15  # a previous fit's workers may still be releasing theirs
+    while local and free < num_workers and time.monotonic() < deadline:
+        time.sleep(0.5)
+        free = int(ray.available_resources().get("CPU", 0))
+    if free >= num_workers * want:
+        return want
+    if local and free < num_workers:
+        total = int(ray.cluster_resources().get("CPU", 0))
+        raise InputError(
+            f"Ray Train needs {num_workers} CPU(s) for {num_workers} worker(s) but only {free} of {total} are free "
+            "(HAS actors or other Ray work hold the rest): lower --workers or --has-actors"
+        )
+    return max(1, free // num_workers)
+
+
+def make_ray_train_fn(cfg: Any, storage_path: str | os.PathLike[str] | None = None):
+    """A train_fn for `pipeline.CoplRun` that trains on Ray Train with `cfg.distributed` settings.
+
+    `cfg` is the run's CoplConfig (only `cfg.distributed` is read here; the per-iteration config
+    dict carries the rest). `storage_path`: where Ray Train persists checkpoints (None: Ray's
+    default, ~/ray_results). Ray is started or joined on the first call (`ensure_ray`).
+    """
+    dist = cfg.distributed
+
+    def train_fn(config: dict[str, Any], report: engine.ReportFn | None = None) -> dict[str, Any]:
+        from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchConfig, TorchTrainer
+        from ray.train import TrainingFailedError
+
+        ensure_ray(dist)
+        num_workers, use_gpu = resolve_workers(dist.workers, dist.use_gpu)
+        cpus = _cpus_per_worker(num_workers, local=ray_address(dist) == "local")
+        # Workers (possibly on other machines) open the corpus themselves: give them an absolute path.
+        config = {**config, "corpus": str(Path(config["corpus"]).resolve())}
+        name = f"copl-it{int(config.get('iteration', 0))}-{uuid.uuid4().hex[:12]}"  # same name+path would resume
+        trainer = TorchTrainer(
+            ray_worker_loop,
+            train_loop_config=config,
+            torch_config=TorchConfig(backend="cpu:gloo,cuda:nccl" if use_gpu else "gloo"),
+            scaling_config=ScalingConfig(
+                num_workers=num_workers,
+                use_gpu=use_gpu,
+                resources_per_worker={"CPU": cpus, **({"GPU": 1} if use_gpu else {})},
+            ),
+            run_config=RunConfig(
+                name=name,
+                storage_path=None if storage_path is None else str(Path(storage_path).resolve()),
+                failure_config=FailureConfig(max_failures=dist.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=1),  # resume needs only the latest
+                logging_config=LoggingConfig(log_level="WARNING"),  # not a line per epoch and checkpoint
+            ),
+        )
+        try:
+            result = trainer.fit()
+        except TrainingFailedError as exc:
+            _raise_failure(name, num_workers, exc)
+        if result.error is not None:  # fit() raises in Ray 2.60; older versions returned the error
+            _raise_failure(name, num_workers, result.error)
+        if result.checkpoint is None:
+            raise RayTrainingError(f"Ray Train run '{name}' finished without a checkpoint")
+        with result.checkpoint.as_directory() as path:
+            state = _load_state(Path(path))
+        history = list(state["history"])
+        if report is not None:
+            for metrics in history:  # per-epoch losses to the caller (MLflow, progress bar) after the fit
+                report(metrics, None)
+        return {"teacher": state["teacher"], "votes": state.get("votes") or {}, "history": history}
+
+    return train_fn
+
+
+def _raise_failure(name: str, num_workers: int, exc: BaseException) -> None:
+    """Raise one clear error for a failed fit: the workers' InputError as is (bad input is bad input
+    wherever it is read: the CLI prints its one line), anything else as RayTrainingError naming
+    the run and each failed rank's exception."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    if failures and all(isinstance(e, InputError) for e in failures.values()):
+        raise InputError(str(failures[min(failures)])) from exc
+    raise RayTrainingError(f"Ray Train run '{name}' failed ({num_workers} workers): {_summary(exc)}") from exc
+
+
+def _summary(exc: BaseException) -> str:
+    failures = getattr(exc, "worker_failures", None)
+    if failures:
+        return "; ".join(f"rank {r}: {type(e).__name__}: {_first_line(e)}" for r, e in sorted(failures.items()))
+    return f"{type(exc).__name__}: {_first_line(exc)}"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else ""

@@ -1,0 +1,78 @@
+"""Per-iteration state of a `copl run`, so that `--resume` continues after the last completed one.
+
+OUT/state/iteration-K.pt (`copl run` keeps them there) holds what iteration K+1 needs and what the outputs are made from: the
+clustering (pseudo-labels, PLRI scores, P/U mask), the teacher, the HAS voting state, the global
+features for the next clustering, the iteration's record and detections. Everything is tensors,
+numbers, strings, lists and dicts, so it loads with `weights_only=True` (no code runs on load).
+Each iteration is seeded from (seed, iteration) alone, so a resumed run ends where an undisturbed
+one does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from copl_dist.atomic import atomic_path
+from copl_dist.errors import InputError
+
+STATE_VERSION = 1
+
+
+def _to_saveable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, dict):
+        return {k: _to_saveable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_saveable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _to_numpy(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.numpy()
+    if isinstance(value, dict):
+        return {k: _to_numpy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_numpy(v) for v in value]
+    return value
+
+
+def state_path(state_dir: Path, iteration: int) -> Path:
+    return state_dir / f"iteration-{iteration}.pt"
+
+
+def save_iteration(state_dir: Path, iteration: int, config_hash: str, state: dict[str, Any]) -> None:
+    """State of a completed iteration; `teacher` stays a state dict of tensors."""
+    payload = {"version": STATE_VERSION, "iteration": iteration, "config_hash": config_hash}
+    payload.update({k: (v if k == "teacher" else _to_saveable(v)) for k, v in state.items()})
+    with atomic_path(state_path(state_dir, iteration)) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_latest(state_dir: Path, config_hash: str) -> dict[str, Any] | None:
+    """The last completed iteration's state in `state_dir`, or None when none was saved."""
+    folder = state_dir
+    files = sorted(folder.glob("iteration-*.pt"), key=lambda p: int(p.stem.split("-")[1])) if folder.is_dir() else []
+    if not files:
+        return None
+    path = files[-1]
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: say which
+        raise InputError(f"{path}: not a readable copl run state ({type(exc).__name__})") from None
+    if payload.get("config_hash") != config_hash:
+        raise InputError(
+            f"{path}: saved by a run with another config (hash {payload.get('config_hash')}, now {config_hash}); "
+            "resume with the same arguments"
+        )
+    teacher = payload.pop("teacher", None)
+    state = _to_numpy(payload)
+    state["teacher"] = teacher
+    return state

@@ -1,0 +1,859 @@
+"""`copl tune`: Ray Tune search over COPL's hyper-parameters, then post-processing on cached predictions.
+
+    copl tune --space tune_spaces/thumos14.yaml [--data ROOT] [--samples N]
+              [--objective silhouette|agreement|map] [--val-subset NAME] [--out DIR] ...
+
+A space file (YAML, see tune_spaces/README.md) names a preset, fixed `base` overrides, the `search`
+space (one COPL training per trial) and a `postprocess` space (inference.* only). Each trial resolves
+preset -> --config -> base -> --set -> flags -> sampled values, runs the COPL iterations in its Ray
+actor (pipeline.CoplRun, no MLflow, no Ray Train) and reports its objective after every iteration,
+so ASHA (time_attr "iteration") stops bad trials early.
+
+Objectives, all maximised:
+  map         map@avg on `--val-subset`, a labelled subset the user holds out. Never the test subset:
+              choosing hyper-parameters on test labels is cheating in unsupervised TAL.
+  silhouette  label-free: mean PLRI score s_i (Eq. 8) over the training videos of the clustering that
+              the iteration's teacher induces (HAS global features from one teacher pass, spectral
+              clustering with the next iteration's seed): how well separated the videos it groups are.
+  agreement   label-free: mean over training videos of the Pearson correlation over time between
+              A_ca(x) and A_ca(shift(x)), with A_ca the teacher's class-agnostic attention (Eq. 13)
+              and shift the student's temporal feature shift (train.shift_channels channels, seeded
+              per iteration): whether the actionness curve keeps its shape under the augmentation
+              L_co trains for. In [-1, 1]; a flat (uninformative) curve counts 0. A correlation
+              rather than 1 - MSE: the shift moves A_ca by ~1e-6 in MSE, which ranks trials by the
+              curves' scale more than by their stability, and a constant teacher would score 1.
+Label-free objectives rank settings that train sensibly; they do not replace a labelled check.
+
+Post-processing (`postprocess`, objective map only): the best completed trial stores its raw
+predictions on the validation videos (h_cs, class scores, durations, cluster -> class mapping) as a
+Ray checkpoint; they are copied to OUT/raw_predictions.npz and the postprocess space is searched by
+re-running localize + detection mAP on that cache alone, with no training. Label-free objectives keep
+the post-processing values of the resolved config (there are no labels to score them with).
+
+Outputs under OUT: best_config.yaml (loads with `copl run --config`), tune_results.json (every trial:
+params, per-iteration objective, status; the post-processing search), raw_predictions.npz (map),
+mlflow.db (one parent run "tune", one nested run per trial), ray_results/ (Tune's own files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import math
+import shutil
+import sys
+import tempfile
+import time
+import typing
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from copl_dist import config as config_lib
+from copl_dist.atomic import atomic_path, write_json, write_text
+from copl_dist.config import PRESET_TIOUS, PRESETS, CoplConfig, flatten, from_dict, resolve, to_dict, to_yaml, validate
+from copl_dist.errors import InputError
+from copl_dist.seeding import STREAM_CLUSTER, derive_seed
+
+OBJECTIVES = ("silhouette", "agreement", "map")
+SPEC_KINDS = ("uniform", "loguniform", "randint", "choice")
+SPACE_KEYS = ("preset", "base", "search", "postprocess")
+RAW_FILE = "raw_predictions.npz"
+# The tuner owns these in every trial (the schedule, the subsets, where things run and log).
+NOT_SEARCHABLE = ("preset", "mode", "seed", "iterations", "num_classes", "data.train_subset", "data.test_subset")
+NOT_SEARCHABLE_PREFIXES = ("tracking.", "distributed.")
+# Numbers reported by a trial besides "iteration" and "objective" (diagnostics, never selected on).
+REPORTED = ("silhouette", "agreement", "map@avg", "map@0.5", "purity", "nmi", "ari", "num_pseudo_labelled", "loss")
+_STREAM_AGREEMENT = 101
+_STREAM_POSTPROCESS = 102
+
+
+# ---------------------------------------------------------------------------------------------
+# The space file
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Space:
+    path: str
+    preset: str | None
+    base: dict[str, Any]
+    search: dict[str, dict[str, Any]]
+    postprocess: dict[str, dict[str, Any]]
+
+
+def leaf_types() -> dict[str, Any]:
+    """{'has.gamma': float, 'inference.thetas': list[float], ...}: every settable config key."""
+    out: dict[str, Any] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            if dataclasses.is_dataclass(hint):
+                walk(hint, f"{prefix}{f.name}.")
+            else:
+                out[f"{prefix}{f.name}"] = hint
+
+    walk(CoplConfig, "")
+    return out
+
+
+def _check_spec(where: str, key: str, spec: Any, hint: Any) -> None:
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in SPEC_KINDS:
+        raise InputError(f"{where} '{key}': expected one of {{{' | '.join(f'{k}: ...' for k in SPEC_KINDS)}}}, got {spec!r}")
+    kind, arg = next(iter(spec.items()))
+    if kind == "choice":
+        if not isinstance(arg, list) or not arg:
+            raise InputError(f"{where} '{key}': choice needs a non-empty list, got {arg!r}")
+        return
+    if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in arg)):
+        raise InputError(f"{where} '{key}': {kind} needs [lo, hi] numbers, got {arg!r}")
+    lo, hi = arg
+    if not lo < hi:
+        raise InputError(f"{where} '{key}': {kind} needs lo < hi, got {arg!r}")
+    if kind in ("uniform", "loguniform") and hint is not float:
+        raise InputError(f"{where} '{key}': {kind} draws floats but the key is {getattr(hint, '__name__', hint)}; use randint or choice")
+    if kind == "loguniform" and lo <= 0:
+        raise InputError(f"{where} '{key}': loguniform needs lo > 0, got {arg!r}")
+    if kind == "randint" and not (isinstance(lo, int) and isinstance(hi, int) and hint in (int, float)):
+        raise InputError(f"{where} '{key}': randint needs integer bounds and a numeric key, got {arg!r}")
+
+
+def load_space(path: str | Path) -> Space:
+    """Parse and check a space file: known sections, existing config keys, well-formed specs."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: space file not found")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{p}: expected a mapping with keys {list(SPACE_KEYS)}")
+    for key in raw:
+        if key not in SPACE_KEYS:
+            raise InputError(f"{p}: unknown section '{key}' (expected {', '.join(SPACE_KEYS)})")
+    preset = raw.get("preset")
+    if preset is not None and preset not in PRESETS:
+        raise InputError(f"{p}: unknown preset '{preset}' (choose from {sorted(PRESETS)})")
+    types = leaf_types()
+    sections: dict[str, dict[str, Any]] = {}
+    for name in ("base", "search", "postprocess"):
+        value = raw.get(name) or {}
+        if not isinstance(value, dict):
+            raise InputError(f"{p}: '{name}' must be a mapping of dotted config keys")
+        for key in value:
+            if key not in types:
+                raise InputError(f"{p}: {name}: unknown config key '{key}'")
+        sections[name] = dict(value)
+    for key, spec in sections["search"].items():
+        if key.startswith("inference."):
+            raise InputError(f"{p}: search: '{key}' changes no training; put it under postprocess (tuned on cached predictions)")
+        if key in NOT_SEARCHABLE or key.startswith(NOT_SEARCHABLE_PREFIXES):
+            raise InputError(f"{p}: search: '{key}' is set by the tuner or the command line, not searched")
+        _check_spec(f"{p}: search", key, spec, types[key])
+    for key, spec in sections["postprocess"].items():
+        if not key.startswith("inference."):
+            raise InputError(f"{p}: postprocess: '{key}' needs retraining; only inference.* keys are tuned on cached predictions")
+        _check_spec(f"{p}: postprocess", key, spec, types[key])
+    both = set(sections["base"]) & (set(sections["search"]) | set(sections["postprocess"]))
+    if both:
+        raise InputError(f"{p}: '{sorted(both)[0]}' is both fixed in base and searched")
+    return Space(str(p), preset, sections["base"], sections["search"], sections["postprocess"])
+
+
+def spec_values(spec: dict[str, Any]) -> list[Any]:
+    """The extreme values a spec can produce (every choice; lo and hi, hi - 1 for randint)."""
+    kind, arg = next(iter(spec.items()))
+    if kind == "choice":
+        return list(arg)
+    return [arg[0], arg[1] - 1] if kind == "randint" else [arg[0], arg[1]]
+
+
+def in_space(spec: dict[str, Any], value: Any) -> bool:
+    kind, arg = next(iter(spec.items()))
+    if kind == "choice":
+        return any(value == v for v in arg)
+    if kind == "randint":
+        return float(value).is_integer() and arg[0] <= value < arg[1]
+    return arg[0] <= value <= arg[1]
+
+
+def sample_spec(spec: dict[str, Any], rng: np.random.Generator) -> Any:
+    """One plain-Python draw from a spec (the post-processing search; trials use Ray's samplers)."""
+    kind, arg = next(iter(spec.items()))
+    if kind == "choice":
+        return copy.deepcopy(arg[int(rng.integers(len(arg)))])
+    if kind == "randint":
+        return int(rng.integers(arg[0], arg[1]))
+    if kind == "loguniform":
+        return float(math.exp(rng.uniform(math.log(arg[0]), math.log(arg[1]))))
+    return float(rng.uniform(arg[0], arg[1]))
+
+
+def tune_domain(spec: dict[str, Any]) -> Any:
+    from ray import tune
+
+    kind, arg = next(iter(spec.items()))
+    if kind == "choice":
+        return tune.choice(arg)
+    return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[kind](*arg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs
+# ---------------------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars from the samplers -> Python numbers (the config and YAML want plain types)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def get_key(cfg: CoplConfig, key: str) -> Any:
+    obj: Any = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return copy.deepcopy(obj)
+
+
+def with_values(cfg: CoplConfig | dict[str, Any], values: dict[str, Any], source: str) -> CoplConfig:
+    """A validated copy of `cfg` with dotted `values` set; `cfg` is not touched."""
+    out = from_dict(to_dict(cfg) if isinstance(cfg, CoplConfig) else copy.deepcopy(cfg), source=source)
+    for key, value in values.items():
+        config_lib._merge(out, config_lib._dotted_to_nested(key, _plain(value)), source=source)
+    validate(out, source=source)
+    return out
+
+
+def user_config(
+    space: Space, preset: str | None, config_file: str | None, sets: list[str], flags: dict[str, Any]
+) -> CoplConfig:
+    """preset -> --config -> the space's base -> --set -> flags; the sampled values come on top per trial."""
+    cfg = resolve(preset or space.preset or "thumos14", config_file)
+    for key, value in space.base.items():
+        config_lib._merge(cfg, config_lib._dotted_to_nested(key, value), source=f"{space.path} (base)")
+    searched = set(space.search) | set(space.postprocess)
+    for key, value in config_lib.parse_set(sets):
+        if key in searched:
+            raise InputError(f"--set {key}: the space {space.path} searches this key; drop one of the two")
+        config_lib._merge(cfg, config_lib._dotted_to_nested(key, value), source="--set")
+    for key, value in flags.items():
+        if value is not None:
+            config_lib._merge(cfg, config_lib._dotted_to_nested(key, value), source=f"--{key.split('.')[-1]}")
+    validate(cfg, source=space.path)
+    if cfg.mode != "utal":
+        raise InputError(f"{space.path}: copl tune searches the unsupervised mode (mode: utal), got mode '{cfg.mode}'")
+    # Every extreme value of the space must make a valid config, so no trial fails on a bound.
+    for section, specs in (("search", space.search), ("postprocess", space.postprocess)):
+        for key, spec in specs.items():
+            for value in spec_values(spec):
+                try:
+                    with_values(cfg, {key: value}, source=f"{space.path}: {section}")
+                except InputError as exc:
+                    raise InputError(f"{space.path}: {section} '{key}': value {value!r} is not allowed ({exc})") from None
+    return cfg
+
+
+def trial_overrides(eval_subset: str) -> dict[str, Any]:
+    """Set inside every trial only, never in best_config.yaml: no MLflow or Ray Train in a trial, and
+    the pipeline's per-iteration evaluation runs on the validation subset (never the test subset)."""
+    return {
+        "tracking.enabled": False,
+        "distributed.workers": 0,
+        "distributed.has_actors": 0,
+        "data.test_subset": eval_subset,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Objectives (pure functions of one iteration's teacher)
+# ---------------------------------------------------------------------------------------------
+
+
+def silhouette_objective(cfg: CoplConfig, corpus: Any, video_ids: list[str], teacher: Any, num_classes: int, iteration: int) -> float:
+    """Mean PLRI score of the clustering that this teacher's HAS global features give (label-free)."""
+    from copl_dist import has as has_lib
+    from copl_dist.cluster import cluster_videos
+    from copl_dist.engine import infer_video
+
+    feats = []
+    for vid in video_ids:
+        x = corpus.features(vid)
+        out = infer_video(teacher, x, cfg.train.beta, cfg.train.topl_ratio)
+        feats.append(has_lib.global_feature(x, has_lib.has_attention(out.a_cs, out.a_ca, cfg.has.gamma, branch=cfg.has.branch)))
+    seed = derive_seed(cfg.seed, STREAM_CLUSTER, iteration + 1)
+    _, scores, _ = cluster_videos(np.stack(feats), num_classes, seed, cfg.cluster.delta, cfg.cluster.plri)
+    return float(scores.mean())
+
+
+def agreement_objective(cfg: CoplConfig, corpus: Any, video_ids: list[str], teacher: Any, iteration: int) -> float:
+    """Mean over videos of corr_t(A_ca(x), A_ca(shift(x))) of the teacher; 0 for a flat curve (label-free)."""
+    import torch
+
+    from copl_dist.augment import temporal_feature_shift
+
+    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, _STREAM_AGREEMENT, iteration))
+    teacher.eval()
+    corrs = []
+    with torch.no_grad():
+        for vid in video_ids:
+            x = torch.from_numpy(np.array(corpus.features(vid), dtype=np.float32))[None]  # (1, T, D)
+            a = teacher(x)["a_ca"][0].double().numpy()  # (T,)
+            a_shift = teacher(temporal_feature_shift(x, cfg.train.shift_channels, generator=gen))["a_ca"][0].double().numpy()
+            corrs.append(_correlation(a, a_shift))
+    return float(np.mean(corrs))
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two (T,) curves; 0 when either is flat (no shape to agree on)."""
+    da, db = a - a.mean(), b - b.mean()
+    denom = math.sqrt(float(da @ da) * float(db @ db))
+    return float(da @ db) / denom if denom > 1e-24 else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw predictions and the post-processing search (no training anywhere here)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RawPredictions:
+    """Teacher outputs on one subset, everything post-processing needs."""
+
+    subset: str
+    video_ids: list[str]
+    h_cs: list[np.ndarray]  # per video (T, C) selection scores
+    class_scores: np.ndarray  # (N, C)
+    durations_s: np.ndarray  # (N,)
+    cluster_to_class: np.ndarray  # (C,) cluster id -> class index
+    classes: list[str] = field(default_factory=list)
+
+
+def raw_predictions(
+    cfg: CoplConfig, corpus: Any, teacher: Any, cluster_to_class: dict[int, int], num_classes: int, subset: str
+) -> RawPredictions:
+    from copl_dist.engine import infer_video
+
+    vids = corpus.video_ids(subset)
+    outs = [infer_video(teacher, corpus.features(v), cfg.train.beta, cfg.train.topl_ratio) for v in vids]
+    return RawPredictions(
+        subset=subset,
+        video_ids=list(vids),
+        h_cs=[o.h_cs.astype(np.float32) for o in outs],
+        class_scores=np.stack([o.class_scores for o in outs]).astype(np.float32),
+        durations_s=np.array([corpus.record(v).duration_s for v in vids], dtype=np.float64),
+        cluster_to_class=np.array([cluster_to_class[c] for c in range(num_classes)], dtype=np.int64),
+        classes=list(corpus.classes),
+    )
+
+
+def save_raw(path: str | Path, raw: RawPredictions) -> None:
+    """One .npz with no object arrays (loads with allow_pickle=False): ragged h_cs as rows + offsets."""
+    offsets = np.concatenate([[0], np.cumsum([h.shape[0] for h in raw.h_cs])]).astype(np.int64)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(
+            f,
+            subset=np.array(raw.subset),
+            video_ids=np.array(raw.video_ids, dtype=str),
+            h_cs=np.concatenate(raw.h_cs, axis=0),
+            offsets=offsets,
+            class_scores=raw.class_scores,
+            durations_s=raw.durations_s,
+            cluster_to_class=raw.cluster_to_class,
+            classes=np.array(raw.classes, dtype=str),
+        )
+
+
+def load_raw(path: str | Path) -> RawPredictions:
+    with np.load(path, allow_pickle=False) as z:
+        offsets = z["offsets"]
+        h = z["h_cs"]
+        return RawPredictions(
+            subset=str(z["subset"]),
+            video_ids=[str(v) for v in z["video_ids"]],
+            h_cs=[h[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)],
+            class_scores=z["class_scores"],
+            durations_s=z["durations_s"],
+            cluster_to_class=z["cluster_to_class"],
+            classes=[str(c) for c in z["classes"]],
+        )
+
+
+def detections_from_raw(raw: RawPredictions, inference: Any) -> dict[str, Any]:
+    """pipeline.localize_all on the cache: the same detections the trial evaluated."""
+    from copl_dist.localize import localize_video
+
+    results: dict[str, list[dict[str, Any]]] = {}
+    for i, vid in enumerate(raw.video_ids):
+        dets = localize_video(raw.h_cs[i], raw.class_scores[i], float(raw.durations_s[i]), inference)
+        results[vid] = [
+            {
+                "segment": [round(float(s), 3), round(float(e), 3)],
+                "label": raw.classes[int(raw.cluster_to_class[int(c)])],
+                "score": float(score),
+            }
+            for s, e, c, score in dets
+        ]
+    return {"version": "copl_dist", "results": results}
+
+
+def search_postprocess(
+    raw: RawPredictions, ground_truth: dict[str, Any], cfg: CoplConfig, specs: dict[str, dict[str, Any]], samples: int, source: str
+) -> dict[str, Any]:
+    """Random search of the postprocess space by map@avg on the cached predictions.
+
+    The config's own values are one candidate when they lie inside the space (so the search never
+    returns something worse on the validation set than not searching); the rest are draws from a
+    stream of the root seed. Ties keep the earlier candidate.
+    """
+    from copl_dist.metrics import detection_map
+
+    tious = [f"{t:g}" for t in PRESET_TIOUS[cfg.preset]]
+
+    def score(values: dict[str, Any]) -> float:
+        inference = with_values(cfg, values, source=source).inference
+        return float(detection_map(ground_truth, detections_from_raw(raw, inference), tious, subset=raw.subset)["avg"])
+
+    defaults = {k: get_key(cfg, k) for k in specs}
+    rng = np.random.default_rng(derive_seed(cfg.seed, _STREAM_POSTPROCESS))
+    candidates = [defaults] if all(in_space(specs[k], defaults[k]) for k in specs) else []
+    while len(candidates) < max(1, samples):
+        candidates.append({k: sample_spec(spec, rng) for k, spec in specs.items()})
+    evaluated = [{"values": c, "objective": score(c)} for c in candidates]
+    best = max(evaluated, key=lambda e: e["objective"])  # first of equals
+    return {
+        "searched": True,
+        "subset": raw.subset,
+        "default_values": defaults,
+        "default_objective": score({}),
+        "best_values": best["values"],
+        "best_objective": best["objective"],
+        "candidates": evaluated,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The trial (runs in a Ray actor)
+# ---------------------------------------------------------------------------------------------
+
+
+def trial_trainable(params: dict[str, Any], ctx: dict[str, Any]) -> None:
+    """One trial: COPL with the sampled values; `tune.report` after every COPL iteration."""
+    from ray import tune
+
+    from copl_dist.corpus import Corpus
+    from copl_dist.pipeline import CoplRun, load_teacher
+
+    base = with_values(ctx["base"], {k: _plain(v) for k, v in params.items()}, source="trial")
+    cfg = with_values(base, ctx["overrides"], source="trial")
+    corpus = Corpus.open(ctx["corpus"])
+    objective = ctx["objective"]
+    run: CoplRun | None = None
+
+    def on_iteration(iterations: list[dict[str, Any]]) -> None:
+        assert run is not None and run.latest is not None
+        latest, record = run.latest, iterations[-1]
+        teacher = load_teacher(latest.teacher_state, latest.num_classes, cfg)
+        metrics: dict[str, float] = {"iteration": float(len(iterations))}
+        if objective == "silhouette":
+            metrics["silhouette"] = silhouette_objective(cfg, corpus, run.train_ids, teacher, latest.num_classes, len(iterations) - 1)
+        elif objective == "agreement":
+            metrics["agreement"] = agreement_objective(cfg, corpus, run.train_ids, teacher, len(iterations) - 1)
+        if ctx["val_subset"]:  # map on the validation subset (the objective for "map", else a diagnostic)
+            metrics.update({k: float(record[k]) for k in ("map@avg", "map@0.5") if k in record})
+        metrics.update({k: float(record[k]) for k in ("purity", "nmi", "ari", "num_pseudo_labelled") if k in record})
+        metrics["loss"] = float(record["losses"]["loss"])
+        metrics["objective"] = float(metrics.get({"map": "map@avg"}.get(objective, objective), float("nan")))
+        if objective == "map" and len(iterations) == cfg.iterations:
+            with tempfile.TemporaryDirectory() as tmp:
+                raw = raw_predictions(cfg, corpus, teacher, latest.cluster_to_class, latest.num_classes, ctx["val_subset"])
+                save_raw(Path(tmp) / RAW_FILE, raw)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        else:
+            tune.report(metrics)
+
+    run = CoplRun(cfg, corpus, tracker=None, progress=False, on_iteration=on_iteration)
+    run.execute()
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver side: trial log and MLflow, one nested run per trial
+# ---------------------------------------------------------------------------------------------
+
+
+def _trial_dirname(trial: Any) -> str:
+    return str(trial.trial_id)
+
+
+def _make_trial_log(max_iterations: int, mlflow_target: tuple[str, str, str] | None, echo: bool) -> Any:
+    """A Tune Callback that records every trial (for tune_results.json) and mirrors it to MLflow.
+
+    mlflow_target = (tracking_uri, experiment_id, parent_run_id): all MLflow writes happen here, in the
+    driver, so a SQLite store never sees two writers.
+    """
+    from ray.tune import Callback
+
+    from copl_dist.tracking import mlflow_key
+
+    class TrialLog(Callback):
+        def __init__(self) -> None:
+            self.records: dict[str, dict[str, Any]] = {}
+            self.client = None
+            if mlflow_target is not None:
+                import mlflow
+
+                self.client = mlflow.MlflowClient(tracking_uri=mlflow_target[0])
+                self.experiment_id, self.parent_run_id = mlflow_target[1], mlflow_target[2]
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            if trial.trial_id in self.records:
+                return
+            params = {k: _plain(v) for k, v in trial.config.items()}
+            rec = {"trial_id": trial.trial_id, "params": params, "history": [], "status": "running", "error": None, "mlflow_run_id": None}
+            self.records[trial.trial_id] = rec
+            if self.client is not None:
+                run = self.client.create_run(
+                    self.experiment_id,
+                    run_name=f"trial-{trial.trial_id}",
+                    tags={"mlflow.parentRunId": self.parent_run_id, "copl.trial_id": trial.trial_id, "copl.kind": "tune-trial"},
+                )
+                rec["mlflow_run_id"] = run.info.run_id
+                for key, value in params.items():
+                    self.client.log_param(run.info.run_id, key, str(value)[:500])
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            rec = self.records[trial.trial_id]
+            step = int(result["iteration"])
+            entry = {"iteration": step, "objective": float(result["objective"])}
+            entry.update({k: float(result[k]) for k in REPORTED if k in result})
+            rec["history"].append(entry)
+            if self.client is not None:
+                from mlflow.entities import Metric
+
+                now = int(time.time() * 1000)
+                metrics = [Metric(mlflow_key(k), v, now, step) for k, v in entry.items() if k != "iteration" and math.isfinite(v)]
+                self.client.log_batch(rec["mlflow_run_id"], metrics=metrics)
+            if echo:
+                print(f"copl tune: trial {trial.trial_id} iteration {step}/{max_iterations}: "
+                      f"objective {entry['objective']:.6g}", file=sys.stderr)
+
+        def _end(self, trial: Any, failed: bool) -> None:
+            rec = self.records.get(trial.trial_id)
+            if rec is None:
+                return
+            done = rec["history"][-1]["iteration"] if rec["history"] else 0
+            rec["status"] = "error" if failed else ("completed" if done >= max_iterations else "stopped_early")
+            if self.client is not None:
+                self.client.set_tag(rec["mlflow_run_id"], "copl.status", rec["status"])
+                self.client.set_terminated(rec["mlflow_run_id"], "FAILED" if failed else "FINISHED")
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._end(trial, failed=False)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._end(trial, failed=True)
+
+    return TrialLog()
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--space", required=True, help="search space YAML (tune_spaces/thumos14.yaml, tune_spaces/anet12.yaml)")
+    p.add_argument("--data", help="dataset root or converted corpus (default: the embedded synthetic corpus of `copl run`)")
+    p.add_argument("--out", help="output folder (default runs/tune-<space name>)")
+    p.add_argument("--samples", type=int, default=8, help="trials to sample (default 8)")
+    p.add_argument("--objective", choices=OBJECTIVES, default="silhouette",
+                   help="silhouette / agreement: label-free; map: map@avg on --val-subset (default silhouette)")
+    p.add_argument("--val-subset", help="labelled validation subset for --objective map (never the test subset)")
+    p.add_argument("--preset", help="thumos14 or anet12 (default: the space's preset)")
+    p.add_argument("--config", help="YAML config applied before the space's base")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="fixed override, e.g. train.batch_size=8")
+    p.add_argument("--iterations", type=int, help="COPL iterations per trial (ASHA's time axis)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--snippets", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--train-subset")
+    p.add_argument("--test-subset", help="the subset `copl run` reports on; trials never evaluate on it")
+    p.add_argument("--max-concurrent", type=int, default=1, help="trials at once (default 1)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--grace-period", type=int, default=1, help="ASHA: iterations before a trial can be stopped")
+    p.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA reduction factor")
+    p.add_argument("--pp-samples", type=int, default=64, help="post-processing candidates scored on the cache (objective map)")
+    p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled W-TALC object arrays")
+
+
+def _check_val_subset(objective: str, val_subset: str | None, cfg: CoplConfig) -> None:
+    if objective == "map" and not val_subset:
+        raise InputError(
+            "--objective map needs --val-subset NAME, a labelled validation subset held out from the test set: "
+            f"selecting hyper-parameters on the test labels (subset '{cfg.data.test_subset}') is cheating in unsupervised TAL; "
+            "or use a label-free objective (--objective silhouette or agreement)"
+        )
+    if val_subset and val_subset == cfg.data.test_subset:
+        raise InputError(
+            f"--val-subset {val_subset}: that is the test subset (data.test_subset); tuning on test labels is cheating "
+            "in unsupervised TAL: name a labelled subset held out from the test set"
+        )
+
+
+def _check_val_in_corpus(val_subset: str, corpus: Any, cfg: CoplConfig) -> None:
+    if val_subset not in corpus.subsets():
+        raise InputError(f"--val-subset {val_subset}: no such subset in {corpus.root} (it has: {', '.join(corpus.subsets())})")
+    if not any(corpus.segments(v) for v in corpus.video_ids(val_subset)):
+        raise InputError(f"--val-subset {val_subset}: the subset has no annotations, so mAP cannot be measured on it")
+    if val_subset == cfg.data.train_subset:
+        print(f"copl tune: note: the validation subset '{val_subset}' is the training subset: the tuned config has seen "
+              "the labels of the videos it clusters", file=sys.stderr)
+
+
+def _open_corpus(args: argparse.Namespace, cfg: CoplConfig, out: Path) -> Any:
+    from copl_dist.formats import import_dataset
+
+    if args.data is None:
+        from copl_dist.cli import EMBEDDED_SYNTH
+        from copl_dist.synth import make_synthetic
+
+        src = out / "synthetic-data"
+        print(f"copl tune: no --data given: a synthetic {cfg.preset} corpus in {src}", file=sys.stderr)
+        if not (src / "annotations.json").exists():
+            make_synthetic(src, preset=cfg.preset, seed=cfg.seed, **EMBEDDED_SYNTH)
+    else:
+        src = Path(args.data)
+        if not src.exists():
+            raise InputError(f"{src}: data folder not found")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        corpus = import_dataset(src, out / "corpus", allow_pickle=args.allow_pickle, min_snippets=cfg.data.min_snippets)
+    for w in caught:
+        print(f"copl tune: warning: {w.message}", file=sys.stderr)
+    return corpus
+
+
+class _RaySession:
+    """Use a Ray that is already up (tests, `ray job submit`); else start a local one and stop it after."""
+
+    def __init__(self, cfg: CoplConfig):
+        self.cfg = cfg
+        self.started = False
+
+    def __enter__(self) -> None:
+        import ray
+
+        from copl_dist.distributed.ray_runtime import ensure_ray
+
+        if ray.is_initialized():
+            return
+        ensure_ray(self.cfg.distributed)  # distributed.ray_address, $RAY_ADDRESS, else local on 127.0.0.1
+        self.started = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.started:
+            import ray
+
+            ray.shutdown()
+
+
+def _select_best(records: dict[str, dict[str, Any]], max_iterations: int) -> dict[str, Any]:
+    """The best last objective among trials that ran every iteration (ASHA lets at least one through);
+    the reported model is the last iteration's, so a stopped trial's score is not comparable."""
+    def finite(rec: dict[str, Any]) -> bool:
+        return bool(rec["history"]) and math.isfinite(rec["history"][-1]["objective"])
+
+    pool = [r for r in records.values() if r["status"] == "completed" and finite(r)]
+    if not pool:
+        pool = [r for r in records.values() if r["status"] != "error" and finite(r)]
+    if not pool:
+        errors = [r["error"] for r in records.values() if r["error"]]
+        first = f"; first error: {errors[0]}" if errors else ""
+        raise RuntimeError(f"copl tune: no trial produced a finite objective ({len(records)} trials){first}")
+    return max(pool, key=lambda r: r["history"][-1]["objective"])
+
+
+def _summary(records: dict[str, dict[str, Any]], best_id: str, keys: list[str]) -> str:
+    from copl_dist.report import table
+
+    rows = []
+    for rec in records.values():
+        last = rec["history"][-1] if rec["history"] else {}
+        rows.append(
+            [("* " if rec["trial_id"] == best_id else "") + rec["trial_id"], rec["status"], str(last.get("iteration", 0)),
+             f"{last['objective']:.6g}" if last else "-"]
+            + [f"{rec['params'][k]:.4g}" if isinstance(rec["params"].get(k), float) else str(rec["params"].get(k)) for k in keys]
+        )
+    return table(["trial", "status", "iter", "objective", *keys], rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    from copl_dist.tracking import Tracker
+
+    space = load_space(args.space)
+    flags = {
+        "iterations": args.iterations, "train.epochs": args.epochs, "data.snippets": args.snippets, "seed": args.seed,
+        "data.train_subset": args.train_subset, "data.test_subset": args.test_subset,
+    }
+    if args.data is None:
+        from copl_dist.cli import EMBEDDED_OVERRIDES
+
+        for key, value in EMBEDDED_OVERRIDES.items():
+            if flags.get(key) is None and key not in space.base and not any(s.startswith(f"{key}=") for s in args.sets):
+                flags[key] = value
+    cfg = user_config(space, args.preset, args.config, args.sets, flags)
+    if args.samples < 1:
+        raise InputError(f"--samples: must be >= 1, got {args.samples}")
+    if args.max_concurrent < 1:
+        raise InputError(f"--max-concurrent: must be >= 1, got {args.max_concurrent}")
+    _check_val_subset(args.objective, args.val_subset, cfg)
+
+    out = Path(args.out or f"runs/tune-{Path(space.path).stem}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = _open_corpus(args, cfg, out)
+    if args.val_subset:
+        _check_val_in_corpus(args.val_subset, corpus, cfg)
+    eval_subset = args.val_subset or cfg.data.train_subset
+
+    tracker = Tracker(cfg.tracking, out)
+    parent_params = {
+        "tune": {"space": space.path, "objective": args.objective, "val_subset": args.val_subset or "", "samples": args.samples,
+                 "search": {k: str(v) for k, v in space.search.items()}, "postprocess": {k: str(v) for k, v in space.postprocess.items()}},
+        **to_dict(cfg),
+    }
+    tags = {"dataset": str(corpus.root), "copl.kind": "tune", "objective": args.objective, "seed": str(cfg.seed)}
+    started = time.perf_counter()
+    with tracker.parent_run("tune", parent_params, tags), _RaySession(cfg):
+        doc = _search(args, space, cfg, corpus, out, eval_subset, tracker)
+        doc["seconds"] = time.perf_counter() - started
+        write_json(out / "tune_results.json", doc)
+        if tracker.enabled:
+            tracker.log_metrics({"objective": doc["best"]["objective"]})
+            if doc["postprocess"].get("searched"):
+                tracker.log_metrics({"postprocess_map@avg": doc["postprocess"]["best_objective"]})
+            tracker.log_artifact(out / "best_config.yaml")
+            tracker.log_artifact(out / "tune_results.json")
+    print(f"best config: {out / 'best_config.yaml'}  (copl run --config {out / 'best_config.yaml'})")
+    print(f"outputs: {out}" + (f"  (MLflow: {tracker.uri})" if tracker.enabled else ""))
+    return 0
+
+
+def _search(
+    args: argparse.Namespace, space: Space, cfg: CoplConfig, corpus: Any, out: Path, eval_subset: str, tracker: Any
+) -> dict[str, Any]:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    param_space = {k: tune_domain(spec) for k, spec in space.search.items()}
+    # The config's own values are the first trial when they lie inside the space: a baseline to beat.
+    defaults = {k: get_key(cfg, k) for k in space.search}
+    points = [defaults] if space.search and all(in_space(space.search[k], defaults[k]) for k in space.search) else None
+    ctx = {
+        "base": to_dict(cfg),
+        "overrides": trial_overrides(eval_subset),
+        "corpus": str(Path(corpus.root).resolve()),
+        "objective": args.objective,
+        "val_subset": args.val_subset,
+    }
+    mlflow_target = None
+    if tracker.enabled and tracker.parent_run_id:
+        import mlflow
+
+        run = mlflow.MlflowClient(tracking_uri=tracker.uri).get_run(tracker.parent_run_id)
+        mlflow_target = (tracker.uri, run.info.experiment_id, tracker.parent_run_id)
+    log = _make_trial_log(cfg.iterations, mlflow_target, echo=True)
+    trainable = tune.with_resources(tune.with_parameters(trial_trainable, ctx=ctx), {"cpu": args.cpus_per_trial})
+    storage = Path(cfg.distributed.storage_path).resolve() if cfg.distributed.storage_path else out / "ray_results"
+    name = f"tune-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"  # a fresh name: never resume an old run
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric="objective",
+            mode="max",
+            num_samples=args.samples,
+            # A SearchAlgorithm takes the concurrency limit itself (Tune ignores max_concurrent_trials then).
+            search_alg=BasicVariantGenerator(points_to_evaluate=points, max_concurrent=args.max_concurrent, random_state=cfg.seed),
+            scheduler=ASHAScheduler(
+                time_attr="iteration", max_t=cfg.iterations, grace_period=max(1, min(args.grace_period, cfg.iterations)),
+                reduction_factor=args.reduction_factor,
+            ),
+            trial_dirname_creator=_trial_dirname,
+            reuse_actors=True,  # one torch import per actor, not per trial
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(storage), callbacks=[log], verbose=0,
+        ),
+    )
+    grid = tuner.fit()
+    results = {}
+    for result in grid:
+        trial_id = Path(result.path).name
+        results[trial_id] = result
+        if result.error is not None and trial_id in log.records:
+            log.records[trial_id]["status"] = "error"
+            log.records[trial_id]["error"] = str(result.error).strip().splitlines()[-1][:500]
+    records = log.records
+    best = _select_best(records, cfg.iterations)
+    best_params = dict(best["params"])
+
+    # Post-processing on cached raw predictions of the best trial (labels needed: objective map only).
+    pp: dict[str, Any]
+    if args.objective == "map":
+        checkpoint = results[best["trial_id"]].checkpoint
+        if checkpoint is None:
+            raise RuntimeError(f"copl tune: the best trial {best['trial_id']} left no raw predictions")
+        with checkpoint.as_directory() as ckpt_dir:
+            shutil.copyfile(Path(ckpt_dir) / RAW_FILE, out / RAW_FILE)
+        trained = with_values(cfg, best_params, source="best trial")
+        if space.postprocess:
+            raw = load_raw(out / RAW_FILE)
+            gt = corpus.ground_truth(raw.subset)
+            pp = search_postprocess(raw, gt, trained, space.postprocess, args.pp_samples, source=f"{space.path}: postprocess")
+            print(f"copl tune: post-processing on cached predictions of {len(raw.video_ids)} '{raw.subset}' videos: "
+                  f"map@avg {pp['default_objective']:.2f} (config values) -> {pp['best_objective']:.2f}", file=sys.stderr)
+        else:
+            pp = {"searched": False, "note": "the space has no postprocess section"}
+        pp["raw_predictions"] = str(out / RAW_FILE)
+    else:
+        pp = {"searched": False, "note": f"objective '{args.objective}' is label-free: post-processing needs labels, "
+              "so the config's inference values are kept"}
+        print(f"copl tune: {pp['note']}", file=sys.stderr)
+
+    best_cfg = with_values(cfg, {**best_params, **(pp.get("best_values") or {})}, source="best config")
+    text = to_yaml(best_cfg)
+    write_text(out / "best_config.yaml", text)
+    reloaded = resolve(best_cfg.preset, out / "best_config.yaml")  # what `copl run --config` will do
+    if to_dict(reloaded) != to_dict(best_cfg):
+        raise RuntimeError(f"{out / 'best_config.yaml'}: does not load back to the tuned config")
+
+    keys = list(space.search)
+    print(_summary(records, best["trial_id"], keys))
+    return {
+        "space": space.path,
+        "objective": args.objective,
+        "val_subset": args.val_subset,
+        "eval_subset": eval_subset,
+        "test_subset": cfg.data.test_subset,
+        "samples": args.samples,
+        "iterations": cfg.iterations,
+        "experiment": str(storage / name),
+        "best": {"trial_id": best["trial_id"], "objective": best["history"][-1]["objective"], "params": best_params},
+        "trials": list(records.values()),
+        "postprocess": pp,
+        "best_config": str(out / "best_config.yaml"),
+        "tuned_values": {k: v for k, v in flatten(to_dict(best_cfg)).items() if k in set(space.search) | set(space.postprocess)},
+    }

@@ -1,0 +1,7 @@
+"""Suite-wide settings."""
+
+import os
+
+# `copl run` defaults to Ray Train fitted to the machine; the suite's many tiny runs train in-process
+# unless a test asks for workers (tests/test_ray_train.py). Export COPL_WORKERS=-1 to run them all on Ray.
+os.environ.setdefault("COPL_WORKERS", "0")

@@ -1,0 +1,103 @@
+"""`ray job submit` of `copl run` against a real local Ray head (started and stopped here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from copl_dist.synth import make_synthetic
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    # `ray job submit` runs the entrypoint with the Python active at `ray start`: this venv's.
+    return {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONWARNINGS": "ignore",
+    }
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A Ray head on 127.0.0.1 in its own process group, so stopping it touches no other Ray."""
+    temp_dir = Path("/tmp") / f"copl-ray-{os.getpid()}"  # Ray's socket paths must stay short
+    gcs, dashboard = _free_port(), _free_port()
+    log = tmp_path_factory.mktemp("ray") / "head.log"
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+         "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        env=_env(), start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT,
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{address}/api/version", timeout=2)
+            break
+        except OSError:
+            if time.time() > deadline or head.poll() is not None:
+                os.killpg(head.pid, signal.SIGKILL)
+                pytest.fail(f"Ray head did not come up: {log.read_text()[-2000:]}")
+            time.sleep(1)
+    yield address
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+
+
+def test_ray_job_submit_copl_run(ray_head, tmp_path):
+    data = tmp_path / "data"
+    make_synthetic(data, preset="thumos14", videos=8, classes=3, seed=0, duration_scale=0.15)
+    out = tmp_path / "out"
+    entry = [
+        "copl", "run", "--data", str(data), "--out", str(out), "--iterations", "2", "--epochs", "2",
+        "--snippets", "32", "--no-progress", "--set", "train.batch_size=4", "--set", "model.hidden_dim=32",
+        "--set", "train.shift_channels=64",
+    ]
+    proc = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", ray_head, "--", *entry],
+        env=_env(), capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "succeeded" in proc.stdout + proc.stderr
+
+    # The same kind of outputs as the embedded default.
+    for name in ("detections.json", "metrics.json", "config.yaml", "teacher.pt", "pseudo_labels.parquet",
+                 "plots/iterations.png", "plots/actionness.png", "mlflow.db"):
+        assert (out / name).exists(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["complete"] and len(metrics["iterations"]) == 2 and "map@avg" in metrics["final"]
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("copl")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(runs) == 3  # parent + one nested run per iteration

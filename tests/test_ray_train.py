@@ -1,0 +1,274 @@
+"""IOCNet training on Ray Train (copl_dist.distributed.train) on a local Ray with 2 CPUs.
+
+Ray fits cost ~15-35 s each on two cores, so the runs are shared through module fixtures:
+one undisturbed 2-worker pipeline, one 1-worker fit of its first training, one pipeline whose rank 1
+SIGKILLs itself, one failing fit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from copl_dist import engine
+from copl_dist.config import resolve
+from copl_dist.errors import InputError
+from copl_dist.formats import import_dataset
+from copl_dist.pipeline import CoplRun, default_train_fn
+from copl_dist.synth import make_synthetic
+
+# All videos pseudo-labelled (no PLRI) and no dropout: then 1 and 2 workers compute the same loss
+# (module docstring of test_one_and_two_workers_same_losses).
+TINY = {
+    "iterations": 2,
+    "train.epochs": 3,
+    "train.batch_size": 4,
+    "data.snippets": 32,
+    "model.hidden_dim": 32,
+    "model.dropout": 0.0,
+    "train.shift_channels": 64,
+    "cluster.plri": False,
+    "tracking.enabled": False,
+}
+
+
+def _cfg(**distributed):
+    return resolve("thumos14", overrides={**TINY, **{f"distributed.{k}": v for k, v in distributed.items()}})
+
+
+class Recorder:
+    """A train_fn that remembers every call's config and result."""
+
+    def __init__(self, train_fn, extra=None):
+        self.train_fn, self.extra, self.calls = train_fn, extra or {}, []
+
+    def __call__(self, config, report=None):
+        out = self.train_fn({**config, **self.extra}, report=report)
+        self.calls.append((config, out))
+        return out
+
+
+# -- no Ray ----------------------------------------------------------------------------------------
+def test_resolve_workers(monkeypatch):
+    from copl_dist.distributed import ray_runtime
+
+    assert ray_runtime.resolve_workers(3) == (3, False)
+    assert ray_runtime.resolve_workers(2, use_gpu=True) == (2, True)
+    monkeypatch.setattr(ray_runtime, "_available_gpus_cpus", lambda: (0, 2))
+    assert ray_runtime.resolve_workers(-1) == (1, False)
+    monkeypatch.setattr(ray_runtime, "_available_gpus_cpus", lambda: (0, 16))
+    assert ray_runtime.resolve_workers(-1) == (8, False)
+    monkeypatch.setattr(ray_runtime, "_available_gpus_cpus", lambda: (4, 64))
+    assert ray_runtime.resolve_workers(-1) == (4, True)
+    with pytest.raises(ValueError, match="-2"):
+        ray_runtime.resolve_workers(-2)
+
+
+def test_ray_address_order(monkeypatch):
+    from copl_dist.distributed.ray_runtime import ray_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert ray_address(_cfg().distributed) == "local"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert ray_address(_cfg().distributed) == "10.0.0.1:6379"
+    assert ray_address(_cfg(ray_address="ray://head:10001").distributed) == "ray://head:10001"
+
+
+def test_copl_run_workers_default(monkeypatch, tmp_path):
+    from copl_dist import cli
+
+    def workers(*argv):
+        return cli._run_workers(cli.build_parser().parse_args(["run", *argv]))
+
+    monkeypatch.delenv("COPL_WORKERS", raising=False)
+    assert workers() == -1  # the embedded default: Ray Train fitted to the machine
+    assert workers("--workers", "0") == 0 and workers("--workers", "3") == 3
+    assert workers("--set", "distributed.workers=2") is None  # --set decides
+    conf = tmp_path / "c.yaml"
+    conf.write_text("distributed:\n  workers: 0\n")
+    assert workers("--config", str(conf)) is None  # the file decides
+    monkeypatch.setenv("COPL_WORKERS", "0")
+    assert workers() == 0
+    monkeypatch.setenv("COPL_WORKERS", "two")
+    with pytest.raises(InputError, match="COPL_WORKERS"):
+        workers()
+
+
+def test_default_train_fn_in_process_unless_workers():
+    assert default_train_fn(_cfg()) is engine.train_loop_per_worker
+    assert default_train_fn(_cfg(workers=2)) is not engine.train_loop_per_worker  # builds, starts nothing
+
+
+def test_worker_failures_become_one_clear_error():
+    from ray.train import WorkerGroupError
+
+    from copl_dist.distributed.train import RayTrainingError, _raise_failure
+
+    with pytest.raises(RayTrainingError, match=r"run 'r' failed.*rank 1: ValueError: boom") as info:
+        _raise_failure("r", 2, WorkerGroupError("x", {1: ValueError("boom\nmore")}))
+    assert isinstance(info.value.__cause__, WorkerGroupError)
+    # Bad input found on a worker stays bad input: one line at the command line.
+    with pytest.raises(InputError, match="^/x: not a corpus$"):
+        _raise_failure("r", 2, WorkerGroupError("x", {0: InputError("/x: not a corpus"), 1: InputError("/x: not a corpus")}))
+
+
+# -- on a local Ray -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    from copl_dist.distributed.ray_runtime import ensure_ray
+
+    started = not ray.is_initialized()
+    ensure_ray(_cfg().distributed, num_cpus=2)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ray_train")
+    make_synthetic(root / "synth", videos=8, classes=3, duration_scale=0.15, seed=0)
+    return import_dataset(root / "synth", root / "corpus")
+
+
+@pytest.fixture(scope="module")
+def undisturbed(ray_local, corpus, tmp_path_factory):
+    """The whole pipeline (2 iterations) with IOCNet trained by 2 Ray workers."""
+    from copl_dist.distributed.train import make_ray_train_fn
+
+    cfg = _cfg(workers=2)
+    rec = Recorder(make_ray_train_fn(cfg, tmp_path_factory.mktemp("storage")))
+    result = CoplRun(cfg, corpus, train_fn=rec, progress=False).execute()
+    return result, rec
+
+
+@pytest.fixture(scope="module")
+def one_worker(ray_local, undisturbed, tmp_path_factory):
+    """The undisturbed run's first training again, on 1 Ray worker."""
+    from copl_dist.distributed.train import make_ray_train_fn
+
+    config, _ = undisturbed[1].calls[0]
+    reported = []
+    out = make_ray_train_fn(_cfg(workers=1), tmp_path_factory.mktemp("storage"))(
+        config, report=lambda m, c: reported.append((m, c))
+    )
+    return config, out, reported
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_local_ray_listens_on_loopback(ray_local):
+    assert ray_local.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_one_and_two_workers_same_losses(undisturbed, one_worker):
+    """The same global batch of 4 on 1 worker or split 2 + 2 over 2 workers gives the same losses.
+
+    Each rank's loss is a mean over its own videos (masked means over the labelled ones), and DDP
+    averages the ranks' gradients: with equal shards and every video labelled that is the global
+    batch mean, so only float summation order differs (the DDP all-reduce; the 2 workers' torch
+    runs 1 thread, the single worker 2, which splits the GEMMs differently). Measured: relative
+    differences up to ~5e-7 after 3 epochs; the tolerance is 1e-4. With PLRI-unlabelled videos the
+    per-rank masked means weigh the ranks' labelled videos unequally, so losses then differ more.
+    """
+    config, out1, reported = one_worker
+    assert bool(np.all(config["labelled"]))  # the premise above
+    out2 = undisturbed[1].calls[0][1]
+    assert len(out1["history"]) == len(out2["history"]) == 3
+    for h1, h2 in zip(out1["history"], out2["history"]):
+        assert h1["epoch"] == h2["epoch"]
+        for key in engine.LOSS_KEYS:
+            assert h1[key] == pytest.approx(h2[key], rel=1e-4, abs=1e-9), key
+    for name, w in out1["teacher"].items():
+        torch.testing.assert_close(w, out2["teacher"][name], rtol=1e-4, atol=1e-6)
+    # The caller's report sees every epoch's metrics (replayed after the fit) and no checkpoint.
+    assert [m for m, _ in reported] == out1["history"] and all(c is None for _, c in reported)
+    assert set(out1["votes"]) == set(config["video_ids"])
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_in_process_and_one_ray_worker_identical(one_worker):
+    """Same code path, same thread count (the worker has both CPUs, so torch uses 2 threads)."""
+    config, out1, _ = one_worker
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        local = engine.train_loop_per_worker(config)
+    finally:
+        torch.set_num_threads(threads)
+    assert local["history"] == out1["history"]
+    for name, w in local["teacher"].items():
+        assert torch.equal(w, out1["teacher"][name]), name
+    assert all(np.array_equal(local["votes"][v], out1["votes"][v]) for v in config["video_ids"])
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_worker_exception_surfaces_from_the_driver(ray_local, corpus, tmp_path):
+    from ray.train import TrainingFailedError
+
+    from copl_dist.distributed.train import make_ray_train_fn
+
+    missing = tmp_path / "not-a-corpus"
+    train_fn = make_ray_train_fn(_cfg(workers=1, max_failures=0), tmp_path / "storage")
+    config = {
+        "cfg": {}, "corpus": str(missing), "video_ids": corpus.video_ids("validation"),
+        "targets": np.zeros((8, 3), np.float32), "labelled": np.zeros(8, bool), "num_classes": 3,
+    }
+    with pytest.raises(InputError, match="not-a-corpus") as info:
+        train_fn(config)
+    assert isinstance(info.value.__cause__, TrainingFailedError)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sigkilled_worker_restarts_and_the_run_ends_the_same(undisturbed, corpus, tmp_path):
+    """Rank 1 SIGKILLs its own process at epoch 1 of the first training; Ray Train restarts the
+    worker group from the last checkpoint (max_failures=1) and the run ends bit-for-bit as the
+    undisturbed one: same pseudo-labels, clustering metrics, teacher and mAP."""
+    from copl_dist.distributed.train import make_ray_train_fn
+
+    marker = tmp_path / "killed"
+    cfg = _cfg(workers=2, max_failures=1)
+    rec = Recorder(make_ray_train_fn(cfg, tmp_path / "storage"), {"fault": {"epoch": 1, "rank": 1, "marker": str(marker)}})
+    faulted = CoplRun(cfg, corpus, train_fn=rec, progress=False).execute()
+
+    assert marker.read_text().startswith("rank 1 pid ")  # the kill happened (once: the restart ran through)
+    clean, clean_rec = undisturbed
+    drop = {"seconds"}
+    assert [{k: v for k, v in it.items() if k not in drop} for it in faulted.iterations] == [
+        {k: v for k, v in it.items() if k not in drop} for it in clean.iterations
+    ]
+    assert faulted.pseudo_labels == clean.pseudo_labels
+    assert faulted.final == clean.final and "map@avg" in faulted.final
+    for name, w in faulted.teacher_state.items():
+        assert torch.equal(w, clean.teacher_state[name]), name
+    for (_, a), (_, b) in zip(rec.calls, clean_rec.calls):
+        assert a["history"] == b["history"]
+        assert all(np.array_equal(a["votes"][v], b["votes"][v]) for v in b["votes"])
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_copl_run_defaults_to_ray_train(ray_local, corpus, tmp_path, monkeypatch):
+    """`copl run` with no --workers trains on Ray Train fitted to the machine (here the fixture's
+    Ray with 2 CPUs: 1 worker), checkpointing under OUT/ray_storage."""
+    from copl_dist.cli import main
+
+    monkeypatch.delenv("COPL_WORKERS", raising=False)
+    out = tmp_path / "out"
+    argv = ["run", "--data", str(corpus.root), "--out", str(out), "--iterations", "1", "--epochs", "2",
+            "--snippets", "32", "--no-progress", "--set", "train.batch_size=4", "--set", "model.hidden_dim=32",
+            "--set", "train.shift_channels=64", "--set", "tracking.enabled=false"]
+    assert main(argv) == 0
+    assert "workers: -1" in (out / "config.yaml").read_text()
+    assert len(list((out / "ray_storage").glob("copl-it0-*"))) == 1
+    assert (out / "detections.json").exists()

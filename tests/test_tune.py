@@ -1,0 +1,272 @@
+"""`copl tune`: space files, the no-test-labels rule, Ray Tune + ASHA trials with MLflow, and the
+post-processing search on cached predictions (no training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from copl_dist import config as config_lib
+from copl_dist.cli import main
+from copl_dist.synth import make_synthetic
+from copl_dist.tune import (
+    agreement_objective,
+    in_space,
+    load_raw,
+    load_space,
+    search_postprocess,
+    silhouette_objective,
+    user_config,
+)
+
+TINY = ["--iterations", "2", "--epochs", "2", "--snippets", "32",
+        "--set", "model.hidden_dim=32", "--set", "train.batch_size=4", "--set", "train.shift_channels=64"]
+ROOT = Path(__file__).resolve().parents[1]
+
+# A small space whose post-processing ranges exclude the preset's values (class_threshold 0.2,
+# nms_iou 0.6), so values inside them in best_config.yaml can only come from the search.
+SPACE = {
+    "preset": "thumos14",
+    "base": {"has.vote_last": 1},
+    "search": {
+        "cluster.delta": {"uniform": [-0.1, 0.2]},
+        "has.gamma": {"choice": [4.0, 8.0]},
+        "train.beta": {"uniform": [0.2, 0.5]},
+        "loss.lambda2": {"loguniform": [1.0, 20.0]},
+    },
+    "postprocess": {
+        "inference.class_threshold": {"uniform": [0.3, 0.45]},
+        "inference.nms_iou": {"uniform": [0.4, 0.55]},
+    },
+}
+
+
+def write_space(path: Path, space: dict) -> Path:
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """8 + 8 synthetic videos; 3 of the 'validation' ones relabelled as a held-out 'val_holdout'."""
+    root = tmp_path_factory.mktemp("tune-data") / "synth"
+    make_synthetic(root, preset="thumos14", videos=8, classes=3, duration_scale=0.15, seed=0)
+    ann = json.loads((root / "annotations.json").read_text())
+    train = sorted(v for v, rec in ann["database"].items() if rec["subset"] == "validation")
+    for vid in train[:3]:
+        ann["database"][vid]["subset"] = "val_holdout"
+    (root / "annotations.json").write_text(json.dumps(ann))
+    return root
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray = pytest.importorskip("ray")
+    from copl_dist.config import DistributedConfig
+    from copl_dist.distributed.ray_runtime import ensure_ray
+
+    # ray.init(address="local", num_cpus=2, include_dashboard=False), listening on 127.0.0.1 only.
+    ensure_ray(DistributedConfig(), num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+# -- space files and bad input (no Ray) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, preset", [("thumos14", "thumos14"), ("anet12", "anet12")])
+def test_shipped_spaces_load_and_cover_the_paper_values(name, preset):
+    space = load_space(ROOT / "tune_spaces" / f"{name}.yaml")
+    cfg = user_config(space, None, None, [], {})
+    assert cfg.preset == preset
+    for key in ("cluster.delta", "has.gamma", "has.alpha", "train.topl_ratio", "train.beta",
+                "loss.mu1", "loss.mu2", "loss.lambda1", "loss.lambda2"):
+        assert key in space.search
+    assert {"inference.class_threshold", "inference.nms_iou", "inference.thetas"} <= set(space.postprocess)
+    for key, spec in {**space.search, **space.postprocess}.items():  # the preset's value is a point of the space
+        obj = cfg
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        assert in_space(spec, obj), key
+
+
+def test_unknown_key_in_space_is_one_line_naming_the_file(tmp_path, capsys):
+    space = write_space(tmp_path / "bad.yaml", {**SPACE, "search": {"has.gama": {"uniform": [1.0, 5.0]}}})
+    assert main(["tune", "--space", str(space), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.yaml" in err and "has.gama" in err
+
+
+@pytest.mark.parametrize("search, words", [
+    ({"has.alpha": {"uniform": [0.5, 1.0]}}, ["has.alpha", "1.0"]),  # alpha must stay < 1
+    ({"inference.nms_iou": {"uniform": [0.3, 0.7]}}, ["postprocess"]),
+    ({"has.vote_last": {"uniform": [1, 3]}}, ["randint"]),
+    ({"seed": {"randint": [0, 3]}}, ["seed"]),
+])
+def test_bad_specs_are_rejected(tmp_path, capsys, search, words):
+    space = write_space(tmp_path / "s.yaml", {"preset": "thumos14", "search": search})
+    assert main(["tune", "--space", str(space), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "s.yaml" in err and all(w in err for w in words)
+
+
+def test_map_objective_needs_a_validation_subset(tmp_path, capsys):
+    space = write_space(tmp_path / "s.yaml", SPACE)
+    assert main(["tune", "--space", str(space), "--data", str(tmp_path), "--objective", "map"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--val-subset" in err and "cheating" in err
+
+
+def test_map_objective_refuses_the_test_subset(tmp_path, capsys):
+    space = write_space(tmp_path / "s.yaml", SPACE)
+    argv = ["tune", "--space", str(space), "--data", str(tmp_path), "--objective", "map", "--val-subset", "test"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "test subset" in err and "cheating" in err
+
+
+def test_val_subset_must_exist_and_be_labelled(data, tmp_path, capsys):
+    space = write_space(tmp_path / "s.yaml", SPACE)
+    argv = ["tune", "--space", str(space), "--data", str(data), "--out", str(tmp_path / "o"),
+            "--objective", "map", "--val-subset", "nope", *TINY]
+    assert main(argv) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_searched_key_cannot_also_be_set(tmp_path, capsys):
+    space = write_space(tmp_path / "s.yaml", SPACE)
+    assert main(["tune", "--space", str(space), "--data", str(tmp_path), "--set", "has.gamma=5"]) == 2
+    assert "has.gamma" in capsys.readouterr().err
+
+
+def test_label_free_objectives_on_an_untrained_teacher(data, tmp_path):
+    import torch
+
+    from copl_dist.formats import import_dataset
+    from copl_dist.model import IOCNet
+
+    corpus = import_dataset(data, tmp_path / "corpus")
+    cfg = config_lib.resolve("thumos14", sets=["model.hidden_dim=32", "train.shift_channels=64"])
+    torch.manual_seed(0)
+    teacher = IOCNet(3, cfg.model.feature_dim, cfg.model.hidden_dim, cfg.model.dropout).eval()
+    ids = corpus.video_ids("validation")
+    s = silhouette_objective(cfg, corpus, ids, teacher, 3, 0)
+    assert -1.0 <= s <= 1.0
+    a = agreement_objective(cfg, corpus, ids, teacher, 0)
+    assert -1.0 <= a < 1.0
+    assert a == agreement_objective(cfg, corpus, ids, teacher, 0)  # seeded shift: deterministic
+    no_shift = config_lib.resolve("thumos14", sets=["model.hidden_dim=32", "train.shift_channels=0"])
+    assert agreement_objective(no_shift, corpus, ids, teacher, 0) == pytest.approx(1.0)
+    with torch.no_grad():  # a teacher whose attention is flat has no curve to agree on
+        for p in teacher.ca_rgb.parameters():
+            p.zero_()
+        for p in teacher.ca_flow.parameters():
+            p.zero_()
+    assert agreement_objective(cfg, corpus, ids, teacher, 0) == 0.0
+
+
+# -- Ray Tune end to end -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def map_tune(data, ray_session, tmp_path_factory):
+    base = tmp_path_factory.mktemp("tune-map")
+    space = write_space(base / "space.yaml", SPACE)
+    out = base / "out"
+    argv = ["tune", "--space", str(space), "--data", str(data), "--out", str(out), "--samples", "4",
+            "--objective", "map", "--val-subset", "val_holdout", "--pp-samples", "6", *TINY]
+    assert main(argv) == 0
+    return out
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_map_tuning_writes_a_loadable_best_config(map_tune):
+    cfg = config_lib.resolve("thumos14", map_tune / "best_config.yaml")
+    assert cfg.data.test_subset == "test" and cfg.tracking.enabled and cfg.distributed.workers == 0  # trial-only overrides not leaked
+    assert cfg.iterations == 2 and cfg.model.hidden_dim == 32 and cfg.has.vote_last == 1  # flags, --set and base kept
+    assert -0.1 <= cfg.cluster.delta <= 0.2 and cfg.has.gamma in (4.0, 8.0)
+    assert 0.2 <= cfg.train.beta <= 0.5 and 1.0 <= cfg.loss.lambda2 <= 20.0
+    # Post-processing values come from the postprocess space (which excludes the preset's 0.2 / 0.6).
+    assert 0.3 <= cfg.inference.class_threshold <= 0.45 and 0.4 <= cfg.inference.nms_iou <= 0.55
+
+    doc = json.loads((map_tune / "tune_results.json").read_text())
+    assert len(doc["trials"]) == 4 and doc["eval_subset"] == "val_holdout"
+    best = next(t for t in doc["trials"] if t["trial_id"] == doc["best"]["trial_id"])
+    assert best["status"] == "completed" and [h["iteration"] for h in best["history"]] == [1, 2]
+    assert best["params"]["has.gamma"] == cfg.has.gamma
+    for t in doc["trials"]:
+        assert t["status"] in ("completed", "stopped_early") and set(t["params"]) == set(SPACE["search"])
+        assert all(np.isfinite(h["objective"]) and 0.0 <= h["objective"] <= 100.0 for h in t["history"])
+    pp = doc["postprocess"]
+    assert pp["searched"] and pp["best_values"]["inference.nms_iou"] == cfg.inference.nms_iou
+    assert len(pp["candidates"]) == 6 and pp["best_objective"] == max(c["objective"] for c in pp["candidates"])
+    # The cache reproduces the trial: its config's own post-processing scores the trial's final map@avg.
+    assert pp["default_objective"] == pytest.approx(best["history"][-1]["objective"], abs=1e-6)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_mlflow_has_one_tune_run_and_a_nested_run_per_trial(map_tune):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{map_tune / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("copl").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.run_name == "tune"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == 4 and len(runs) == 5
+    for child in children:
+        assert set(SPACE["search"]) <= set(child.data.params)
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "objective")]
+        assert steps and steps[0] == 1 and child.info.status == "FINISHED"
+    assert "objective" in parents[0].data.metrics
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_postprocess_search_reads_the_cache_and_never_trains(map_tune, data, monkeypatch):
+    from copl_dist import engine, pipeline
+    from copl_dist.corpus import Corpus
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        raise AssertionError("post-processing must not train")
+
+    monkeypatch.setattr(engine, "train_loop_per_worker", spy)
+    monkeypatch.setattr(pipeline, "train_loop_per_worker", spy)
+    monkeypatch.setattr(pipeline.CoplRun, "execute", spy)
+    raw = load_raw(map_tune / "raw_predictions.npz")
+    assert raw.subset == "val_holdout" and len(raw.video_ids) == 3 and raw.h_cs[0].ndim == 2
+    cfg = config_lib.resolve("thumos14", map_tune / "best_config.yaml")
+    gt = Corpus.open(map_tune / "corpus").ground_truth("val_holdout")
+    result = search_postprocess(raw, gt, cfg, SPACE["postprocess"], samples=5, source="test")
+    assert calls == [] and len(result["candidates"]) == 5
+    # The tuned values are inside the space, so they are the first candidate and nothing is worse.
+    assert result["candidates"][0]["values"]["inference.nms_iou"] == cfg.inference.nms_iou
+    assert result["best_objective"] >= result["candidates"][0]["objective"]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_label_free_tuning_with_the_shipped_space(data, ray_session, tmp_path):
+    out = tmp_path / "out"
+    argv = ["tune", "--space", str(ROOT / "tune_spaces" / "thumos14.yaml"), "--data", str(data), "--out", str(out),
+            "--samples", "2", "--objective", "silhouette", *TINY]
+    assert main(argv) == 0
+    doc = json.loads((out / "tune_results.json").read_text())
+    assert not doc["postprocess"]["searched"] and not (out / "raw_predictions.npz").exists()
+    assert doc["eval_subset"] == "validation" and len(doc["trials"]) == 2
+    for t in doc["trials"]:
+        assert all(-1.0 <= h["objective"] <= 1.0 and "map@avg" not in h for h in t["history"])
+    # The preset's own values lie inside the shipped space: they are the first trial, a baseline to beat.
+    first = doc["trials"][0]["params"]
+    assert first["has.gamma"] == 20.0 and first["cluster.delta"] == 0.0 and first["loss.lambda2"] == 10.0
+    cfg = config_lib.resolve("thumos14", out / "best_config.yaml")
+    assert cfg.inference.class_threshold == 0.2 and cfg.inference.nms_iou == 0.6  # label-free: defaults kept
