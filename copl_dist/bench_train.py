@@ -4,7 +4,7 @@ Each mode runs in a fresh Python process (so no mode inherits another's warm cac
 Ray), on the same synthetic corpus and config (the `copl run` demo's model: THUMOS preset,
 hidden 512, batch 16; no HAS voting, which is inference). Figures per mode:
 
-- snippets/s: videos x snippets per epoch over the mean wall time of the epochs after the first
+- snippets/s: videos x snippets per epoch over the median wall time of the epochs after the first
   (steady state; with Ray this includes rank 0's per-epoch checkpoint);
 - end-to-end s: the whole train_fn call, so a Ray Train fit's start-up (controller, workers,
   process group) and teardown show; `ray.init` itself is timed apart (ray_init_s in the JSON);
@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     for mode in modes:
         print(f"bench train: {mode} ...", file=sys.stderr, flush=True)
         rows.append(_measure(mode, corpus.root, args, out))
-    doc = {"machine": _machine(), "videos": args.videos, "epochs": args.epochs, "snippets": args.snippets, "results": rows}
+    doc = {"machine": _machine(), "videos": args.videos, "epochs": args.epochs, "snippets": args.snippets,
+           "results": rows}
     (out / "bench_train.json").write_text(json.dumps(doc, indent=2))
     print(format_table(rows))
     print(f"written: {(out / 'bench_train.json').resolve()}")
@@ -69,13 +70,13 @@ def run(args: argparse.Namespace) -> int:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     head = f"{'mode':<11} {'workers':>7} {'snippets/s':>10} {'epoch s':>8} {'end-to-end s':>12} " \
-           f"{'driver MB':>9} {'tree MB':>8} {'workers MB':>10}"
+           f"{'driver MB':>9} {'tree MB':>8} {'workers MB':>10} {'load':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r['mode']:<11} {r['workers']:>7} {r['snippets_per_s']:>10.0f} {r['epoch_s']:>8.2f} "
             f"{r['end_to_end_s']:>12.1f} {r['driver_peak_mb']:>9.0f} {r['tree_peak_mb']:>8.0f} "
-            f"{r['workers_peak_mb']:>10.0f}"
+            f"{r['workers_peak_mb']:>10.0f} {r['load_avg_1min'][0]:>4.1f}-{r['load_avg_1min'][1]:<4.1f}"
         )
     return "\n".join(lines)
 
@@ -100,6 +101,7 @@ def _measure(mode: str, corpus_root: Path, args: argparse.Namespace, out: Path) 
     log = (out / f"{mode}.log").open("w")
     child = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     tree_peak = workers_peak = 0
+    load_before = os.getloadavg()[0]
     while child.poll() is None:
         tree, workers = _tree_rss(child.pid)
         tree_peak, workers_peak = max(tree_peak, tree), max(workers_peak, workers)
@@ -110,6 +112,7 @@ def _measure(mode: str, corpus_root: Path, args: argparse.Namespace, out: Path) 
     row = json.loads(result_file.read_text())
     row["tree_peak_mb"] = tree_peak / 2**20
     row["workers_peak_mb"] = workers_peak / 2**20
+    row["load_avg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]  # before, after: others' work
     return row
 
 
@@ -200,13 +203,14 @@ def _child(argv: list[str]) -> int:
         ends = [float(line.split()[1]) for line in clock.read_text().splitlines()]
     intervals = np.diff(ends)
     snippets_per_epoch = n * a.snippets
-    epoch_s = float(np.mean(intervals))
+    epoch_s = float(np.median(intervals))  # robust to a neighbour's burst on a shared machine
     row = {
         "mode": a.child,
         "workers": workers,
         "torch_threads": _torch_threads(workers),
         "snippets_per_s": snippets_per_epoch / epoch_s,
         "epoch_s": epoch_s,
+        "epoch_intervals_s": [float(x) for x in intervals],
         "end_to_end_s": end_to_end,
         "ray_init_s": ray_init_s,
         "end_to_end_snippets_per_s": snippets_per_epoch * a.epochs / end_to_end,

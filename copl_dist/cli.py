@@ -1,4 +1,4 @@
-"""The `copl` command: run, synth, import, eval, bench.
+"""The `copl` command: run, synth, import, eval, tune, registry, predict, bench.
 
 Bad input ends in one line on stderr and exit status 2 (no traceback); `--debug` shows the traceback.
 """
@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--snippets", type=int, default=128)
     q.add_argument("--iterations", type=int, default=3)
     q.add_argument("--duration-scale", type=float, default=0.5)
+    from copl_dist import bench_cluster, bench_has, bench_train
+
+    bench_cluster.add_arguments(bench.add_parser("cluster", help="exact vs FAISS clustering: seconds and peak memory per N"))
+    bench_train.add_arguments(bench.add_parser("train", help="training throughput in-process and over 1 and 2 Ray workers"))
+    bench_has.add_arguments(bench.add_parser("has", help="HAS voting throughput in-process and over Ray actors"))
     return parser
 
 
@@ -286,9 +291,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from copl_dist.bench_quality import run_quality_bench
+    from copl_dist import bench_cluster, bench_has, bench_quality, bench_train
 
-    return run_quality_bench(args)
+    runners = {"quality": bench_quality.run_quality_bench, "cluster": bench_cluster.run, "train": bench_train.run, "has": bench_has.run}
+    return runners[args.bench](args)
 
 
 def main(argv: list[str] | None = None) -> int:

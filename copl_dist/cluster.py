@@ -1,7 +1,7 @@
 """Video clustering: Gaussian affinity, spectral clustering and PLRI (paper §3.3, Eqs. 6-10).
 
 Pure numpy/scikit-learn functions on the (N, D) global features of N videos. This is the exact
-O(N^2) path; very large N goes through the sparse kNN path elsewhere.
+O(N^2) path; above `exact_max_n` videos cluster_videos hands over to cluster_scale.py.
 """
 
 from __future__ import annotations
@@ -142,14 +142,33 @@ def plri_split(scores: np.ndarray, delta: float) -> np.ndarray:
 
 
 def cluster_videos(
-    F: np.ndarray, n_clusters: int, seed: int, delta: float, plri: bool = True
+    F: np.ndarray,
+    n_clusters: int,
+    seed: int,
+    delta: float,
+    plri: bool = True,
+    *,
+    exact_max_n: int = 20000,
+    knn: int = 30,
+    backend: str = "auto",
+    scale_affinity: str = "nystrom",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Global features (N, D) -> (labels (N,) int64, PLRI scores (N,), pseudo-label mask (N,) bool).
 
     plri=False (ablation "w/o PLRI") pseudo-labels every video; the scores are still returned.
-    ValueError if n_clusters > N.
+    ValueError if n_clusters > N. N <= exact_max_n (cfg.cluster.exact_max_n): this module's exact
+    dense path; above it, cluster_scale.cluster_videos_scale (no N x N matrix) with
+    affinity=scale_affinity ('nystrom' or 'knn'; the kNN graph takes `knn` neighbours from the
+    `backend` kNN search, cfg.cluster.knn).
     """
-    X = _check_features(F)
+    arr = np.asarray(F)
+    if arr.ndim == 2 and arr.shape[0] > exact_max_n:
+        from copl_dist import cluster_scale  # noqa: PLC0415 (imports FAISS; only needed at scale)
+
+        return cluster_scale.cluster_videos_scale(
+            arr, n_clusters, seed, delta, plri, knn=knn, backend=backend, affinity=scale_affinity
+        )
+    X = _check_features(arr)
     if isinstance(n_clusters, (int, np.integer)) and n_clusters > X.shape[0]:
         raise ValueError(f"n_clusters={n_clusters} exceeds the number of videos ({X.shape[0]})")
     W = gaussian_affinity(X)

@@ -71,16 +71,17 @@ class TeacherOutputs:
 def infer_video(model: IOCNet, features: np.ndarray, beta: float, topl_ratio: float) -> TeacherOutputs:
     """The model on every snippet of one video."""
     model.eval()
-    x = torch.from_numpy(np.array(features, dtype=np.float32))[None]  # a writable copy of the mmap view
+    device = next(model.parameters()).device
+    x = torch.from_numpy(np.array(features, dtype=np.float32))[None].to(device)  # a writable copy of the mmap view
     out = model(x)
     h = selection_score(out["cas"], out["a_ca_r"], out["a_ca_f"], beta)
     scores = video_scores(out["cas"], h, topl_count(x.shape[1], topl_ratio))
     return TeacherOutputs(
-        cas=out["cas"][0].numpy(),
-        a_cs=out["a_cs"][0].numpy(),
-        a_ca=out["a_ca"][0].numpy(),
-        h_cs=h[0].numpy(),
-        class_scores=scores[0].numpy(),
+        cas=out["cas"][0].cpu().numpy(),
+        a_cs=out["a_cs"][0].cpu().numpy(),
+        a_ca=out["a_ca"][0].cpu().numpy(),
+        h_cs=h[0].cpu().numpy(),
+        class_scores=scores[0].cpu().numpy(),
     )
 
 
@@ -166,8 +167,8 @@ def train_loop_per_worker(config: dict[str, Any], report: ReportFn | None = None
 
     config keys: "cfg" (CoplConfig as dict), "corpus" (root path), "video_ids" (training videos),
     "targets" ((N, C) label distributions; zero rows for U), "labelled" ((N,) bools),
-    "num_classes", "iteration", "collect_votes" (bool); optional "init_state" (a teacher state dict
-    to start from), "resume_state" (a checkpoint from `report`, to continue after it), "voter" (an
+    "num_classes", "iteration", "collect_votes" (bool); optional "device" (e.g. "cuda:0"; Ray Train
+    sets the worker's own), "init_state" (a teacher state dict to start from), "resume_state" (a checkpoint from `report`, to continue after it), "voter" (an
     object with vote/state/restore; default LocalVoter). Each rank trains on its share of every
     global batch (DDP averages the gradients); rank 0 votes and checkpoints.
     `report(metrics, checkpoint)` is called after every epoch; metrics are averaged over ranks,
@@ -176,8 +177,9 @@ def train_loop_per_worker(config: dict[str, Any], report: ReportFn | None = None
     cfg = from_dict(config["cfg"], source="train config")
     corpus = Corpus.open(config["corpus"])
     video_ids: list[str] = list(config["video_ids"])
-    targets = torch.as_tensor(np.asarray(config["targets"], dtype=np.float32))
-    labelled = torch.as_tensor(np.asarray(config["labelled"], dtype=bool))
+    device = torch.device(config.get("device") or "cpu")
+    targets = torch.as_tensor(np.array(config["targets"], dtype=np.float32), device=device)
+    labelled = torch.as_tensor(np.array(config["labelled"], dtype=bool), device=device)
     num_classes = int(config["num_classes"])
     iteration = int(config.get("iteration", 0))
     collect_votes = bool(config.get("collect_votes", False))
@@ -188,6 +190,7 @@ def train_loop_per_worker(config: dict[str, Any], report: ReportFn | None = None
     student = IOCNet(num_classes, cfg.model.feature_dim, cfg.model.hidden_dim, cfg.model.dropout)
     if config.get("init_state") is not None:
         student.load_state_dict(config["init_state"])
+    student.to(device)
     teacher = make_teacher(student)
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     voter = config.get("voter") or (LocalVoter(corpus, video_ids, cfg) if collect_votes and rank == 0 else None)
@@ -195,7 +198,7 @@ def train_loop_per_worker(config: dict[str, Any], report: ReportFn | None = None
     start_epoch, step, history = 0, 0, []
     resume = config.get("resume_state")
     if resume is not None:
-        student.load_state_dict(resume["student"])
+        student.load_state_dict(resume["student"])  # load_state_dict copies onto the model's device
         teacher.load_state_dict(resume["teacher"])
         optimizer.load_state_dict(resume["optimizer"])
         start_epoch, step, history = int(resume["epoch"]) + 1, int(resume["step"]), list(resume["history"])
@@ -204,7 +207,9 @@ def train_loop_per_worker(config: dict[str, Any], report: ReportFn | None = None
 
     model: torch.nn.Module = student
     if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(student)
+        model = torch.nn.parallel.DistributedDataParallel(
+            student, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     length = cfg.data.snippets
     l_count = topl_count(length, cfg.train.topl_ratio)
@@ -218,7 +223,9 @@ def train_loop_per_worker(config: dict[str, Any], report: ReportFn | None = None
             idx = np.array_split(global_idx, world)[rank]
             x = build_batch(corpus, video_ids, idx, length, seed, iteration, epoch)
             shift_gen = torch.Generator().manual_seed(derive_seed(seed, STREAM_SHIFT, iteration, epoch, b))
-            x_student = temporal_feature_shift(x, cfg.train.shift_channels, generator=shift_gen)
+            # The shift is drawn on the CPU, so every device sees the same channels.
+            x_student = temporal_feature_shift(x, cfg.train.shift_channels, generator=shift_gen).to(device)
+            x = x.to(device)
             torch.manual_seed(derive_seed(seed, STREAM_DROPOUT, iteration, epoch, b, rank))
             student_out = model(x_student)
             with torch.no_grad():
@@ -253,7 +260,7 @@ def train_loop_per_worker(config: dict[str, Any], report: ReportFn | None = None
                 }
             report(metrics, checkpoint)
     return {
-        "teacher": {k: v.detach().clone() for k, v in teacher.state_dict().items()},
+        "teacher": {k: v.detach().cpu().clone() for k, v in teacher.state_dict().items()},
         "votes": voter.state() if voter is not None else {},
         "history": history,
     }

@@ -400,8 +400,10 @@ class CoplRun:
         test_features = mean_features(self.corpus, self.test_ids)
         assigned = baseline_lib.assign_to_centroids(test_features, centroids)
 
+        position = {vid: n for n, vid in enumerate(self.test_ids)}
+
         def outputs_for(vid: str) -> tuple[np.ndarray, np.ndarray]:
-            n = self.test_ids.index(vid)
+            n = position[vid]
             actionness = baseline_lib.novelty(self.corpus.features(vid))
             class_scores = np.zeros(self.num_classes)
             class_scores[assigned[n]] = 1.0

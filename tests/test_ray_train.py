@@ -112,7 +112,8 @@ def test_worker_failures_become_one_clear_error():
     assert isinstance(info.value.__cause__, WorkerGroupError)
     # Bad input found on a worker stays bad input: one line at the command line.
     with pytest.raises(InputError, match="^/x: not a corpus$"):
-        _raise_failure("r", 2, WorkerGroupError("x", {0: InputError("/x: not a corpus"), 1: InputError("/x: not a corpus")}))
+        bad = InputError("/x: not a corpus")
+        _raise_failure("r", 2, WorkerGroupError("x", {0: bad, 1: bad}))
 
 
 # -- on a local Ray -----------------------------------------------------------------------------
@@ -238,7 +239,8 @@ def test_sigkilled_worker_restarts_and_the_run_ends_the_same(undisturbed, corpus
 
     marker = tmp_path / "killed"
     cfg = _cfg(workers=2, max_failures=1)
-    rec = Recorder(make_ray_train_fn(cfg, tmp_path / "storage"), {"fault": {"epoch": 1, "rank": 1, "marker": str(marker)}})
+    fault = {"epoch": 1, "rank": 1, "marker": str(marker)}
+    rec = Recorder(make_ray_train_fn(cfg, tmp_path / "storage"), {"fault": fault})
     faulted = CoplRun(cfg, corpus, train_fn=rec, progress=False).execute()
 
     assert marker.read_text().startswith("rank 1 pid ")  # the kill happened (once: the restart ran through)

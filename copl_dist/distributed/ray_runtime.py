@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 LOCALHOST = "127.0.0.1"
+_SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # false: Ray keeps a loopback node address
 
 
 def ray_address(cfg_distributed: Any) -> str:
@@ -47,7 +48,8 @@ def _init_local_on_loopback(num_cpus: int | None) -> None:
     import ray
     from ray._private import ray_constants
 
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    env_saved = os.environ.get(_SINGLE_NODE_ENV)
+    os.environ[_SINGLE_NODE_ENV] = "0"
     saved = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
     if saved is not None:
         ray_constants.ENABLE_RAY_CLUSTER = False
@@ -60,8 +62,13 @@ def _init_local_on_loopback(num_cpus: int | None) -> None:
             log_to_driver=True,
         )
     finally:
+        # Ray's processes have their copy; later subprocesses of ours (e.g. `ray start`) get the old value.
         if saved is not None:
             ray_constants.ENABLE_RAY_CLUSTER = saved
+        if env_saved is None:
+            os.environ.pop(_SINGLE_NODE_ENV, None)
+        else:
+            os.environ[_SINGLE_NODE_ENV] = env_saved
 
 
 def resolve_workers(workers: int, use_gpu: bool = False) -> tuple[int, bool]:

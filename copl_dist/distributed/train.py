@@ -10,7 +10,12 @@ random draw depends only on (seed, iteration, epoch, batch, rank), a restarted r
 same weights as an undisturbed one.
 
 Backend: gloo for CPU workers; for GPU workers "cpu:gloo,cuda:nccl", i.e. NCCL for CUDA tensors and
-gloo for the CPU-side epoch metrics that the engine all-reduces.
+gloo for the CPU-side epoch metrics that the engine all-reduces. Each GPU worker trains on the
+device Ray Train gave it (config["device"]).
+
+Network: on a local Ray (ray_runtime) every Ray server and the gloo connections listen on 127.0.0.1;
+the one exception is DDP's rendezvous store (torch's TCPStore on rank 0, MASTER_PORT), which torch
+binds to all interfaces for the length of a fit (env:// init has no bind-address option).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from copl_dist import engine
@@ -53,6 +59,10 @@ def ray_worker_loop(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as path:
             config = {**config, "resume_state": _load_state(Path(path))}
     rank = ray.train.get_context().get_world_rank()
+    if torch.cuda.is_available():
+        import ray.train.torch
+
+        config = {**config, "device": str(ray.train.torch.get_device())}  # this worker's GPU
     fault = config.get("fault")
     clock = config.get("clock") if rank == 0 else None  # benchmarks: a file of "epoch wall-time" lines
 
@@ -66,7 +76,7 @@ def ray_worker_loop(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=None)
             return
         with tempfile.TemporaryDirectory(prefix="copl-ckpt-") as tmp:
-            torch.save(state, Path(tmp) / CHECKPOINT_FILE)
+            _save_state(state, Path(tmp) / CHECKPOINT_FILE)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     engine.train_loop_per_worker(config, report=_report)
@@ -83,9 +93,16 @@ def _kill_once(marker: Path, rank: int, epoch: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _save_state(state: dict[str, Any], path: Path) -> None:
+    # Votes travel as tensors so that the checkpoint loads with weights_only=True (no code runs).
+    votes = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.get("votes", {}).items()}
+    torch.save({**state, "votes": votes}, path)
+
+
 def _load_state(directory: Path) -> dict[str, Any]:
-    # Our own checkpoint (numpy vote arrays beside tensors), hence not weights_only.
-    return torch.load(directory / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    state = torch.load(directory / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    state["votes"] = {k: v.numpy() for k, v in state.get("votes", {}).items()}
+    return state
 
 
 # -- on the driver -------------------------------------------------------------------------------

@@ -1,0 +1,276 @@
+"""The scale clustering path (cluster_scale.py) against brute force and the exact dense path."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from copl_dist import cluster, cluster_scale
+from copl_dist.bench_cluster import add_arguments, make_cluster_features, run
+from copl_dist.cluster import cluster_videos, gaussian_affinity, pairwise_distances, plri_scores
+from copl_dist.cluster_scale import (
+    cluster_videos_scale,
+    estimate_sigma,
+    knn_recall,
+    knn_search,
+    mean_pairwise_distance,
+    nystrom_embedding,
+    plri_scores_blocked,
+    plri_scores_sampled,
+    sparse_gaussian_affinity,
+    spectral_labels,
+)
+from copl_dist.errors import InputError
+
+
+def _blobs(sizes, dim=16, spread=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(len(sizes), dim)) * 3
+    truth = np.repeat(np.arange(len(sizes)), sizes)
+    X = centers[truth] + spread * rng.normal(size=(len(truth), dim))
+    perm = rng.permutation(len(truth))
+    return X[perm], truth[perm]
+
+
+# ------------------------------------------------------------------------------------ kNN
+
+
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_knn_backends_match_brute_force(backend):
+    X = np.random.default_rng(1).normal(size=(400, 24))
+    d_ref, i_ref = knn_search(X, 10, backend="numpy")
+    d, i = knn_search(X, 10, backend=backend)
+    assert d.shape == i.shape == (400, 10)
+    assert not np.any(i == np.arange(400)[:, None]), "self must be excluded"
+    np.testing.assert_array_equal(i, i_ref)
+    np.testing.assert_allclose(d, d_ref, rtol=1e-4, atol=1e-4)
+    assert np.all(np.diff(d, axis=1) >= 0)
+    # brute force by hand for one row
+    dd = np.linalg.norm(X - X[7], axis=1)
+    dd[7] = np.inf
+    np.testing.assert_array_equal(i_ref[7], np.argsort(dd)[:10])
+
+
+def test_knn_self_excluded_with_duplicates():
+    X = np.repeat(np.random.default_rng(2).normal(size=(50, 8)), 2, axis=0)  # every row twice
+    for backend in ("faiss", "torch", "numpy"):
+        d, i = knn_search(X, 3, backend=backend)
+        assert not np.any(i == np.arange(100)[:, None]), backend
+        np.testing.assert_allclose(d[:, 0], 0.0, atol=1e-3)  # the twin is the nearest
+
+
+def test_knn_approximate_faiss_route_recall():
+    """PCA + HNSW + exact re-ranking (forced by flat_max_n=0): recall@k stated and measured."""
+    X, _ = make_cluster_features(3000, 128, seed=3)
+    info: dict = {}
+    d, i = knn_search(X, 15, backend="faiss", flat_max_n=0, pca_dim=32, info=info)
+    assert "HNSW" in info["knn_index"] and "PCA 128->32" in info["knn_index"]
+    assert not np.any(i == np.arange(3000)[:, None])
+    assert knn_recall(X, i, n_queries=300) >= 0.95
+    # re-ranked distances are exact distances in the original space
+    np.testing.assert_allclose(d[5], np.linalg.norm(X[i[5]] - X[5], axis=1), rtol=1e-4)
+
+
+def test_knn_bad_arguments():
+    X = np.zeros((5, 2))
+    with pytest.raises(ValueError, match="at least k"):
+        knn_search(X, 5)
+    with pytest.raises(ValueError, match="unknown kNN backend"):
+        knn_search(X, 2, backend="annoy")
+
+
+# ------------------------------------------------------------------------------ sigma, affinity
+
+
+def test_sigma_exact_for_small_n_matches_dense_path():
+    X = np.random.default_rng(4).normal(size=(300, 10))
+    assert estimate_sigma(X, sample=4096) == pytest.approx(pairwise_distances(X).mean(), rel=1e-6)
+    assert mean_pairwise_distance(X) == pytest.approx(pairwise_distances(X).mean(), rel=1e-12)
+
+
+def test_sigma_sample_estimate_within_half_percent():
+    """Stated error of the sampled sigma: within 0.5% of the exact mean pairwise distance."""
+    X, _ = make_cluster_features(12000, 64, seed=5)
+    exact = mean_pairwise_distance(X)
+    for seed in range(3):
+        est = estimate_sigma(X, sample=4096, seed=seed)
+        assert abs(est - exact) / exact < 0.005, (est, exact)
+
+
+def test_sparse_affinity_symmetric_nonnegative():
+    X = np.random.default_rng(6).normal(size=(200, 5))
+    d, i = knn_search(X, 8, backend="numpy")
+    sigma = estimate_sigma(X)
+    W = sparse_gaussian_affinity(d, i, sigma)
+    assert W.shape == (200, 200)
+    assert abs(W - W.T).max() < 1e-12
+    assert W.data.min() > 0 and W.data.max() <= 1.0
+    assert np.all(W.diagonal() == 0)
+    # every kNN edge carries the Gaussian weight of its distance
+    r, c = 17, i[17, 3]
+    assert W[r, c] == pytest.approx(np.exp(-np.linalg.norm(X[r] - X[c]) ** 2 / (2 * sigma**2)), rel=1e-5)
+    # 'max' is the union of both directions; 'mean' halves one-directional edges
+    Wm = sparse_gaussian_affinity(d, i, sigma, symmetrize="mean")
+    assert abs(Wm - Wm.T).max() < 1e-12 and Wm.nnz == W.nnz and (Wm <= W + 1e-15).toarray().all()
+
+
+# ------------------------------------------------------------------------------ spectral
+
+
+def test_sparse_spectral_recovers_blocks_with_disconnected_graph():
+    X, truth = _blobs([120, 80, 150, 60, 90, 100])
+    d, i = knn_search(X, 10, backend="numpy")
+    W = sparse_gaussian_affinity(d, i, estimate_sigma(X))
+    info: dict = {}
+    labels = spectral_labels(W, 6, seed=0, info=info)
+    assert info["graph_components"] == 6  # the uniform term copes with a disconnected graph
+    assert adjusted_rand_score(truth, labels) == 1.0
+    np.testing.assert_array_equal(labels, cluster.canonical_labels(labels))
+    np.testing.assert_array_equal(labels, spectral_labels(W, 6, seed=0))  # deterministic
+
+
+def test_nystrom_recovers_blocks():
+    X, truth = _blobs([120, 80, 150, 60], dim=32, spread=0.3)
+    E = nystrom_embedding(X, 4, estimate_sigma(X), seed=0, landmarks=100)
+    labels = cluster_scale.kmeans(E, 4, seed=0)
+    assert adjusted_rand_score(truth, labels) == 1.0
+
+
+# ------------------------------------------------------------------------------ PLRI
+
+
+def _overlapping(n=600, seed=7):
+    X, _ = make_cluster_features(n, 32, n_clusters=6, seed=seed, separation=0.8)
+    labels = cluster_videos(X, 6, seed=0, delta=0.0)[0]
+    return X, labels
+
+
+def test_blocked_plri_equals_dense():
+    X, labels = _overlapping()
+    labels = labels.copy()
+    labels[0] = labels.max() + 1  # a singleton cluster: score 0 in both
+    dense = plri_scores(gaussian_affinity(X), labels)
+    sigma = float(pairwise_distances(X).mean())
+    blocked = plri_scores_blocked(X, labels, sigma, block_bytes=1 << 16)  # many small blocks
+    np.testing.assert_allclose(blocked, dense, atol=1e-9, rtol=0)
+    assert blocked[0] == 0.0
+    rows = np.array([3, 10, 599])
+    np.testing.assert_allclose(plri_scores_blocked(X, labels, sigma, rows=rows), dense[rows], atol=1e-9, rtol=0)
+
+
+def test_sampled_plri_error_bound_and_refinement():
+    """Stated error: |s_sampled - s_exact| <= 4 se(s) for >= 99% of videos; with delta the
+    borderline videos are recomputed and no video changes side."""
+    X, _ = make_cluster_features(3000, 64, n_clusters=10, seed=8, separation=0.8)
+    labels = cluster_videos_scale(X, 10, seed=0, delta=0.0)[0]
+    sigma = estimate_sigma(X)
+    exact = plri_scores_blocked(X, labels, sigma)
+    s, se = plri_scores_sampled(X, labels, sigma, sample=40, seed=1)
+    err = np.abs(s - exact)
+    assert se.max() > 0 and np.mean(err <= 4 * se + 1e-6) >= 0.99
+    assert err.max() < 0.1
+    info: dict = {}
+    s2, se2 = plri_scores_sampled(X, labels, sigma, sample=40, seed=1, delta=0.0, info=info)
+    assert info["plri_refined"] > 0
+    assert np.mean((s2 >= 0) == (exact >= 0)) >= 0.999
+    refined = se2 == 0
+    np.testing.assert_allclose(s2[refined & (se > 0)], exact[refined & (se > 0)], atol=1e-5)
+    # a sample as large as every cluster is exact
+    s_all, se_all = plri_scores_sampled(X, labels, sigma, sample=3000)
+    np.testing.assert_allclose(s_all, exact, atol=1e-5)
+    assert np.all(se_all == 0)
+
+
+# ------------------------------------------------------------------------------ whole paths
+
+
+@pytest.fixture(scope="module")
+def features_5000():
+    """N = 5,000, 20 clusters of unequal size and spread, a quarter overlapping a neighbour (dim 256).
+    Data seed 2 is the hardest of the four seeds measured for the kNN graph (see the report)."""
+    X, truth = make_cluster_features(5000, 256, n_clusters=20, seed=2, separation=1.0)
+    labels, scores, mask = cluster_videos(X, 20, seed=0, delta=0.0)
+    return X, truth, labels, scores, mask
+
+
+@pytest.mark.slow
+def test_n5000_exact_and_scale_paths_agree(features_5000):
+    """The issue's acceptance: ARI >= 0.95 and >= 98% of videos on the same P/U side."""
+    X, _, labels, scores, mask = features_5000
+    info: dict = {}
+    # sampled PLRI forced (the default picks exact blocked sums at this N) so the check covers it.
+    l2, s2, m2 = cluster_videos_scale(X, 20, seed=0, delta=0.0, plri_method="sampled", plri_sample=64, info=info)
+    assert adjusted_rand_score(labels, l2) >= 0.95
+    assert np.mean(mask == m2) >= 0.98
+    assert info["affinity"] == "nystrom" and info["plri_method"] == "sampled"
+
+
+@pytest.mark.slow
+def test_n5000_knn_graph_path_documented_agreement(features_5000):
+    """The FAISS kNN-graph variant keeps only local structure; on this overlapping set it measured
+    ARI 0.943 / 96.3% same side against the exact path (Nystroem: 1.000 / 99.98%). Guard the
+    measured level, not the acceptance bar."""
+    X, truth, labels, _, mask = features_5000
+    info: dict = {}
+    l2, _, m2 = cluster_videos_scale(X, 20, seed=0, delta=0.0, affinity="knn", info=info)
+    assert adjusted_rand_score(labels, l2) >= 0.9
+    assert np.mean(mask == m2) >= 0.95
+    assert adjusted_rand_score(truth, l2) >= 0.9
+    assert info["knn_backend"] in ("faiss", "torch")
+
+
+def test_scale_path_edge_cases_and_determinism():
+    X, truth = _blobs([40, 30, 50], dim=8, spread=0.2)
+    l1, s1, m1 = cluster_videos_scale(X, 3, seed=3, delta=0.0)
+    l2, s2, m2 = cluster_videos_scale(X, 3, seed=3, delta=0.0)
+    np.testing.assert_array_equal(l1, l2)
+    np.testing.assert_array_equal(s1, s2)
+    assert adjusted_rand_score(truth, l1) == 1.0 and m1.all()
+    np.testing.assert_array_equal(cluster_videos_scale(X, 1, 0, 0.0)[0], np.zeros(120))
+    np.testing.assert_array_equal(cluster_videos_scale(X, 120, 0, 0.0)[0], np.arange(120))
+    with pytest.raises(ValueError, match="exceeds the number of videos"):
+        cluster_videos_scale(X, 121, 0, 0.0)
+    assert cluster_videos_scale(X, 3, 0, 0.0, plri=False)[2].all()
+
+
+def test_cluster_videos_dispatches_by_exact_max_n(monkeypatch):
+    X, truth = _blobs([40, 30, 50], dim=8, spread=0.2)
+    exact = cluster_videos(X, 3, seed=0, delta=0.0)
+    scaled = cluster_videos(X, 3, seed=0, delta=0.0, exact_max_n=100, knn=10)
+    assert adjusted_rand_score(exact[0], scaled[0]) == 1.0
+    calls = []
+
+    def fake(F, n_clusters, seed, delta, plri=True, **kw):
+        calls.append(kw)
+        return exact
+
+    monkeypatch.setattr(cluster_scale, "cluster_videos_scale", fake)
+    cluster_videos(X, 3, seed=0, delta=0.0, exact_max_n=120)  # N = 120: exact
+    assert calls == []
+    cluster_videos(X, 3, seed=0, delta=0.0, exact_max_n=119, knn=12, backend="torch")
+    assert calls == [{"knn": 12, "backend": "torch", "affinity": "nystrom"}]
+
+
+# ------------------------------------------------------------------------------ bench
+
+
+def test_bench_cluster_small(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--n", "300", "--dim", "32", "--clusters", "4", "--out", str(tmp_path), "--threads", "1"])
+    assert run(args) == 0
+    data = json.loads((tmp_path / "bench.json").read_text())
+    rows = {r["path"]: r for r in data["rows"]}
+    assert set(rows) == {"exact", "nystrom", "knn"}
+    assert all("error" not in r for r in rows.values()), rows
+    assert rows["nystrom"]["agreement"]["ari"] >= 0.95
+    assert rows["knn"]["knn_recall"] == 1.0
+    assert rows["exact"]["peak_rss_gb"] > 0 and "plri" in rows["exact"]["seconds"]
+    assert (tmp_path / "bench.png").stat().st_size > 0 and (tmp_path / "bench.md").exists()
+    assert "nystrom" in capsys.readouterr().out
+    with pytest.raises(InputError, match="--n"):
+        run(parser.parse_args(["--n", "10,x", "--out", str(tmp_path)]))
