@@ -13,10 +13,10 @@ features, before clustering):
   PLRI), only while its N x N matrices fit (`--exact-max-gb`), else "skipped: would need X GB";
 - nystrom: cluster_scale with affinity='nystrom' (the default scale path);
 - knn: cluster_scale with affinity='knn' (the FAISS kNN graph; above 50,000 rows PCA to 256 dims +
-  HNSW with exact re-ranking of 2k candidates; recall@k measured on 500 queries).
+  IVF-Flat with exact re-ranking of 2k candidates; recall@k measured on 500 queries).
 
 Both scale paths use sigma from a 4096-row sample and, above 20,000 videos, per-cluster sampled PLRI
-(256 members a cluster, borderline videos re-computed exactly); its error there is measured on 1000
+(128 members a cluster, borderline videos re-computed exactly); its error there is measured on 1000
 random videos against exact PLRI of the same labels. Reported: seconds per stage, peak memory,
 ARI / NMI against the generating labels, and, where the exact path ran, the agreement of each scale
 path with it (ARI, share of videos on the same P/U side, max |s - s_exact|). Written: OUT/bench.json,
@@ -37,7 +37,7 @@ Features: 10^6 x 2048 float32 = 8.2 GB (4.1 GB in float16), resident on the GPU.
   graph has <= 6 x 10^7 non-zeros (0.7 GB as CSR) and its 20 eigenvectors come from
   `torch.lobpcg` or CuPy's `eigsh` on the normalised adjacency.
 - k-means: FAISS GPU k-means (or torch) on the 10^6 x 20 embedding: 10 restarts in seconds.
-- PLRI: per-cluster samples of 256 members: 10^6 x (20 x 256) kernel entries = 10 TFLOP at 2048
+- PLRI: per-cluster samples of 128 members: 10^6 x (20 x 128) kernel entries = 10 TFLOP at 2048
   dims, seconds; the borderline videos (1-5% here) re-computed exactly cost 10^4-5 x 10^4 rows x
   10^6 columns = 40-200 TFLOP, tens of seconds; memory a (block x 10^6) float32 tile (4 GB at a
   block of 1000). The exact PLRI for every video would be 10^12 kernel entries = 4 PFLOP: minutes.

@@ -63,16 +63,22 @@ def test_knn_self_excluded_with_duplicates():
         np.testing.assert_allclose(d[:, 0], 0.0, atol=1e-3)  # the twin is the nearest
 
 
-def test_knn_approximate_faiss_route_recall():
-    """PCA + HNSW + exact re-ranking (forced by flat_max_n=0): recall@k stated and measured."""
+@pytest.mark.parametrize("approx", ["ivf", "hnsw"])
+def test_knn_approximate_faiss_route_recall(approx):
+    """The approximate FAISS route (forced by flat_max_n=0), candidates re-ranked exactly.
+    Stated recall@k on these features: >= 0.95 in the full space; PCA to half the dims keeps
+    the clusters but not the within-cluster order set by isotropic noise (>= 0.8)."""
     X, _ = make_cluster_features(3000, 128, seed=3)
     info: dict = {}
-    d, i = knn_search(X, 15, backend="faiss", flat_max_n=0, pca_dim=32, info=info)
-    assert "HNSW" in info["knn_index"] and "PCA 128->32" in info["knn_index"]
+    d, i = knn_search(X, 15, backend="faiss", flat_max_n=0, pca_dim=128, approx=approx, info=info)
+    assert ("HNSW" if approx == "hnsw" else "IVF") in info["knn_index"] and "PCA" not in info["knn_index"]
     assert not np.any(i == np.arange(3000)[:, None])
     assert knn_recall(X, i, n_queries=300) >= 0.95
     # re-ranked distances are exact distances in the original space
     np.testing.assert_allclose(d[5], np.linalg.norm(X[i[5]] - X[5], axis=1), rtol=1e-4)
+    d, i = knn_search(X, 15, backend="faiss", flat_max_n=0, pca_dim=64, approx=approx, info=info)
+    assert "PCA 128->64" in info["knn_index"]
+    assert knn_recall(X, i, n_queries=300) >= 0.8
 
 
 def test_knn_bad_arguments():
@@ -115,7 +121,7 @@ def test_sparse_affinity_symmetric_nonnegative():
     assert W[r, c] == pytest.approx(np.exp(-np.linalg.norm(X[r] - X[c]) ** 2 / (2 * sigma**2)), rel=1e-5)
     # 'max' is the union of both directions; 'mean' halves one-directional edges
     Wm = sparse_gaussian_affinity(d, i, sigma, symmetrize="mean")
-    assert abs(Wm - Wm.T).max() < 1e-12 and Wm.nnz == W.nnz and (Wm <= W + 1e-15).toarray().all()
+    assert abs(Wm - Wm.T).max() < 1e-12 and Wm.nnz == W.nnz and (W - Wm).toarray().min() >= -1e-15
 
 
 # ------------------------------------------------------------------------------ spectral
@@ -173,12 +179,19 @@ def test_sampled_plri_error_bound_and_refinement():
     err = np.abs(s - exact)
     assert se.max() > 0 and np.mean(err <= 4 * se + 1e-6) >= 0.99
     assert err.max() < 0.1
+    # Borderline videos (|s - delta| <= 3 se) re-computed exactly: no video changes side. On this
+    # strongly overlapping set a third of the videos are borderline, so lift the 10% cap ...
     info: dict = {}
-    s2, se2 = plri_scores_sampled(X, labels, sigma, sample=40, seed=1, delta=0.0, info=info)
+    s2, se2 = plri_scores_sampled(X, labels, sigma, sample=40, seed=1, delta=0.0, refine_max_frac=1.0, info=info)
     assert info["plri_refined"] > 0
-    assert np.mean((s2 >= 0) == (exact >= 0)) >= 0.999
-    refined = se2 == 0
-    np.testing.assert_allclose(s2[refined & (se > 0)], exact[refined & (se > 0)], atol=1e-5)
+    assert np.mean((s2 >= 0) == (exact >= 0)) == 1.0
+    refined = (se2 == 0) & (se > 0)
+    np.testing.assert_allclose(s2[refined], exact[refined], atol=1e-5)
+    # ... and with the default cap at most 10% are re-computed, the closest to delta first.
+    info = {}
+    s3, _ = plri_scores_sampled(X, labels, sigma, sample=40, seed=1, delta=0.0, info=info)
+    assert info["plri_refined"] == 300
+    assert np.mean((s3 >= 0) == (exact >= 0)) >= 0.98
     # a sample as large as every cluster is exact
     s_all, se_all = plri_scores_sampled(X, labels, sigma, sample=3000)
     np.testing.assert_allclose(s_all, exact, atol=1e-5)
