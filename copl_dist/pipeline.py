@@ -48,6 +48,11 @@ class RunResult:
     pseudo_labels: list[dict[str, Any]] = field(default_factory=list)
 
 
+def cluster_scale_options(cfg: CoplConfig) -> dict[str, Any]:
+    """How `cluster_videos` picks and runs its large-N path (config `cluster.*`)."""
+    return {"exact_max_n": cfg.cluster.exact_max_n, "knn": cfg.cluster.knn, "scale_affinity": cfg.cluster.scale_affinity}
+
+
 def primary_labels(corpus: Corpus, video_ids: list[str]) -> np.ndarray:
     """(N,) class index of each video's longest-annotated class; -1 for a video with none."""
     index = {name: i for i, name in enumerate(corpus.classes)}
@@ -316,7 +321,8 @@ class CoplRun:
             ctx = self.tracker.iteration_run(it) if self.tracker else _null()
             with ctx:
                 labels, scores, mask = cluster_videos(
-                    features, self.num_classes, derive_seed(cfg.seed, STREAM_CLUSTER, it), cfg.cluster.delta, cfg.cluster.plri
+                    features, self.num_classes, derive_seed(cfg.seed, STREAM_CLUSTER, it), cfg.cluster.delta, cfg.cluster.plri,
+                    **cluster_scale_options(cfg),
                 )
                 record: dict[str, Any] = {"iteration": it, **cluster_metrics(self.primary, labels)}
                 record["num_pseudo_labelled"] = int(mask.sum())
@@ -393,7 +399,8 @@ class CoplRun:
         cfg = self.cfg
         features = mean_features(self.corpus, self.train_ids)
         labels, scores, _ = cluster_videos(
-            features, self.num_classes, derive_seed(cfg.seed, STREAM_CLUSTER, 0), cfg.cluster.delta, plri=False
+            features, self.num_classes, derive_seed(cfg.seed, STREAM_CLUSTER, 0), cfg.cluster.delta, plri=False,
+            **cluster_scale_options(cfg),
         )
         mapping = self._mapping(labels)
         centroids = baseline_lib.cluster_centroids(features, labels, self.num_classes)

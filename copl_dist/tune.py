@@ -286,6 +286,7 @@ def silhouette_objective(cfg: CoplConfig, corpus: Any, video_ids: list[str], tea
     """Mean PLRI score of the clustering that this teacher's HAS global features give (label-free)."""
     from copl_dist import has as has_lib
     from copl_dist.cluster import cluster_videos
+    from copl_dist.pipeline import cluster_scale_options
     from copl_dist.engine import infer_video
 
     feats = []
@@ -294,7 +295,9 @@ def silhouette_objective(cfg: CoplConfig, corpus: Any, video_ids: list[str], tea
         out = infer_video(teacher, x, cfg.train.beta, cfg.train.topl_ratio)
         feats.append(has_lib.global_feature(x, has_lib.has_attention(out.a_cs, out.a_ca, cfg.has.gamma, branch=cfg.has.branch)))
     seed = derive_seed(cfg.seed, STREAM_CLUSTER, iteration + 1)
-    _, scores, _ = cluster_videos(np.stack(feats), num_classes, seed, cfg.cluster.delta, cfg.cluster.plri)
+    _, scores, _ = cluster_videos(
+        np.stack(feats), num_classes, seed, cfg.cluster.delta, cfg.cluster.plri, **cluster_scale_options(cfg)
+    )
     return float(scores.mean())
 
 

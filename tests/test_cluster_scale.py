@@ -201,19 +201,25 @@ def test_sampled_plri_error_bound_and_refinement():
 # ------------------------------------------------------------------------------ whole paths
 
 
+def _make_5000(data_seed):
+    """N = 5,000, 20 clusters of unequal size and spread, a quarter overlapping a neighbour (dim 256)."""
+    return make_cluster_features(5000, 256, n_clusters=20, seed=data_seed, separation=1.0)
+
+
 @pytest.fixture(scope="module")
-def features_5000():
-    """N = 5,000, 20 clusters of unequal size and spread, a quarter overlapping a neighbour (dim 256).
-    Data seed 2 is the hardest of the four seeds measured for the kNN graph (see the report)."""
-    X, truth = make_cluster_features(5000, 256, n_clusters=20, seed=2, separation=1.0)
+def exact_5000():
+    """Data seed 3: a set on which the exact path is stable (seeds 0 and 1 of its k-means agree,
+    ARI 0.999), so that agreement measures the approximation, not k-means' local optima."""
+    X, truth = _make_5000(3)
     labels, scores, mask = cluster_videos(X, 20, seed=0, delta=0.0)
     return X, truth, labels, scores, mask
 
 
 @pytest.mark.slow
-def test_n5000_exact_and_scale_paths_agree(features_5000):
-    """The issue's acceptance: ARI >= 0.95 and >= 98% of videos on the same P/U side."""
-    X, _, labels, scores, mask = features_5000
+def test_n5000_exact_and_scale_paths_agree(exact_5000):
+    """The issue's acceptance: ARI >= 0.95 and >= 98% of videos on the same P/U side
+    (measured: ARI 1.000, 99.96%)."""
+    X, _, labels, scores, mask = exact_5000
     info: dict = {}
     # sampled PLRI forced (the default picks exact blocked sums at this N) so the check covers it.
     l2, s2, m2 = cluster_videos_scale(X, 20, seed=0, delta=0.0, plri_method="sampled", plri_sample=64, info=info)
@@ -223,17 +229,33 @@ def test_n5000_exact_and_scale_paths_agree(features_5000):
 
 
 @pytest.mark.slow
-def test_n5000_knn_graph_path_documented_agreement(features_5000):
-    """The FAISS kNN-graph variant keeps only local structure; on this overlapping set it measured
-    ARI 0.943 / 96.3% same side against the exact path (Nystroem: 1.000 / 99.98%). Guard the
-    measured level, not the acceptance bar."""
-    X, truth, labels, _, mask = features_5000
+def test_n5000_knn_graph_path_agrees(exact_5000):
+    """The FAISS kNN-graph variant on the same set (measured: ARI 0.990, 99.3% same side). It keeps
+    only local structure and is the looser of the two elsewhere (ARI 0.95-0.96 against the exact
+    path at N = 1,000 and 10,000 in `copl bench cluster`, where Nystroem gave 0.999-1.000)."""
+    X, _, labels, _, mask = exact_5000
     info: dict = {}
     l2, _, m2 = cluster_videos_scale(X, 20, seed=0, delta=0.0, affinity="knn", info=info)
-    assert adjusted_rand_score(labels, l2) >= 0.9
-    assert np.mean(mask == m2) >= 0.95
-    assert adjusted_rand_score(truth, l2) >= 0.9
+    assert adjusted_rand_score(labels, l2) >= 0.95
+    assert np.mean(mask == m2) >= 0.98
     assert info["knn_backend"] in ("faiss", "torch")
+
+
+@pytest.mark.slow
+def test_n5000_agreement_bounded_by_exact_path_own_seeds():
+    """Where the exact path's own k-means lands in different optima by seed (data seed 2: its seeds
+    0 and 1 agree at ARI 0.92), no approximation can agree better with one of them than they agree
+    with each other; the scale path then matches one of the exact solutions (measured: ARI 0.998
+    with seed 1's, which is also the better one against the generating labels)."""
+    X, truth = _make_5000(2)
+    exact0, _, _ = cluster_videos(X, 20, seed=0, delta=0.0)
+    exact1, _, _ = cluster_videos(X, 20, seed=1, delta=0.0)
+    scaled, _, _ = cluster_videos_scale(X, 20, seed=0, delta=0.0)
+    own = adjusted_rand_score(exact0, exact1)
+    assert own < 0.95  # the premise: the exact path is unstable on this set
+    assert adjusted_rand_score(exact0, scaled) >= own - 0.02
+    assert max(adjusted_rand_score(exact0, scaled), adjusted_rand_score(exact1, scaled)) >= 0.95
+    assert adjusted_rand_score(truth, scaled) >= max(adjusted_rand_score(truth, exact0), adjusted_rand_score(truth, exact1)) - 0.02
 
 
 def test_scale_path_edge_cases_and_determinism():
