@@ -179,7 +179,8 @@ def train_loop_per_worker(config: dict[str, Any], report: ReportFn | None = None
     video_ids: list[str] = list(config["video_ids"])
     device = torch.device(config.get("device") or "cpu")
     targets = torch.as_tensor(np.array(config["targets"], dtype=np.float32), device=device)
-    labelled = torch.as_tensor(np.array(config["labelled"], dtype=bool), device=device)
+    labelled_np = np.array(config["labelled"], dtype=bool)
+    labelled = torch.as_tensor(labelled_np, device=device)
     num_classes = int(config["num_classes"])
     iteration = int(config.get("iteration", 0))
     collect_votes = bool(config.get("collect_votes", False))
@@ -230,8 +231,14 @@ def train_loop_per_worker(config: dict[str, Any], report: ReportFn | None = None
             student_out = model(x_student)
             with torch.no_grad():
                 teacher_out = teacher(x)
+            # DDP averages the ranks' gradients; scaling each rank's means by its share of the global
+            # batch (and of its labelled videos) makes that average the global batch's means.
+            n_lab = int(labelled_np[global_idx].sum())
+            sup_scale = world * int(labelled_np[idx].sum()) / n_lab if n_lab else 1.0
+            un_scale = world * len(idx) / len(global_idx)
             loss, terms = total_loss(
-                student_out, teacher_out, targets[idx], labelled[idx], cfg.loss, cfg.train.beta, l_count
+                student_out, teacher_out, targets[idx], labelled[idx], cfg.loss, cfg.train.beta, l_count,
+                sup_scale=sup_scale, un_scale=un_scale,
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -169,6 +169,8 @@ def total_loss(
     cfg_loss: Any,
     beta: float,
     l: int,
+    sup_scale: float = 1.0,
+    un_scale: float = 1.0,
 ) -> tuple[Tensor, dict[str, float]]:
     """Eq. 22 over a batch: L = L_cls + L_asl (pseudo-labelled videos, P) + L_un (all videos),
     L_un = L_CI + lambda1 * L_C + lambda2 * L_CO.
@@ -176,38 +178,43 @@ def total_loss(
     L_cls and L_asl are means over the labelled videos of the batch, L_un a mean over all of them.
     L_asl sums Eq. 16 over the two modalities. `cfg_loss` is a `copl_dist.config.LossConfig`; a term
     switched off is not computed. `teacher_out` (the teacher on unshifted features) may be None when
-    L_CO is off. Returns the loss and the unweighted term values as floats (0.0 when off).
+    L_CO is off. `sup_scale` / `un_scale` multiply the P and the L_un parts of the returned loss: under
+    DDP each rank holds part of a global batch, and these make the ranks' average equal the global
+    batch's means (engine.train_loop_per_worker). Returns the loss and the unweighted, unscaled term
+    values as floats (0.0 when off).
     Raises FloatingPointError on a non-finite loss.
     """
     s = student_out
     h_student = selection_score(s["cas"], s["a_ca_r"], s["a_ca_f"], beta)
     labelled = labelled_mask.to(torch.bool)
-    loss = (s["cas"] * 0).sum()  # a zero attached to the graph, whatever is switched off
+    zero = (s["cas"] * 0).sum()  # a zero attached to the graph, whatever is switched off
+    sup, un = zero, zero
     terms: dict[str, Tensor] = {}
     if cfg_loss.cls:
         terms["cls"] = cls_loss(video_scores(s["cas"], h_student, l), target, mask=labelled)
-        loss = loss + terms["cls"]
+        sup = sup + terms["cls"]
     if cfg_loss.asl:
         terms["asl"] = asl_loss(s["a_ca_r"], h_student, target, l, q=cfg_loss.q, mask=labelled) + asl_loss(
             s["a_ca_f"], h_student, target, l, q=cfg_loss.q, mask=labelled
         )
-        loss = loss + terms["asl"]
+        sup = sup + terms["asl"]
     if cfg_loss.ci:
         terms["ci"] = ci_loss(s["a_ca_r"], s["a_ca_f"], s["a_cs"], s["a_ca"], cfg_loss.mu1, cfg_loss.mu2)
-        loss = loss + terms["ci"]
+        un = un + terms["ci"]
     if cfg_loss.contrastive:
         terms["contrastive"] = contrastive_loss(
             s["embedding"], s["a_cs"], s["a_ca"], ratio=cfg_loss.contrast_ratio, temperature=cfg_loss.temperature
         )
-        loss = loss + cfg_loss.lambda1 * terms["contrastive"]
+        un = un + cfg_loss.lambda1 * terms["contrastive"]
     if cfg_loss.co:
         if teacher_out is None:
             raise ValueError("total_loss: L_CO is on but no teacher output was given")
         t = teacher_out
         h_teacher = selection_score(t["cas"], t["a_ca_r"], t["a_ca_f"], beta).detach()
         terms["co"] = co_loss(h_student, h_teacher, s["a_ca"], t["a_ca"].detach())
-        loss = loss + cfg_loss.lambda2 * terms["co"]
-    parts = {"loss": float(loss.detach())}
+        un = un + cfg_loss.lambda2 * terms["co"]
+    parts = {"loss": float((sup + un).detach())}
+    loss = sup * sup_scale + un * un_scale if (sup_scale != 1.0 or un_scale != 1.0) else sup + un
     for name in ("cls", "asl", "ci", "contrastive", "co"):
         parts[name] = float(terms[name].detach()) if name in terms else 0.0
     if not torch.isfinite(loss.detach()):

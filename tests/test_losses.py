@@ -252,3 +252,36 @@ def test_overfit_four_tiny_videos():
         out = net(x)
         p = video_scores(out["cas"], selection_score(out["cas"], out["a_ca_r"], out["a_ca_f"], 1 / 3), 2)
     assert p.argmax(-1)[:3].tolist() == [0, 0, 1]
+
+
+def test_rank_scales_make_the_average_of_shards_the_global_batch():
+    """Two DDP 'ranks' holding halves of a global batch, with the engine's scales, average to the
+    global batch's loss and gradient (P means over labelled videos, L_un over all)."""
+    torch.manual_seed(0)
+    net = IOCNet(num_classes=3, feature_dim=8, hidden_dim=6, dropout=0.0)
+    teacher = make_teacher(net)
+    x = torch.randn(6, 12, 8)
+    target = torch.eye(3)[torch.tensor([0, 1, 2, 0, 1, 2])]
+    labelled = torch.tensor([True, True, True, False, False, True])  # 3 in the first half, 1 in the second
+    cfg = LossConfig(contrastive=False)  # L_C averages over qualifying videos: not a per-video mean
+
+    def grads(loss):
+        net.zero_grad()
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in net.parameters()])
+
+    with torch.no_grad():
+        t_out = teacher(x)
+    full, _ = total_loss(net(x), t_out, target, labelled, cfg, 1 / 3, 3)
+    g_full = grads(full)
+    shards = [slice(0, 3), slice(3, 6)]
+    n_lab = int(labelled.sum())
+    avg_loss, g_avg = 0.0, 0.0
+    for sl in shards:
+        sup_scale = 2 * int(labelled[sl].sum()) / n_lab
+        t_part = {k: v[sl] for k, v in t_out.items()}
+        part, _ = total_loss(net(x[sl]), t_part, target[sl], labelled[sl], cfg, 1 / 3, 3, sup_scale=sup_scale, un_scale=1.0)
+        avg_loss = avg_loss + float(part) / 2
+        g_avg = g_avg + grads(part) / 2
+    assert avg_loss == pytest.approx(float(full), rel=1e-5)
+    assert torch.allclose(g_avg, g_full, rtol=1e-4, atol=1e-6)
