@@ -64,11 +64,21 @@ class Tracker:
         if not self.enabled:
             yield
             return
-        self._mlflow = self._setup()
-        with self._mlflow.start_run(run_name=run_name, tags=tags) as run:
-            self.parent_run_id = run.info.run_id
-            self._mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
-            yield
+        # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI (so that Ray workers started
+        # during the run log to the same store); restore it afterwards, or the next run in this
+        # process would take this run's store for a user's setting.
+        previous = os.environ.get("MLFLOW_TRACKING_URI")
+        try:
+            self._mlflow = self._setup()
+            with self._mlflow.start_run(run_name=run_name, tags=tags) as run:
+                self.parent_run_id = run.info.run_id
+                self._mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
+                yield
+        finally:
+            if previous is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = previous
 
     @contextmanager
     def iteration_run(self, iteration: int) -> Iterator[None]:

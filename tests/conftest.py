@@ -5,3 +5,13 @@ import os
 # `copl run` defaults to Ray Train fitted to the machine; the suite's many tiny runs train in-process
 # unless a test asks for workers (tests/test_ray_train.py). Export COPL_WORKERS=-1 to run them all on Ray.
 os.environ.setdefault("COPL_WORKERS", "0")
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_tracking_uri():
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; a test must not inherit another's store."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
