@@ -11,7 +11,11 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _no_leaked_tracking_uri():
-    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; a test must not inherit another's store."""
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI: whatever a test leaves there is undone, so
+    no later test inherits its store (a module fixture's own setting is kept)."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     yield
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
