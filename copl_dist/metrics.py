@@ -335,3 +335,25 @@ def hungarian_mapping(
     for k in range(n_clusters):
         mapping.setdefault(k, int(counts[k].argmax()))
     return dict(sorted(mapping.items()))
+
+
+def snippet_mask(segments: list[tuple[float, float]], duration_s: float, num_snippets: int) -> np.ndarray:
+    """(T,) 1 for snippets that overlap a ground-truth segment (snippet i covers [i, i+1] * d / T)."""
+    mask = np.zeros(num_snippets, dtype=np.int8)
+    for start, end in segments:
+        lo = int(np.floor(start / duration_s * num_snippets))
+        hi = int(np.ceil(end / duration_s * num_snippets))
+        mask[max(0, lo) : min(num_snippets, hi)] = 1
+    return mask
+
+
+def snippet_auc(scores: np.ndarray, mask: np.ndarray) -> float | None:
+    """ROC AUC of snippet scores against the action mask; None when only one class is present.
+    A diagnostic of the attention branches (0.5 = chance, < 0.5 = firing on background): it reads
+    labels, so it is reported, never used to select anything."""
+    from sklearn.metrics import roc_auc_score
+
+    mask = np.asarray(mask)
+    if mask.min() == mask.max():
+        return None
+    return float(roc_auc_score(mask, np.asarray(scores, dtype=np.float64)))

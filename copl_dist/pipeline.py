@@ -28,7 +28,7 @@ from copl_dist.corpus import Corpus
 from copl_dist.engine import TeacherOutputs, infer_video, train_loop_per_worker
 from copl_dist.errors import InputError
 from copl_dist.localize import localize_video
-from copl_dist.metrics import ari, detection_map, hungarian_mapping, nmi, purity
+from copl_dist.metrics import ari, detection_map, hungarian_mapping, nmi, purity, snippet_auc, snippet_mask
 from copl_dist.model import IOCNet
 from copl_dist.seeding import STREAM_CLUSTER, derive_seed
 from copl_dist.tracking import Tracker
@@ -131,6 +131,24 @@ def evaluate(corpus: Corpus, subset: str, detections: dict[str, Any], tious: lis
         return {}
     maps = detection_map(gt, detections, [f"{t:g}" for t in tious], subset=subset)
     return {f"map@{k}": float(v) for k, v in maps.items()}
+
+
+def attention_auc(corpus: Corpus, video_ids: list[str], outputs: dict[str, TeacherOutputs]) -> dict[str, float]:
+    """Snippet-level ROC AUC of the teacher's A_cs and A_ca against the ground truth (diagnostic)."""
+    masks, a_cs, a_ca = [], [], []
+    for vid in video_ids:
+        segments = [(s.start_s, s.end_s) for s in corpus.segments(vid)]
+        if not segments:
+            continue
+        out = outputs[vid]
+        masks.append(snippet_mask(segments, corpus.record(vid).duration_s, len(out.a_cs)))
+        a_cs.append(out.a_cs)
+        a_ca.append(out.a_ca)
+    if not masks:
+        return {}
+    mask = np.concatenate(masks)
+    result = {"auc_a_cs": snippet_auc(np.concatenate(a_cs), mask), "auc_a_ca": snippet_auc(np.concatenate(a_ca), mask)}
+    return {k: v for k, v in result.items() if v is not None}
 
 
 def actionness_traces(
@@ -336,6 +354,7 @@ class CoplRun:
                 mapping = self._mapping(labels)
                 dets, outputs = self._model_detections(teacher, mapping)
                 record.update(evaluate(self.corpus, cfg.data.test_subset, dets, self.tious))
+                record.update(attention_auc(self.corpus, self.test_ids, outputs))
                 record["seconds"] = time.perf_counter() - started
                 self._log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "iteration"})
                 iterations.append(record)
@@ -380,6 +399,7 @@ class CoplRun:
             record: dict[str, Any] = {"iteration": 0, "num_pseudo_labelled": int(labelled.sum()), "num_unlabelled": int((~labelled).sum())}
             record["losses"] = {k: float(np.mean([h[k] for h in history])) for k in history[0] if k != "epoch"}
             record.update(evaluate(self.corpus, self.cfg.data.test_subset, dets, self.tious))
+            record.update(attention_auc(self.corpus, self.test_ids, outputs))
             record["seconds"] = time.perf_counter() - started
             self._log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "iteration"})
         if self.on_iteration:

@@ -49,7 +49,7 @@ def test_run_writes_every_output(tiny_run, tiny_data):
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert metrics["complete"] is True and len(metrics["iterations"]) == 2
     for it in metrics["iterations"]:
-        for key in ("purity", "nmi", "ari", "num_pseudo_labelled", "num_unlabelled", "map@avg", "map@0.5"):
+        for key in ("purity", "nmi", "ari", "num_pseudo_labelled", "num_unlabelled", "map@avg", "map@0.5", "auc_a_cs", "auc_a_ca"):
             assert key in it
         assert it["num_pseudo_labelled"] + it["num_unlabelled"] == 10
         assert set(it["losses"]) == {"loss", "cls", "asl", "ci", "contrastive", "co"}

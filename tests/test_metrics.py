@@ -495,3 +495,14 @@ def test_hungarian_mapping_is_one_to_one_then_majority():
     assert hungarian_mapping([0, 0, 1], [0, 0, 1], 3, n_classes=3)[2] == 2  # empty cluster gets class 2
     with pytest.raises(ValueError):
         hungarian_mapping([0, 5], [0, 1], 3)
+
+
+def test_snippet_mask_and_auc_by_hand():
+    from copl_dist.metrics import snippet_auc, snippet_mask
+
+    # 10 snippets over 20 s: [3, 7] s touches snippets 1..3 (2-4, 4-6, 6-8 s)
+    assert snippet_mask([(3.0, 7.0)], 20.0, 10).tolist() == [0, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+    mask = np.array([0, 1, 1, 0])
+    assert snippet_auc(np.array([0.1, 0.9, 0.8, 0.2]), mask) == 1.0
+    assert snippet_auc(np.array([0.9, 0.1, 0.2, 0.8]), mask) == 0.0  # fires on background
+    assert snippet_auc(np.array([0.1, 0.2, 0.3, 0.4]), np.zeros(4)) is None
