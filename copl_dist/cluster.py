@@ -69,6 +69,14 @@ def canonical_labels(labels: np.ndarray) -> np.ndarray:
     return rank[inverse.reshape(-1)]
 
 
+def check_n_clusters(n_clusters: int, n: int) -> None:
+    """n_clusters must be a positive integer no larger than the number of videos."""
+    if not isinstance(n_clusters, (int, np.integer)) or n_clusters < 1:
+        raise ValueError(f"n_clusters must be a positive integer, got {n_clusters!r}")
+    if n_clusters > n:
+        raise ValueError(f"n_clusters={n_clusters} exceeds the number of videos ({n})")
+
+
 def spectral_clustering(W: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
     """Spectral clustering of a precomputed affinity into n_clusters (Ng-Jordan-Weiss, as in [10]).
 
@@ -77,10 +85,7 @@ def spectral_clustering(W: np.ndarray, n_clusters: int, seed: int) -> np.ndarray
     """
     A = _check_affinity(W)
     n = A.shape[0]
-    if not isinstance(n_clusters, (int, np.integer)) or n_clusters < 1:
-        raise ValueError(f"n_clusters must be a positive integer, got {n_clusters!r}")
-    if n_clusters > n:
-        raise ValueError(f"n_clusters={n_clusters} exceeds the number of videos ({n})")
+    check_n_clusters(n_clusters, n)
     if n_clusters == 1:
         return np.zeros(n, dtype=np.int64)
     if n_clusters == n:

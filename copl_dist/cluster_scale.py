@@ -882,7 +882,7 @@ def cluster_videos_scale(
     (sigma, kNN index, graph components, eigenvalues, PLRI error estimates); with
     info["keep_knn"] = True the kNN indices are kept in info["knn_indices"] (for a recall check).
     """
-    from copl_dist.cluster import canonical_labels, plri_split  # noqa: PLC0415
+    from copl_dist.cluster import canonical_labels, check_n_clusters, plri_split  # noqa: PLC0415
 
     if affinity not in ("nystrom", "knn"):
         raise ValueError(f"affinity must be 'nystrom' or 'knn', got {affinity!r}")
@@ -891,10 +891,7 @@ def cluster_videos_scale(
     info = info if info is not None else {}
     X = _as_features32(F)
     n = X.shape[0]
-    if not isinstance(n_clusters, (int, np.integer)) or n_clusters < 1:
-        raise ValueError(f"n_clusters must be a positive integer, got {n_clusters!r}")
-    if n_clusters > n:
-        raise ValueError(f"n_clusters={n_clusters} exceeds the number of videos ({n})")
+    check_n_clusters(n_clusters, n)
     info["affinity"] = affinity
     with _stage(info, "sigma"):
         sigma = estimate_sigma(X, seed=seed)

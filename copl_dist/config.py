@@ -288,6 +288,19 @@ def validate(cfg: CoplConfig, source: str = "config") -> None:
             raise InputError(f"{source}: config key '{key}' must be {rule}, got {value!r}")
 
 
+def read_yaml_mapping(path: Path, what: str, expected: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping; InputError naming the file otherwise."""
+    if not path.is_file():
+        raise InputError(f"{path}: {what} not found")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(loaded, dict):
+        raise InputError(f"{path}: expected {expected}")
+    return loaded
+
+
 def resolve(
     preset: str = "thumos14",
     config_file: str | Path | None = None,
@@ -301,14 +314,7 @@ def resolve(
     _merge(cfg, PRESETS[preset], source=f"preset {preset}")
     if config_file is not None:
         path = Path(config_file)
-        if not path.is_file():
-            raise InputError(f"{path}: config file not found")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(loaded, dict):
-            raise InputError(f"{path}: expected a mapping of config keys at the top level")
+        loaded = read_yaml_mapping(path, "config file", "a mapping of config keys at the top level")
         file_preset = loaded.get("preset")
         if file_preset is not None and file_preset != preset:
             if file_preset not in PRESETS:

@@ -38,173 +38,42 @@ mlflow.db (one parent run "tune", one nested run per trial), ray_results/ (Tune'
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import math
 import shutil
 import sys
 import tempfile
 import time
-import typing
 import uuid
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from copl_dist import config as config_lib
-from copl_dist.atomic import atomic_path, write_json, write_text
-from copl_dist.config import PRESET_TIOUS, PRESETS, CoplConfig, flatten, from_dict, resolve, to_dict, to_yaml, validate
+from copl_dist.atomic import write_json, write_text
+from copl_dist.config import CoplConfig, flatten, resolve, to_dict, to_yaml, validate
 from copl_dist.errors import InputError
 from copl_dist.seeding import STREAM_CLUSTER, derive_seed
+from copl_dist.tune_postprocess import RAW_FILE, RawPredictions, load_raw, raw_predictions, save_raw, search_postprocess  # noqa: F401
+from copl_dist.tune_space import (  # noqa: F401  (re-exported: callers use copl_dist.tune)
+    Space,
+    _plain,
+    get_key,
+    in_space,
+    leaf_types,
+    load_space,
+    sample_spec,
+    spec_values,
+    tune_domain,
+    with_values,
+)
 
 OBJECTIVES = ("silhouette", "agreement", "map")
-SPEC_KINDS = ("uniform", "loguniform", "randint", "choice")
-SPACE_KEYS = ("preset", "base", "search", "postprocess")
-RAW_FILE = "raw_predictions.npz"
-# The tuner owns these in every trial (the schedule, the subsets, where things run and log).
-NOT_SEARCHABLE = ("preset", "mode", "seed", "iterations", "num_classes", "data.train_subset", "data.test_subset")
-NOT_SEARCHABLE_PREFIXES = ("tracking.", "distributed.")
 # Numbers reported by a trial besides "iteration" and "objective" (diagnostics, never selected on).
 REPORTED = ("silhouette", "agreement", "map@avg", "map@0.5", "purity", "nmi", "ari", "num_pseudo_labelled", "loss")
 _STREAM_AGREEMENT = 101
-_STREAM_POSTPROCESS = 102
 
-
-# ---------------------------------------------------------------------------------------------
-# The space file
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Space:
-    path: str
-    preset: str | None
-    base: dict[str, Any]
-    search: dict[str, dict[str, Any]]
-    postprocess: dict[str, dict[str, Any]]
-
-
-def leaf_types() -> dict[str, Any]:
-    """{'has.gamma': float, 'inference.thetas': list[float], ...}: every settable config key."""
-    out: dict[str, Any] = {}
-
-    def walk(cls: type, prefix: str) -> None:
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            hint = hints[f.name]
-            if dataclasses.is_dataclass(hint):
-                walk(hint, f"{prefix}{f.name}.")
-            else:
-                out[f"{prefix}{f.name}"] = hint
-
-    walk(CoplConfig, "")
-    return out
-
-
-def _check_spec(where: str, key: str, spec: Any, hint: Any) -> None:
-    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in SPEC_KINDS:
-        raise InputError(f"{where} '{key}': expected one of {{{' | '.join(f'{k}: ...' for k in SPEC_KINDS)}}}, got {spec!r}")
-    kind, arg = next(iter(spec.items()))
-    if kind == "choice":
-        if not isinstance(arg, list) or not arg:
-            raise InputError(f"{where} '{key}': choice needs a non-empty list, got {arg!r}")
-        return
-    if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in arg)):
-        raise InputError(f"{where} '{key}': {kind} needs [lo, hi] numbers, got {arg!r}")
-    lo, hi = arg
-    if not lo < hi:
-        raise InputError(f"{where} '{key}': {kind} needs lo < hi, got {arg!r}")
-    if kind in ("uniform", "loguniform") and hint is not float:
-        raise InputError(f"{where} '{key}': {kind} draws floats but the key is {getattr(hint, '__name__', hint)}; use randint or choice")
-    if kind == "loguniform" and lo <= 0:
-        raise InputError(f"{where} '{key}': loguniform needs lo > 0, got {arg!r}")
-    if kind == "randint" and not (isinstance(lo, int) and isinstance(hi, int) and hint in (int, float)):
-        raise InputError(f"{where} '{key}': randint needs integer bounds and a numeric key, got {arg!r}")
-
-
-def load_space(path: str | Path) -> Space:
-    """Parse and check a space file: known sections, existing config keys, well-formed specs."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: space file not found")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise InputError(f"{p}: expected a mapping with keys {list(SPACE_KEYS)}")
-    for key in raw:
-        if key not in SPACE_KEYS:
-            raise InputError(f"{p}: unknown section '{key}' (expected {', '.join(SPACE_KEYS)})")
-    preset = raw.get("preset")
-    if preset is not None and preset not in PRESETS:
-        raise InputError(f"{p}: unknown preset '{preset}' (choose from {sorted(PRESETS)})")
-    types = leaf_types()
-    sections: dict[str, dict[str, Any]] = {}
-    for name in ("base", "search", "postprocess"):
-        value = raw.get(name) or {}
-        if not isinstance(value, dict):
-            raise InputError(f"{p}: '{name}' must be a mapping of dotted config keys")
-        for key in value:
-            if key not in types:
-                raise InputError(f"{p}: {name}: unknown config key '{key}'")
-        sections[name] = dict(value)
-    for key, spec in sections["search"].items():
-        if key.startswith("inference."):
-            raise InputError(f"{p}: search: '{key}' changes no training; put it under postprocess (tuned on cached predictions)")
-        if key in NOT_SEARCHABLE or key.startswith(NOT_SEARCHABLE_PREFIXES):
-            raise InputError(f"{p}: search: '{key}' is set by the tuner or the command line, not searched")
-        _check_spec(f"{p}: search", key, spec, types[key])
-    for key, spec in sections["postprocess"].items():
-        if not key.startswith("inference."):
-            raise InputError(f"{p}: postprocess: '{key}' needs retraining; only inference.* keys are tuned on cached predictions")
-        _check_spec(f"{p}: postprocess", key, spec, types[key])
-    both = set(sections["base"]) & (set(sections["search"]) | set(sections["postprocess"]))
-    if both:
-        raise InputError(f"{p}: '{sorted(both)[0]}' is both fixed in base and searched")
-    return Space(str(p), preset, sections["base"], sections["search"], sections["postprocess"])
-
-
-def spec_values(spec: dict[str, Any]) -> list[Any]:
-    """The extreme values a spec can produce (every choice; lo and hi, hi - 1 for randint)."""
-    kind, arg = next(iter(spec.items()))
-    if kind == "choice":
-        return list(arg)
-    return [arg[0], arg[1] - 1] if kind == "randint" else [arg[0], arg[1]]
-
-
-def in_space(spec: dict[str, Any], value: Any) -> bool:
-    kind, arg = next(iter(spec.items()))
-    if kind == "choice":
-        return any(value == v for v in arg)
-    if kind == "randint":
-        return float(value).is_integer() and arg[0] <= value < arg[1]
-    return arg[0] <= value <= arg[1]
-
-
-def sample_spec(spec: dict[str, Any], rng: np.random.Generator) -> Any:
-    """One plain-Python draw from a spec (the post-processing search; trials use Ray's samplers)."""
-    kind, arg = next(iter(spec.items()))
-    if kind == "choice":
-        return copy.deepcopy(arg[int(rng.integers(len(arg)))])
-    if kind == "randint":
-        return int(rng.integers(arg[0], arg[1]))
-    if kind == "loguniform":
-        return float(math.exp(rng.uniform(math.log(arg[0]), math.log(arg[1]))))
-    return float(rng.uniform(arg[0], arg[1]))
-
-
-def tune_domain(spec: dict[str, Any]) -> Any:
-    from ray import tune
-
-    kind, arg = next(iter(spec.items()))
-    if kind == "choice":
-        return tune.choice(arg)
-    return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[kind](*arg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,29 +81,10 @@ def tune_domain(spec: dict[str, Any]) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
-def _plain(value: Any) -> Any:
-    """numpy scalars from the samplers -> Python numbers (the config and YAML want plain types)."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
-def get_key(cfg: CoplConfig, key: str) -> Any:
-    obj: Any = cfg
-    for part in key.split("."):
-        obj = getattr(obj, part)
-    return copy.deepcopy(obj)
 
 
-def with_values(cfg: CoplConfig | dict[str, Any], values: dict[str, Any], source: str) -> CoplConfig:
-    """A validated copy of `cfg` with dotted `values` set; `cfg` is not touched."""
-    out = from_dict(to_dict(cfg) if isinstance(cfg, CoplConfig) else copy.deepcopy(cfg), source=source)
-    for key, value in values.items():
-        config_lib._merge(out, config_lib._dotted_to_nested(key, _plain(value)), source=source)
-    validate(out, source=source)
-    return out
 
 
 def user_config(
@@ -324,127 +174,6 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
     da, db = a - a.mean(), b - b.mean()
     denom = math.sqrt(float(da @ da) * float(db @ db))
     return float(da @ db) / denom if denom > 1e-24 else 0.0
-
-
-# ---------------------------------------------------------------------------------------------
-# Raw predictions and the post-processing search (no training anywhere here)
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RawPredictions:
-    """Teacher outputs on one subset, everything post-processing needs."""
-
-    subset: str
-    video_ids: list[str]
-    h_cs: list[np.ndarray]  # per video (T, C) selection scores
-    class_scores: np.ndarray  # (N, C)
-    durations_s: np.ndarray  # (N,)
-    cluster_to_class: np.ndarray  # (C,) cluster id -> class index
-    classes: list[str] = field(default_factory=list)
-
-
-def raw_predictions(
-    cfg: CoplConfig, corpus: Any, teacher: Any, cluster_to_class: dict[int, int], num_classes: int, subset: str
-) -> RawPredictions:
-    from copl_dist.engine import infer_video
-
-    vids = corpus.video_ids(subset)
-    outs = [infer_video(teacher, corpus.features(v), cfg.train.beta, cfg.train.topl_ratio) for v in vids]
-    return RawPredictions(
-        subset=subset,
-        video_ids=list(vids),
-        h_cs=[o.h_cs.astype(np.float32) for o in outs],
-        class_scores=np.stack([o.class_scores for o in outs]).astype(np.float32),
-        durations_s=np.array([corpus.record(v).duration_s for v in vids], dtype=np.float64),
-        cluster_to_class=np.array([cluster_to_class[c] for c in range(num_classes)], dtype=np.int64),
-        classes=list(corpus.classes),
-    )
-
-
-def save_raw(path: str | Path, raw: RawPredictions) -> None:
-    """One .npz with no object arrays (loads with allow_pickle=False): ragged h_cs as rows + offsets."""
-    offsets = np.concatenate([[0], np.cumsum([h.shape[0] for h in raw.h_cs])]).astype(np.int64)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(
-            f,
-            subset=np.array(raw.subset),
-            video_ids=np.array(raw.video_ids, dtype=str),
-            h_cs=np.concatenate(raw.h_cs, axis=0),
-            offsets=offsets,
-            class_scores=raw.class_scores,
-            durations_s=raw.durations_s,
-            cluster_to_class=raw.cluster_to_class,
-            classes=np.array(raw.classes, dtype=str),
-        )
-
-
-def load_raw(path: str | Path) -> RawPredictions:
-    with np.load(path, allow_pickle=False) as z:
-        offsets = z["offsets"]
-        h = z["h_cs"]
-        return RawPredictions(
-            subset=str(z["subset"]),
-            video_ids=[str(v) for v in z["video_ids"]],
-            h_cs=[h[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)],
-            class_scores=z["class_scores"],
-            durations_s=z["durations_s"],
-            cluster_to_class=z["cluster_to_class"],
-            classes=[str(c) for c in z["classes"]],
-        )
-
-
-def detections_from_raw(raw: RawPredictions, inference: Any) -> dict[str, Any]:
-    """pipeline.localize_all on the cache: the same detections the trial evaluated."""
-    from copl_dist.localize import localize_video
-
-    results: dict[str, list[dict[str, Any]]] = {}
-    for i, vid in enumerate(raw.video_ids):
-        dets = localize_video(raw.h_cs[i], raw.class_scores[i], float(raw.durations_s[i]), inference)
-        results[vid] = [
-            {
-                "segment": [round(float(s), 3), round(float(e), 3)],
-                "label": raw.classes[int(raw.cluster_to_class[int(c)])],
-                "score": float(score),
-            }
-            for s, e, c, score in dets
-        ]
-    return {"version": "copl_dist", "results": results}
-
-
-def search_postprocess(
-    raw: RawPredictions, ground_truth: dict[str, Any], cfg: CoplConfig, specs: dict[str, dict[str, Any]], samples: int, source: str
-) -> dict[str, Any]:
-    """Random search of the postprocess space by map@avg on the cached predictions.
-
-    The config's own values are one candidate when they lie inside the space (so the search never
-    returns something worse on the validation set than not searching); the rest are draws from a
-    stream of the root seed. Ties keep the earlier candidate.
-    """
-    from copl_dist.metrics import detection_map
-
-    tious = [f"{t:g}" for t in PRESET_TIOUS[cfg.preset]]
-
-    def score(values: dict[str, Any]) -> float:
-        inference = with_values(cfg, values, source=source).inference
-        return float(detection_map(ground_truth, detections_from_raw(raw, inference), tious, subset=raw.subset)["avg"])
-
-    defaults = {k: get_key(cfg, k) for k in specs}
-    rng = np.random.default_rng(derive_seed(cfg.seed, _STREAM_POSTPROCESS))
-    candidates = [defaults] if all(in_space(specs[k], defaults[k]) for k in specs) else []
-    while len(candidates) < max(1, samples):
-        candidates.append({k: sample_spec(spec, rng) for k, spec in specs.items()})
-    evaluated = [{"values": c, "objective": score(c)} for c in candidates]
-    best = max(evaluated, key=lambda e: e["objective"])  # first of equals
-    return {
-        "searched": True,
-        "subset": raw.subset,
-        "default_values": defaults,
-        "default_objective": score({}),
-        "best_values": best["values"],
-        "best_objective": best["objective"],
-        "candidates": evaluated,
-    }
 
 
 # ---------------------------------------------------------------------------------------------
