@@ -171,7 +171,7 @@ def exact_need_gb(n: int, dim: int) -> float:
 def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-    from copl_dist import cluster, cluster_scale
+    from copl_dist import cluster, cluster_scale, knn, plri_scale
 
     n, dim, k, seed, path = spec["n"], spec["dim"], spec["clusters"], spec["seed"], spec["path"]
     result: dict[str, Any] = {"path": path, "n": n, "dim": dim}
@@ -218,13 +218,13 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
             result[key] = info[key]
     if path == "knn" and "knn_indices" in info:
         t = time.perf_counter()
-        result["knn_recall"] = cluster_scale.knn_recall(F, info["knn_indices"], n_queries=500, seed=seed)
+        result["knn_recall"] = knn.knn_recall(F, info["knn_indices"], n_queries=500, seed=seed)
         result["knn_recall_check_s"] = time.perf_counter() - t
     if info.get("plri_method") == "sampled":
         # Sampled PLRI against exact PLRI of the same labels on a random subset (outside the timings).
         t = time.perf_counter()
         rows = np.sort(np.random.default_rng([seed, 7]).choice(n, min(n, 1000), replace=False))
-        exact = cluster_scale.plri_scores_blocked(F, labels, info["sigma"], rows=rows, dtype=np.float32)
+        exact = plri_scale.plri_scores_blocked(F, labels, info["sigma"], rows=rows, dtype=np.float32)
         result["plri_check"] = {
             "videos": len(rows),
             "max_abs_err": float(np.abs(exact - scores[rows]).max()),

@@ -9,7 +9,7 @@ O(N m) memory (m landmarks or k neighbours):
 2. The spectral embedding, two ways (`cluster_videos_scale(affinity=...)`):
    - 'nystrom' (default): `nystrom_embedding`, a landmark (Nystroem) approximation of the *full*
      Gaussian kernel, which is what the dense path clusters; k-means on it as the dense path does.
-   - 'knn': the k-nearest-neighbour graph (`knn_search`: FAISS flat exact index for moderate N,
+   - 'knn': the k-nearest-neighbour graph (`knn.knn_search`: FAISS flat exact index for moderate N,
      PCA + IVF-Flat (or HNSW) with exact re-ranking for large N, on GPUs when FAISS sees any; or a
      blocked torch matmul + top-k on CUDA), the Gaussian kernel on its edges
      (`sparse_gaussian_affinity`, symmetric, zero diagonal), the top eigenvectors of the
@@ -20,7 +20,7 @@ O(N m) memory (m landmarks or k neighbours):
    overlap, parts from the dense path (N = 5,000, 20 clusters, a quarter overlapping: ARI 0.94 and
    96.3% same P/U side against the exact path, where Nystroem gave 1.000 and 99.98%).
 3. k-means: FAISS Lloyd iterations from greedy k-means++ seeds, best of 10, seeded.
-4. PLRI (`plri_scores_blocked`, `plri_scores_sampled`): cohesion a_i and separation b_i are means of
+4. PLRI (`plri_scale.plri_scores_blocked`, `plri_scale.plri_scores_sampled`): cohesion a_i and separation b_i are means of
    the *full* Gaussian kernel (every pair, as in the dense path, not only the graph's edges), so
    they are computed from the features: exactly in row blocks (O(block * N) memory, O(N^2 D) time)
    or from per-cluster random samples with a standard error per video, re-computing exactly the
@@ -31,7 +31,6 @@ Labels are canonical (clusters numbered in order of first appearance), as in `cl
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Iterator
@@ -105,7 +104,7 @@ def _block_rows(n_cols: int, itemsize: int = 8, budget: int = BLOCK_BYTES) -> in
 
 
 # --------------------------------------------------------------------------------------------
-# kNN back ends
+# FAISS, when installed (kNN back ends in knn.py, k-means here)
 
 
 def _faiss():
@@ -114,281 +113,6 @@ def _faiss():
     except ImportError:
         return None
     return faiss
-
-
-def _torch_cuda() -> bool:
-    try:
-        import torch  # noqa: PLC0415
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
-
-
-def resolve_backend(backend: str = "auto") -> str:
-    """'auto' -> 'faiss' when FAISS sees a GPU; else 'torch' when torch sees CUDA; else 'faiss' when
-    FAISS is installed; else 'torch' (CPU). Explicit: 'faiss', 'torch', 'numpy' (float64 reference).
-    'auto' imports torch to ask about CUDA (a few seconds the first time on a loaded machine)."""
-    if backend not in ("auto", "faiss", "torch", "numpy"):
-        raise ValueError(f"unknown kNN backend {backend!r}: expected auto, faiss, torch or numpy")
-    if backend != "auto":
-        if backend == "faiss" and _faiss() is None:
-            raise ValueError("kNN backend 'faiss' requested but faiss is not installed")
-        return backend
-    faiss = _faiss()
-    if faiss is not None and faiss.get_num_gpus() > 0:
-        return "faiss"
-    if _torch_cuda():
-        return "torch"
-    return "faiss" if faiss is not None else "torch"
-
-
-def _drop_self(dist: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(N, k+1) results of a self-search -> (N, k) without the query itself.
-
-    A row may miss itself (an exact duplicate of the query tied with it, or an approximate index):
-    then its last (farthest) entry is dropped instead.
-    """
-    n = idx.shape[0]
-    drop = idx == np.arange(n)[:, None]
-    missing = ~drop.any(axis=1)
-    drop[missing, -1] = True
-    keep = ~drop
-    return dist[keep].reshape(n, k), idx[keep].reshape(n, k)
-
-
-def _exact_rerank(X: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Candidates (N, kk) -> the k nearest of them by exact distance in X's space, ascending.
-
-    Distances from differences (not the |a|^2 + |b|^2 - 2ab expansion: no cancellation error), by
-    FAISS's fvec_L2sqr_by_idx when installed (C++, no gathered copy: 0.5 s where a numpy gather
-    took 5.3 s for 20,000 x 61 candidates at 2048 dims), else numpy in blocks. Invalid candidates
-    (-1) and the query itself get +inf; a row left with fewer than k valid candidates is searched
-    exactly.
-    """
-    n, kk = cand.shape
-    rows_ix = np.arange(n)[:, None]
-    bad = (cand < 0) | (cand == rows_ix)
-    safe = np.ascontiguousarray(np.where(cand < 0, rows_ix, cand), dtype=np.int64)
-    faiss = _faiss()
-    if faiss is not None:
-        d2 = np.empty((n, kk), dtype=np.float32)
-        faiss.fvec_L2sqr_by_idx(faiss.swig_ptr(d2), faiss.swig_ptr(X), faiss.swig_ptr(X), faiss.swig_ptr(safe), X.shape[1], n, kk)
-        dist = np.sqrt(np.maximum(d2, 0.0))
-    else:
-        dist = np.empty((n, kk), dtype=np.float32)
-        step = _block_rows(kk * X.shape[1], 4, BLOCK_BYTES // 2)
-        for s in range(0, n, step):
-            e = min(n, s + step)
-            diff = X[safe[s:e]] - X[s:e, None, :]
-            dist[s:e] = np.sqrt(np.einsum("bkd,bkd->bk", diff, diff))
-    dist[bad] = np.inf
-    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
-    dist, idx = np.take_along_axis(dist, order, 1), np.take_along_axis(safe, order, 1)
-    short = np.nonzero(~np.isfinite(dist).all(axis=1))[0]
-    if len(short):
-        X64 = X.astype(np.float64)
-        sq = np.einsum("ij,ij->i", X64, X64)
-        d2 = sq[short, None] + sq[None, :] - 2.0 * (X64[short] @ X64.T)
-        d2[np.arange(len(short)), short] = np.inf
-        part = np.argsort(d2, axis=1, kind="stable")[:, :k]
-        idx[short] = part
-        dist[short] = np.linalg.norm(X[part] - X[short, None, :], axis=2)
-    return dist, idx
-
-
-def _pca(X: np.ndarray, dim: int, seed: int) -> np.ndarray:
-    """Project onto the top `dim` principal components, fitted on at most PCA_TRAIN_MAX random rows
-    (float64 covariance, scipy's eigh for the top eigenvectors only). (N, dim) float32.
-
-    numpy rather than faiss.PCAMatrix: its training took 99 s on 20,000 x 2048 here, this 5 s."""
-    from scipy.linalg import eigh  # noqa: PLC0415
-
-    n, d = X.shape
-    rows = np.arange(n) if n <= PCA_TRAIN_MAX else np.sort(_rng(seed, _STREAM_PCA).choice(n, PCA_TRAIN_MAX, replace=False))
-    S = X[rows].astype(np.float64)
-    mu = S.mean(axis=0)
-    S -= mu
-    cov = S.T @ S
-    _, V = eigh(cov, subset_by_index=[d - dim, d - 1], driver="evr")
-    V = np.ascontiguousarray(V[:, ::-1], dtype=np.float32)
-    Y = np.empty((n, dim), dtype=np.float32)
-    step = _block_rows(d, 4)
-    mu32 = mu.astype(np.float32)
-    for s in range(0, n, step):
-        Y[s : s + step] = (X[s : s + step] - mu32) @ V
-    return Y
-
-
-def _knn_numpy(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Brute force in float64, blocked: the reference the others are tested against."""
-    X64 = X.astype(np.float64)
-    n = X64.shape[0]
-    sq = np.einsum("ij,ij->i", X64, X64)
-    dist = np.empty((n, k), dtype=np.float32)
-    idx = np.empty((n, k), dtype=np.int64)
-    rows = _block_rows(n)
-    for s in range(0, n, rows):
-        e = min(n, s + rows)
-        d2 = sq[s:e, None] + sq[None, :] - 2.0 * (X64[s:e] @ X64.T)
-        np.maximum(d2, 0.0, out=d2)
-        d2[np.arange(e - s), np.arange(s, e)] = np.inf
-        part = np.argpartition(d2, k - 1, axis=1)[:, :k]
-        pd = np.take_along_axis(d2, part, 1)
-        order = np.lexsort((part, pd), axis=1)  # by distance, ties by index
-        idx[s:e] = np.take_along_axis(part, order, 1)
-        dist[s:e] = np.sqrt(np.take_along_axis(pd, order, 1))
-    return dist, idx
-
-
-def _knn_torch(X: np.ndarray, k: int, device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Exact kNN by blocked matmul + top-k in torch, on CUDA when available (float32)."""
-    import torch  # noqa: PLC0415
-
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    n = X.shape[0]
-    Xt = torch.from_numpy(X).to(dev)
-    sq = (Xt * Xt).sum(1)
-    dist = np.empty((n, k), dtype=np.float32)
-    idx = np.empty((n, k), dtype=np.int64)
-    budget = (1 << 30) if dev.type == "cuda" else BLOCK_BYTES
-    rows = _block_rows(n, 4, budget)
-    with torch.no_grad():
-        for s in range(0, n, rows):
-            e = min(n, s + rows)
-            d2 = sq[s:e, None] + sq[None, :] - 2.0 * (Xt[s:e] @ Xt.T)
-            d2.clamp_(min=0.0)
-            ar = torch.arange(e - s, device=dev)
-            d2[ar, ar + s] = float("inf")
-            _, ids = torch.topk(d2, k, dim=1, largest=False, sorted=True)
-            del d2
-            # Distances of the chosen pairs from differences: the expansion above loses about
-            # sqrt(1e-7) |x| to cancellation near 0 (0.0014 for identical unit vectors).
-            vals = torch.empty(ids.shape, dtype=Xt.dtype, device=dev)
-            sub = _block_rows(k * X.shape[1], 4, budget // 2)
-            for a in range(0, e - s, sub):
-                b = min(e - s, a + sub)
-                diff = Xt[ids[a:b]] - Xt[s + a : s + b, None, :]
-                vals[a:b] = torch.linalg.vector_norm(diff, dim=2)
-            vals, order = torch.sort(vals, dim=1, stable=True)
-            dist[s:e] = vals.cpu().numpy()
-            idx[s:e] = torch.gather(ids, 1, order).cpu().numpy()
-    return dist, idx
-
-
-def _knn_faiss(
-    X: np.ndarray, k: int, flat_max_n: int, pca_dim: int, approx: str, seed: int, info: dict[str, Any]
-) -> tuple[np.ndarray, np.ndarray]:
-    faiss = _faiss()
-    n, d = X.shape
-    gpus = faiss.get_num_gpus()
-    if n <= flat_max_n:
-        index = faiss.IndexFlatL2(d)
-        if gpus > 0:
-            index = faiss.index_cpu_to_all_gpus(index)
-        index.add(X)
-        d2, idx = index.search(X, k + 1)
-        info["knn_index"] = f"faiss IndexFlatL2 (exact){' on %d GPU(s)' % gpus if gpus else ''}"
-        _, idx = _drop_self(d2, idx.astype(np.int64), k)
-        # FAISS's distances come from the |a|^2 + |b|^2 - 2ab expansion in float32; recompute the
-        # chosen pairs from differences (and re-sort) as the torch back end does.
-        return _exact_rerank(X, idx, k)
-
-    # Approximate: (PCA to pca_dim) + IVF-Flat (CPU or all GPUs) or HNSW (CPU), RERANK_FACTOR * k
-    # candidates re-ranked by the exact distance in the original space.
-    kk = min(n - 1, RERANK_FACTOR * k) + 1
-    Y = X
-    desc = []
-    if d > pca_dim:
-        Y = _pca(X, pca_dim, seed)
-        desc.append(f"PCA {d}->{pca_dim}")
-    dy = Y.shape[1]
-    if approx == "hnsw" and gpus == 0:
-        index = faiss.IndexHNSWFlat(dy, HNSW_M)
-        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        index.add(Y)
-        index.hnsw.efSearch = max(2 * kk, 64)
-        desc.append(f"HNSW{HNSW_M} efSearch {index.hnsw.efSearch}")
-    else:
-        nlist = max(1, min(int(IVF_LISTS_PER_SQRT_N * math.sqrt(n)), n // 39))  # FAISS wants >= 39 rows a list
-        quantizer = faiss.IndexFlatL2(dy)
-        index = faiss.IndexIVFFlat(quantizer, dy, nlist)
-        ntrain = min(n, IVF_TRAIN_PER_LIST * nlist)
-        index.train(Y if ntrain == n else Y[np.sort(_rng(seed, _STREAM_PCA + 100).choice(n, ntrain, replace=False))])
-        if gpus > 0:
-            index = faiss.index_cpu_to_all_gpus(index)
-            index.add(Y)
-            faiss.GpuParameterSpace().set_index_parameter(index, "nprobe", IVF_NPROBE)
-        else:
-            index.add(Y)
-            index.nprobe = IVF_NPROBE
-        desc.append(f"IVF{nlist},Flat nprobe {IVF_NPROBE}" + (f" on {gpus} GPU(s)" if gpus else ""))
-    _, cand = index.search(Y, kk)
-    desc.append(f"{kk - 1} candidates re-ranked exactly")
-    info["knn_index"] = "faiss " + ", ".join(desc)
-    return _exact_rerank(X, cand.astype(np.int64), k)
-
-
-def knn_search(
-    F: Any,
-    k: int,
-    backend: str = "auto",
-    *,
-    flat_max_n: int = KNN_FLAT_MAX_N,
-    pca_dim: int = PCA_DIM,
-    approx: str = "ivf",
-    seed: int = 0,
-    info: dict[str, Any] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The k nearest neighbours of every row of F among the other rows (self excluded).
-
-    Returns (distances (N, k) float32, Euclidean, ascending; indices (N, k) int64).
-    Back ends (`resolve_backend`):
-    - 'faiss': exact (IndexFlatL2, on all GPUs when FAISS sees any) up to `flat_max_n` rows; above,
-      approximate: PCA to `pca_dim` dims (features with more dims; numpy, fitted on 10,000 rows),
-      then IVF-Flat (4 sqrt(N) lists, nprobe 16; on all GPUs when FAISS sees any) or, with
-      approx='hnsw' on CPU, HNSW32; 2k candidates are re-ranked by the exact distance in the
-      original space. Recall@k (`knn_recall`): >= 0.95 without PCA on the tests' features; with
-      PCA the recall is what the projection keeps of the within-cluster order: 2048->256 on the
-      benchmark's features, whose within-cluster spread is isotropic noise, gave 0.72 at
-      N = 20,000 and 0.53 at N = 100,000, while the clustering stayed at ARI 0.998 against the
-      generating labels (the neighbours stay in the right cluster); `copl bench cluster` reports
-      it per run. pca_dim >= D skips the projection (recall 0.96 at N = 20,000, 3.4x slower).
-    - 'torch': exact, blocked matmul + top-k, on CUDA when available (the GPU check machine has
-      torch but no FAISS).
-    - 'numpy': exact in float64 (the reference of the tests).
-    Distances of the returned pairs are always computed from differences (no cancellation).
-    """
-    X = _as_features32(F)
-    n = X.shape[0]
-    if not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    if k >= n:
-        raise ValueError(f"k={k} needs at least k + 1 = {k + 1} rows, got {n}")
-    name = resolve_backend(backend)
-    info = info if info is not None else {}
-    info["knn_backend"] = name
-    if name == "faiss":
-        if approx not in ("ivf", "hnsw"):
-            raise ValueError(f"approx must be 'ivf' or 'hnsw', got {approx!r}")
-        return _knn_faiss(X, int(k), flat_max_n, pca_dim, approx, seed, info)
-    if name == "torch":
-        info["knn_index"] = "torch blocked matmul + top-k (exact)" + (" on CUDA" if _torch_cuda() else "")
-        return _knn_torch(X, int(k))
-    info["knn_index"] = "numpy brute force (exact, float64)"
-    return _knn_numpy(X, int(k))
-
-
-def knn_recall(F: Any, idx: np.ndarray, n_queries: int = 500, seed: int = 0) -> float:
-    """recall@k of a kNN result against brute force on a random sample of query rows."""
-    X = _as_features32(F)
-    n, k = idx.shape
-    q = np.sort(_rng(seed, 99).choice(n, min(n, n_queries), replace=False))
-    X64 = X.astype(np.float64)
-    d2 = np.einsum("ij,ij->i", X64[q], X64[q])[:, None] + np.einsum("ij,ij->i", X64, X64)[None, :] - 2.0 * (X64[q] @ X64.T)
-    d2[np.arange(len(q)), q] = np.inf
-    truth = np.argpartition(d2, k - 1, axis=1)[:, :k]
-    hits = sum(len(np.intersect1d(truth[r], idx[i])) for r, i in enumerate(q))
-    return hits / (len(q) * k)
 
 
 # --------------------------------------------------------------------------------------------
@@ -669,7 +393,7 @@ def spectral_labels(W: sp.spmatrix, n_clusters: int, seed: int, info: dict[str, 
 
 
 # --------------------------------------------------------------------------------------------
-# PLRI without the N x N matrix
+# the full Gaussian kernel in row blocks (Nystroem here, PLRI in plri_scale.py)
 
 
 def _kernel_rows(
@@ -686,167 +410,6 @@ def _kernel_rows(
     if sigma == 0.0:
         return np.ones_like(d2)
     return np.exp(d2 * (-1.0 / (2.0 * sigma * sigma)))
-
-
-def _scores_from_means(a: np.ndarray, means_other: np.ndarray, own_size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eq. 8 with the dense path's conventions. means_other has -inf at the own cluster.
-    Returns (scores, argmax cluster of b)."""
-    b_arg = np.argmax(means_other, axis=1)
-    b = means_other[np.arange(len(a)), b_arg]
-    scores = np.zeros(len(a), dtype=np.float64)
-    denom = np.maximum(a, b)
-    ok = (own_size > 1) & (denom > 0) & np.isfinite(b)
-    scores[ok] = (a[ok] - b[ok]) / denom[ok]
-    return scores, b_arg
-
-
-def _label_index(labels: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
-    lab = np.asarray(labels)
-    if lab.shape != (n,):
-        raise ValueError(f"labels must have shape ({n},), got {lab.shape}")
-    _, idx = np.unique(lab, return_inverse=True)
-    idx = idx.reshape(-1).astype(np.int64)
-    return idx, np.bincount(idx).astype(np.float64)
-
-
-def plri_scores_blocked(
-    F: Any, labels: Any, sigma: float, rows: np.ndarray | None = None, dtype: Any = np.float64, block_bytes: int = BLOCK_BYTES
-) -> np.ndarray:
-    """Exact PLRI (cluster.plri_scores on the full Gaussian kernel of bandwidth `sigma`) without the
-    N x N matrix: blocks of rows x all columns, O(block * N) memory, O(N^2 D) time.
-
-    `rows`: score only these videos (their a_i, b_i still run over all N). `dtype`: the Gram
-    product's precision (float64 reproduces the dense path to about 1e-12; float32 is about twice
-    as fast with kernel errors about 1e-7). Returns (len(rows),) or (N,) scores.
-    """
-    X = np.ascontiguousarray(F, dtype=dtype)
-    n = X.shape[0]
-    idx, counts = _label_index(labels, n)
-    m = len(counts)
-    rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
-    out = np.zeros(len(rows), dtype=np.float64)
-    if m < 2:
-        return out
-    sq = np.einsum("ij,ij->i", X, X)
-    onehot = np.zeros((n, m), dtype=np.float64)
-    onehot[np.arange(n), idx] = 1.0
-    step = _block_rows(n, 8 * 3, block_bytes)
-    for s in range(0, len(rows), step):
-        r = rows[s : s + step]
-        same = (np.arange(len(r)), r)
-        w = _kernel_rows(X[r], sq[r], X, sq, float(sigma), same)
-        sums = w @ onehot  # (b, m)
-        own = idx[r]
-        own_size = counts[own]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            a = (sums[np.arange(len(r)), own] - 1.0) / (own_size - 1)
-        means = sums / counts[None, :]
-        means[np.arange(len(r)), own] = -np.inf
-        out[s : s + step], _ = _scores_from_means(a, means, own_size)
-    return out
-
-
-def plri_scores_sampled(
-    F: Any,
-    labels: Any,
-    sigma: float,
-    sample: int = PLRI_SAMPLE,
-    seed: int = 0,
-    delta: float | None = None,
-    refine_z: float = PLRI_REFINE_Z,
-    refine_max_frac: float = PLRI_REFINE_MAX_FRAC,
-    info: dict[str, Any] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """PLRI from per-cluster random samples: returns (scores (N,), standard errors (N,)).
-
-    Every cluster c contributes m_c = min(sample, |c|) members drawn without replacement (one draw,
-    shared by all videos). a_i is the mean kernel over the sample of i's cluster (i itself left out),
-    each candidate mean for b_i over the sample of that cluster; both are unbiased. Standard error of
-    each mean: sd / sqrt(m) * sqrt(1 - m / population) (finite-population correction; 0 where the
-    whole cluster is in the sample), and of s_i, to first order, se(s) <= sqrt(se_a^2 + se_b^2) /
-    max(a, b). The max over clusters in b_i adds a small upward bias where two clusters tie.
-
-    `delta` given: videos with |s_i - delta| <= refine_z * se(s_i) (those whose P/U side the
-    sampling error could flip, closest first, at most refine_max_frac * N of them) are re-computed
-    exactly over all N columns (se 0). Cost: N * C * sample + n_refined * N kernel entries.
-    The Gram products are float32 (kernel error about 1e-7, far below the sampling error).
-    """
-    X = _as_features32(F)
-    n = X.shape[0]
-    idx, counts = _label_index(labels, n)
-    m = len(counts)
-    info = info if info is not None else {}
-    scores = np.zeros(n, dtype=np.float64)
-    se_s = np.zeros(n, dtype=np.float64)
-    if m < 2:
-        info["plri_refined"] = 0
-        return scores, se_s
-    rng = _rng(seed, _STREAM_PLRI)
-    members = np.argsort(idx, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(counts.astype(np.int64))])
-    picks, col_cluster = [], []
-    for c in range(m):
-        mem = members[starts[c] : starts[c + 1]]
-        take = mem if len(mem) <= sample else np.sort(rng.choice(mem, sample, replace=False))
-        picks.append(take)
-        col_cluster.append(np.full(len(take), c))
-    S = np.concatenate(picks)
-    col_c = np.concatenate(col_cluster)
-    m_c = np.bincount(col_c, minlength=m).astype(np.float64)
-    pos = np.full(n, -1, dtype=np.int64)  # column of each sampled video in S
-    pos[S] = np.arange(len(S))
-    onehot = np.zeros((len(S), m), dtype=np.float64)
-    onehot[np.arange(len(S)), col_c] = 1.0
-    sq = np.einsum("ij,ij->i", X, X)
-    XS, sqS = X[S], sq[S]
-    step = _block_rows(len(S), 8 * 4)
-    for s in range(0, n, step):
-        e = min(n, s + step)
-        r = np.arange(s, e)
-        in_s = pos[r] >= 0
-        same = (np.nonzero(in_s)[0], pos[r][in_s])
-        w = _kernel_rows(X[s:e], sq[s:e], XS, sqS, float(sigma), same)
-        sums, sums2 = w @ onehot, (w * w) @ onehot  # (b, m)
-        own = idx[r]
-        ar = np.arange(e - s)
-        # Leave i out of its own cluster's sample (w_ii = 1, w_ii^2 = 1).
-        sums[ar[in_s], own[in_s]] -= 1.0
-        sums2[ar[in_s], own[in_s]] -= 1.0
-        cnt = np.broadcast_to(m_c, sums.shape).copy()
-        cnt[ar[in_s], own[in_s]] -= 1.0
-        pop = np.broadcast_to(counts, sums.shape).copy()
-        pop[ar, own] -= 1.0  # the own cluster's population excludes i
-        with np.errstate(divide="ignore", invalid="ignore"):
-            mean = sums / cnt
-            var = np.maximum(sums2 / cnt - mean**2, 0.0) * cnt / np.maximum(cnt - 1.0, 1.0)
-            se = np.sqrt(var / cnt * np.clip(1.0 - cnt / pop, 0.0, 1.0))
-        se = np.where(cnt > 0, se, 0.0)
-        a = mean[ar, own]
-        se_a = se[ar, own]
-        means = mean.copy()
-        means[ar, own] = -np.inf
-        sc, b_arg = _scores_from_means(a, means, counts[own])
-        b = means[ar, b_arg]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ses = np.sqrt(se_a**2 + se[ar, b_arg] ** 2) / np.maximum(a, b)
-        scores[s:e] = sc
-        se_s[s:e] = np.where(counts[own] > 1, np.nan_to_num(ses, nan=0.0, posinf=0.0), 0.0)
-    refined = np.zeros(0, dtype=np.int64)
-    if delta is not None:
-        margin = np.abs(scores - float(delta))
-        cand = np.nonzero((margin <= refine_z * se_s) & (se_s > 0))[0]
-        cap = int(refine_max_frac * n)
-        if len(cand) > cap:
-            cand = cand[np.argsort(margin[cand] / se_s[cand], kind="stable")[:cap]]
-        refined = np.sort(cand)
-        if len(refined):
-            scores[refined] = plri_scores_blocked(X, idx, sigma, rows=refined, dtype=np.float32)
-            se_s[refined] = 0.0
-    info["plri_sample"] = int(sample)
-    info["plri_refined"] = int(len(refined))
-    info["plri_se_max"] = float(se_s.max())
-    info["plri_se_mean"] = float(se_s.mean())
-    return scores, se_s
 
 
 # --------------------------------------------------------------------------------------------
@@ -883,6 +446,8 @@ def cluster_videos_scale(
     info["keep_knn"] = True the kNN indices are kept in info["knn_indices"] (for a recall check).
     """
     from copl_dist.cluster import canonical_labels, check_n_clusters, plri_split  # noqa: PLC0415
+    from copl_dist.knn import knn_search  # noqa: PLC0415
+    from copl_dist.plri_scale import plri_scores_blocked, plri_scores_sampled  # noqa: PLC0415
 
     if affinity not in ("nystrom", "knn"):
         raise ValueError(f"affinity must be 'nystrom' or 'knn', got {affinity!r}")

@@ -15,15 +15,13 @@ from copl_dist.cluster import cluster_videos, gaussian_affinity, pairwise_distan
 from copl_dist.cluster_scale import (
     cluster_videos_scale,
     estimate_sigma,
-    knn_recall,
-    knn_search,
     mean_pairwise_distance,
     nystrom_embedding,
-    plri_scores_blocked,
-    plri_scores_sampled,
     sparse_gaussian_affinity,
     spectral_labels,
 )
+from copl_dist.knn import knn_recall, knn_search
+from copl_dist.plri_scale import plri_scores_blocked, plri_scores_sampled
 from copl_dist.errors import InputError
 
 
