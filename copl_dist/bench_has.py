@@ -183,7 +183,7 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
         voter.vote(epoch, teacher)
         epoch_s.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
-    features = pool.global_features(ids) if pool is not None else pipeline.has_features(corpus, ids, voter.votes)
+    features = pool.global_features(ids) if pool is not None else pipeline.has_features(corpus, ids, voter.votes, cfg.has.centre)
     global_s = time.perf_counter() - t0
 
     digest = hashlib.sha256()

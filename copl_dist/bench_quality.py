@@ -10,6 +10,7 @@ printed, and written to OUT/quality.json and OUT/quality.md.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 
 from copl_dist.atomic import write_json, write_text
 from copl_dist.config import resolve
+from copl_dist.errors import InputError
 from copl_dist.formats import import_dataset
 from copl_dist.pipeline import CoplRun
 from copl_dist.report import table
@@ -30,12 +32,14 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "+HAS": ("utal", ["cluster.plri=false"]),
     "+PLRI": ("utal", ["has.enabled=false"]),
     "COPL (HAS + PLRI)": ("utal", []),
+    "COPL as in the paper (mean features first, Eq. 5 uncentred)": ("utal", ["has.init=mean", "has.centre=false"]),
     "HAS on A_cs only": ("utal", ["has.branch=cs"]),
     "HAS on A_ca only": ("utal", ["has.branch=ca"]),
     "HAS w/o voting": ("utal", ["has.voting=false"]),
     "weakly supervised": ("wtal", []),
 }
-ABLATION_ROWS = ["plain baseline (no training)", "Baseline (w/o HAS, w/o PLRI)", "+HAS", "+PLRI", "COPL (HAS + PLRI)", "weakly supervised"]
+ABLATION_ROWS = ["plain baseline (no training)", "Baseline (w/o HAS, w/o PLRI)", "+HAS", "+PLRI", "COPL (HAS + PLRI)",
+                 "COPL as in the paper (mean features first, Eq. 5 uncentred)", "weakly supervised"]
 HAS_ROWS = ["Baseline (w/o HAS, w/o PLRI)", "HAS on A_cs only", "HAS on A_ca only", "HAS w/o voting", "COPL (HAS + PLRI)"]
 
 
@@ -48,10 +52,12 @@ def _mean_std(values: list[float]) -> str:
 
 def run_quality_bench(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    if args.merge:
+        return merge_quality(args.merge, out)
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
     started = time.perf_counter()
-    for seed in range(args.seeds):
+    for done, seed in enumerate(range(args.first_seed, args.first_seed + args.seeds)):
         data = out / f"data-seed{seed}"
         if not (data / "annotations.json").exists():
             make_synthetic(data, preset="thumos14", videos=args.videos, classes=args.classes, seed=seed, duration_scale=args.duration_scale)
@@ -59,7 +65,8 @@ def run_quality_bench(args: argparse.Namespace) -> int:
         for name, (mode, sets) in VARIANTS.items():
             cfg = resolve(
                 "thumos14",
-                sets=[*sets, "tracking.enabled=false", "has.vote_last=6"],
+                # The user's --set first, so that no --set can undo the variant's own switches.
+                sets=["has.vote_last=6", *args.sets, *sets, "tracking.enabled=false"],
                 overrides={
                     "mode": mode,
                     "seed": seed,
@@ -74,14 +81,49 @@ def run_quality_bench(args: argparse.Namespace) -> int:
             print(f"seed {seed} {name:32s} avg mAP {result.final.get('map@avg', float('nan')):6.2f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
 
         # Tables after every seed, so a long benchmark leaves usable figures as it goes.
-        text = _tables(runs, args, seed + 1, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        text = _tables(runs, args, done + 1, seconds)
         write_text(out / "quality.md", text + "\n")
-        write_json(out / "quality.json", {"args": vars(args), "runs": runs})
+        write_json(out / "quality.json", {"args": {k: v for k, v in vars(args).items() if not callable(v)}, "runs": runs,
+                                          "seconds": seconds})
     print(text)
     return 0
 
 
-def _tables(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace, seeds_done: int, seconds: float) -> str:
+def merge_quality(folders: list[str], out: Path) -> int:
+    """One table from several `copl bench quality` outputs (seeds split over processes or machines):
+    the same settings are required, the seeds must not repeat."""
+    docs = []
+    for folder in folders:
+        path = Path(folder) / "quality.json"
+        if not path.is_file():
+            raise InputError(f"{path}: not found (expected a `copl bench quality` output)")
+        docs.append(json.loads(path.read_text()))
+    keys = ("videos", "classes", "epochs", "snippets", "iterations", "duration_scale", "sets")
+    first = docs[0]["args"]
+    for folder, doc in zip(folders, docs):
+        if any(doc["args"].get(k) != first.get(k) for k in keys):
+            raise InputError(f"{folder}/quality.json: other settings than {folders[0]} ({', '.join(keys)} must match)")
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
+    for doc in docs:
+        for name, rows in doc["runs"].items():
+            if name in runs:
+                runs[name].extend(rows)
+    seeds = [r["seed"] for r in runs["COPL (HAS + PLRI)"]]
+    if len(set(seeds)) != len(seeds):
+        raise InputError(f"{', '.join(folders)}: a seed appears in more than one output")
+    args = argparse.Namespace(**{**first, "seeds": len(seeds)})
+    seconds = sum(float(doc.get("seconds", 0.0)) for doc in docs)
+    text = _tables(runs, args, len(seeds), seconds, time_label="run time summed over the merged outputs")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "quality.md", text + "\n")
+    write_json(out / "quality.json", {"args": vars(args), "runs": runs, "seconds": seconds, "merged_from": list(folders)})
+    print(text)
+    return 0
+
+
+def _tables(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace, seeds_done: int, seconds: float,
+            time_label: str = "total time") -> str:
     def last(name: str, key: str) -> list[float]:
         return [r["iterations"][-1].get(key) for r in runs[name]]
 
@@ -96,7 +138,7 @@ def _tables(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace, see
     )
     iters = max(len(r["iterations"]) for r in runs["COPL (HAS + PLRI)"])
     fig4_rows = []
-    for n in ["Baseline (w/o HAS, w/o PLRI)", "+HAS", "+PLRI", "COPL (HAS + PLRI)"]:
+    for n in ["Baseline (w/o HAS, w/o PLRI)", "+HAS", "+PLRI", "COPL (HAS + PLRI)", "COPL as in the paper (mean features first, Eq. 5 uncentred)"]:
         for key, label in (("map@avg", "avg mAP"), ("nmi", "NMI x100")):
             scale = 100.0 if key == "nmi" else 1.0
             fig4_rows.append([f"{n}: {label}", *(_mean_std([scale * r["iterations"][i].get(key) for r in runs[n]]) for i in range(iters))])
@@ -104,7 +146,8 @@ def _tables(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace, see
     header = (
         f"copl bench quality --seeds {args.seeds} --videos {args.videos} --classes {args.classes} "
         f"--epochs {args.epochs} --snippets {args.snippets} --iterations {args.iterations} --duration-scale {args.duration_scale}"
+        + "".join(f" --set {item}" for item in getattr(args, "sets", None) or [])
     )
     return "\n\n".join([header, "Ablations (mean ± std over seeds):", ablation, "Across iterations (Fig. 4):", fig4,
                         "HAS variants, last clustering (Table 3):", has_table,
-                        f"seeds done: {seeds_done} of {args.seeds}; total time {seconds:.0f} s"])
+                        f"seeds done: {seeds_done} of {args.seeds}; {time_label} {seconds:.0f} s"])

@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench = p.add_subparsers(dest="bench", required=True)
     q = bench.add_parser("quality", help="the paper's ablations on a synthetic THUMOS-like corpus")
     q.add_argument("--seeds", type=int, default=3)
+    q.add_argument("--first-seed", type=int, default=0, help="seeds run: first-seed ... first-seed + seeds - 1")
+    q.add_argument("--merge", nargs="+", metavar="DIR", help="only merge earlier outputs (seeds split over processes) into --out")
+    q.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every variant (repeatable), e.g. train.device=cpu")
     q.add_argument("--out", default="runs/bench-quality")
     q.add_argument("--videos", type=int, default=48)
     q.add_argument("--classes", type=int, default=6)
@@ -210,14 +214,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             clusters = len(corpus.classes) if cfg.mode == "wtal" else (cfg.num_classes or len(corpus.classes))
             init_state = init_state_for(init_ckpt, args.init_from, clusters, cfg)
-        return _execute(cfg, corpus, out, progress=not args.no_progress, init_state=init_state, resume=args.resume)
+        # What the registry tags as the dataset: what the user named, not the run's converted copy.
+        dataset = f"synthetic:{cfg.preset}:seed{cfg.seed}" if synthetic else str(Path(args.data).resolve())
+        return _execute(cfg, corpus, out, dataset, progress=not args.no_progress, init_state=init_state, resume=args.resume)
     except BaseException:
         if created and not any(out.iterdir()):
             out.rmdir()
         raise
 
 
-def _execute(cfg: Any, corpus: Any, out: Path, progress: bool, init_state: Any = None, resume: bool = False) -> int:
+def _execute(
+    cfg: Any, corpus: Any, out: Path, dataset: str, progress: bool, init_state: Any = None, resume: bool = False
+) -> int:
     from copl_dist.config import config_hash, to_dict
     from copl_dist.outputs import write_metrics, write_run_outputs
     from copl_dist.pipeline import CoplRun
@@ -232,7 +240,8 @@ def _execute(cfg: Any, corpus: Any, out: Path, progress: bool, init_state: Any =
         init_state=init_state, state_dir=out / "state", resume=resume,
     )
     registered = None
-    tags = {"dataset": str(corpus.root), "seed": str(cfg.seed), "config_hash": config_hash(cfg), "mode": cfg.mode}
+    tags = {"dataset": dataset, "dataset_digest": corpus.digest(), "seed": str(cfg.seed),
+            "config_hash": config_hash(cfg), "mode": cfg.mode}
     with tracker.parent_run(f"{cfg.preset}-{cfg.mode}-seed{cfg.seed}", to_dict(cfg), tags):
         result = run.execute()
         paths = write_run_outputs(out, cfg, result, corpus.classes)

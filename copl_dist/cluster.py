@@ -12,7 +12,9 @@ import numpy as np
 from sklearn.cluster import spectral_clustering as _sk_spectral_clustering
 
 # k-means restarts on the spectral embedding; fixed so that a seed fully determines the labels.
-KMEANS_N_INIT = 10
+# On overlapping clusters 10 restarts left the result seed-dependent (4 seeds on 1,000 videos in 20
+# clusters: pairwise ARI down to 0.82); 50 found the same partition (>= 0.995) for < 1 s more there.
+KMEANS_N_INIT = 50
 
 
 def _check_features(F: np.ndarray) -> np.ndarray:

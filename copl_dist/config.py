@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ class ModelConfig:
 
 @dataclass
 class HASConfig:
-    enabled: bool = True  # False: every iteration clusters mean features (ablation "w/o HAS")
+    enabled: bool = True  # False: every iteration clusters iteration 0's features (ablation "w/o HAS")
     branch: str = "both"  # "both" (Eq. 2), "cs" (A_cs only) or "ca" (A_ca only)
     voting: bool = True  # False: the last epoch's A_HAS alone (ablation "w/o voting")
     gamma: float = 20.0  # k = max(1, floor(T / gamma)) (Eq. 3)
@@ -48,6 +49,12 @@ class HASConfig:
     # Vote over the last this many epochs of each training (0: every epoch, the paper). Each vote is a
     # teacher pass over all training videos; with alpha = 0.9 a vote 30 epochs old weighs 0.04.
     vote_last: int = 0
+    # Iteration 0's features (no model yet): "mean" (the paper: the mean snippet feature, which the
+    # background dominates) or "novelty" (the top k = max(1, floor(T / gamma)) snippets farthest from
+    # the video's mean, centred on it and pooled; label-free, see has.novelty_feature).
+    init: str = "novelty"
+    # Eq. 5 on snippets minus their video's mean (True) or on the raw snippets (False, the paper).
+    centre: bool = True
 
 
 @dataclass
@@ -88,6 +95,9 @@ class TrainConfig:
     topl_ratio: float = 1.0 / 8.0  # l = T * topl_ratio
     shift_channels: int = 512  # temporal feature shift, c
     max_grad_norm: float = 10.0
+    # Where in-process training and inference run: "auto" (the GPU when torch sees one, else the CPU),
+    # "cpu", "cuda" or "cuda:N". Ray Train workers use the device Ray gives them.
+    device: str = "auto"
 
 
 @dataclass
@@ -170,6 +180,7 @@ _CHOICES = {
     "preset": tuple(PRESETS),
     "mode": ("utal", "wtal", "baseline"),
     "has.branch": ("both", "cs", "ca"),
+    "has.init": ("mean", "novelty"),
     "cluster.scale_affinity": ("nystrom", "knn"),
 }
 
@@ -282,6 +293,8 @@ def validate(cfg: CoplConfig, source: str = "config") -> None:
         (0 <= cfg.train.ema_decay < 1, "train.ema_decay", cfg.train.ema_decay, "in [0, 1)"),
         (cfg.model.feature_dim % 2 == 0, "model.feature_dim", cfg.model.feature_dim, "even (RGB | Flow)"),
         (0 < cfg.inference.nms_iou <= 1, "inference.nms_iou", cfg.inference.nms_iou, "in (0, 1]"),
+        (re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.train.device) is not None, "train.device", cfg.train.device,
+         "auto, cpu, cuda or cuda:N"),
     ]
     for ok, key, value, rule in checks:
         if not ok:

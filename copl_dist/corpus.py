@@ -18,6 +18,7 @@ byte-identical files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -152,6 +153,21 @@ class Corpus:
 
     def __contains__(self, video_id: object) -> bool:
         return video_id in self._records
+
+    def digest(self) -> str:
+        """A short content identity: SHA-256 of the manifest, the tables and each shard's size.
+
+        Conversion is byte-deterministic, so the same source gives the same digest wherever it was
+        converted; the features themselves are not read (gigabytes), only their shards' sizes.
+        """
+        h = hashlib.sha256()
+        for name in (MANIFEST, "videos.parquet", "annotations.parquet"):
+            path = self.root / name
+            if path.is_file():
+                h.update(name.encode() + b"\0" + path.read_bytes())
+        for shard in self._shards:
+            h.update(f"{shard}:{(self.root / shard).stat().st_size}".encode())
+        return h.hexdigest()[:16]
 
     def subsets(self) -> list[str]:
         return sorted({r.subset for r in self._records.values()})

@@ -18,6 +18,7 @@ from copl_dist import has as has_lib
 from copl_dist.augment import temporal_feature_shift
 from copl_dist.config import CoplConfig, from_dict
 from copl_dist.corpus import Corpus
+from copl_dist.errors import InputError
 from copl_dist.losses import total_loss
 from copl_dist.model import IOCNet, ema_update, make_teacher, selection_score, topl_count, video_scores
 from copl_dist.seeding import (
@@ -134,6 +135,16 @@ def build_batch(
         rng = np.random.default_rng(derive_seed(seed, STREAM_SAMPLING, iteration, epoch, int(i)))
         rows.append(feats[sample_indices(feats.shape[0], length, rng)])
     return torch.from_numpy(np.stack(rows).astype(np.float32, copy=False))
+
+
+def resolve_device(name: str) -> torch.device:
+    """train.device -> a torch device: "auto" is the first GPU when torch sees one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"config key 'train.device' is '{name}', but torch sees no CUDA device")
+    return device
 
 
 def distributed_context() -> tuple[int, int]:

@@ -1,7 +1,8 @@
 """The COPL iteration driver: cluster -> PLRI -> train IOCNet -> HAS -> cluster again.
 
-Iteration 0 clusters mean snippet features (no model yet); every later iteration clusters the HAS
-global features voted by the previous iteration's teacher (Eqs. 1-5). Each iteration trains a fresh
+Iteration 0 (no model yet) clusters novelty-pooled snippet features, or the mean snippet features
+as the paper does (has.init); every later iteration clusters the HAS global features voted by the
+previous iteration's teacher (Eqs. 1-5). Each iteration trains a fresh
 IOCNet, since cluster ids (and so the classifier's outputs) are not aligned between clusterings.
 The test set is evaluated after every iteration for the record (the paper's Fig. 4); nothing is
 selected on it: the reported model is the last one.
@@ -25,7 +26,7 @@ from copl_dist import run_state
 from copl_dist.cluster import cluster_videos
 from copl_dist.config import PRESET_TIOUS, CoplConfig, config_hash, to_dict
 from copl_dist.corpus import Corpus
-from copl_dist.engine import TeacherOutputs, infer_video, train_loop_per_worker
+from copl_dist.engine import TeacherOutputs, infer_video, resolve_device, train_loop_per_worker
 from copl_dist.errors import InputError
 from copl_dist.localize import localize_video
 from copl_dist.metrics import ari, detection_map, hungarian_mapping, nmi, purity, snippet_auc, snippet_mask
@@ -89,9 +90,14 @@ def mean_features(corpus: Corpus, video_ids: list[str]) -> np.ndarray:
     return np.stack([has_lib.mean_feature(corpus.features(v)) for v in video_ids])
 
 
-def has_features(corpus: Corpus, video_ids: list[str], votes: dict[str, np.ndarray]) -> np.ndarray:
-    """Eq. 5 for each video from its voted HAS attention."""
-    return np.stack([has_lib.global_feature(corpus.features(v), votes[v]) for v in video_ids])
+def initial_features(corpus: Corpus, video_ids: list[str], init: str, gamma: float) -> np.ndarray:
+    """Iteration 0's global features (has.init): mean or novelty-pooled snippet features."""
+    return np.stack([has_lib.initial_feature(corpus.features(v), init, gamma) for v in video_ids])
+
+
+def has_features(corpus: Corpus, video_ids: list[str], votes: dict[str, np.ndarray], centre: bool = False) -> np.ndarray:
+    """Eq. 5 for each video from its voted HAS attention (centred on the video mean: has.centre)."""
+    return np.stack([has_lib.global_feature(corpus.features(v), votes[v], centre) for v in video_ids])
 
 
 def load_teacher(state: dict[str, torch.Tensor], num_classes: int, cfg: CoplConfig) -> IOCNet:
@@ -224,6 +230,7 @@ class CoplRun:
             )
         self.tious = PRESET_TIOUS[cfg.preset]
         self.primary = primary_labels(corpus, self.train_ids)
+        self.device = resolve_device(cfg.train.device)
 
     # -- helpers -----------------------------------------------------------------------------
     def _log(self, metrics: dict[str, float], step: int | None = None) -> None:
@@ -249,6 +256,7 @@ class CoplRun:
             "iteration": iteration,
             "collect_votes": collect_votes,
             "init_state": self.init_state if iteration == 0 else None,
+            "device": str(self.device),  # Ray Train workers replace it with their own
         }
         if collect_votes and self._has_pool is not None:
             self._has_pool.restore({})  # every training votes from scratch, as a fresh LocalVoter does
@@ -304,15 +312,16 @@ class CoplRun:
             for n, v in enumerate(self.train_ids)
         ]
 
-    def _mean_features(self) -> np.ndarray:
+    def _initial_features(self) -> np.ndarray:
+        init, gamma = self.cfg.has.init, self.cfg.has.gamma
         if self._has_pool is not None:
-            return self._has_pool.mean_features(self.train_ids)
-        return mean_features(self.corpus, self.train_ids)
+            return self._has_pool.initial_features(self.train_ids, init, gamma)
+        return initial_features(self.corpus, self.train_ids, init, gamma)
 
     def _has_features(self, votes: dict[str, np.ndarray]) -> np.ndarray:
         if self._has_pool is not None:  # Eq. 5 inside the actors, from the votes they hold
             return self._has_pool.global_features(self.train_ids)
-        return has_features(self.corpus, self.train_ids, votes)
+        return has_features(self.corpus, self.train_ids, votes, self.cfg.has.centre)
 
     def _utal(self) -> RunResult:
         n_actors = self.cfg.distributed.has_actors
@@ -333,7 +342,7 @@ class CoplRun:
         cfg = self.cfg
         start, features, iterations, result = self._resume_point()
         if features is None:
-            features = self._mean_features()
+            features = self._initial_features()
         for it in range(start, cfg.iterations):
             started = time.perf_counter()
             ctx = self.tracker.iteration_run(it) if self.tracker else _null()
@@ -350,7 +359,7 @@ class CoplRun:
                 trained = self._train(targets, mask, it, collect_votes=collect)
                 history = trained["history"]
                 record["losses"] = {k: float(np.mean([h[k] for h in history])) for k in history[0] if k != "epoch"}
-                teacher = load_teacher(trained["teacher"], self.num_classes, cfg)
+                teacher = load_teacher(trained["teacher"], self.num_classes, cfg).to(self.device)
                 mapping = self._mapping(labels)
                 dets, outputs = self._model_detections(teacher, mapping)
                 record.update(evaluate(self.corpus, cfg.data.test_subset, dets, self.tious))
@@ -369,8 +378,8 @@ class CoplRun:
                     pseudo_labels=self._pseudo_table(labels, scores, mask),
                 )
                 self.latest = result
-                # The next clustering's features: HAS (Eq. 5) from this training's votes, or the
-                # mean features again when HAS is off.
+                # The next clustering's features: HAS (Eq. 5) from this training's votes, or
+                # iteration 0's features again when HAS is off.
                 if collect:
                     features = self._has_features(trained["votes"])
                 if self.state_dir is not None:
@@ -393,7 +402,7 @@ class CoplRun:
         with ctx:
             trained = self._train(targets, labelled, 0, collect_votes=False)
             history = trained["history"]
-            teacher = load_teacher(trained["teacher"], len(self.corpus.classes), self.cfg)
+            teacher = load_teacher(trained["teacher"], len(self.corpus.classes), self.cfg).to(self.device)
             identity = {c: c for c in range(len(self.corpus.classes))}
             dets, outputs = self._model_detections(teacher, identity)
             record: dict[str, Any] = {"iteration": 0, "num_pseudo_labelled": int(labelled.sum()), "num_unlabelled": int((~labelled).sum())}

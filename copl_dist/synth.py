@@ -55,6 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
+from copl_dist.atomic import default_dir_mode
 from copl_dist.errors import InputError
 
 PRESETS = {
@@ -122,6 +123,7 @@ def make_synthetic(out_dir, preset: str = "thumos14", videos: int | None = None,
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp.chmod(default_dir_mode())  # mkdtemp makes it 0700; the corpus is for sharing
     try:
         (tmp / "features").mkdir()
         database = {}

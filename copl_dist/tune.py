@@ -143,7 +143,9 @@ def silhouette_objective(cfg: CoplConfig, corpus: Any, video_ids: list[str], tea
     for vid in video_ids:
         x = corpus.features(vid)
         out = infer_video(teacher, x, cfg.train.beta, cfg.train.topl_ratio)
-        feats.append(has_lib.global_feature(x, has_lib.has_attention(out.a_cs, out.a_ca, cfg.has.gamma, branch=cfg.has.branch)))
+        feats.append(has_lib.global_feature(
+            x, has_lib.has_attention(out.a_cs, out.a_ca, cfg.has.gamma, branch=cfg.has.branch), cfg.has.centre
+        ))
     seed = derive_seed(cfg.seed, STREAM_CLUSTER, iteration + 1)
     _, scores, _ = cluster_videos(
         np.stack(feats), num_classes, seed, cfg.cluster.delta, cfg.cluster.plri, **cluster_scale_options(cfg)
@@ -465,7 +467,9 @@ def run(args: argparse.Namespace) -> int:
                  "search": {k: str(v) for k, v in space.search.items()}, "postprocess": {k: str(v) for k, v in space.postprocess.items()}},
         **to_dict(cfg),
     }
-    tags = {"dataset": str(corpus.root), "copl.kind": "tune", "objective": args.objective, "seed": str(cfg.seed)}
+    dataset = f"synthetic:{cfg.preset}:seed{cfg.seed}" if args.data is None else str(Path(args.data).resolve())
+    tags = {"dataset": dataset, "dataset_digest": corpus.digest(), "copl.kind": "tune", "objective": args.objective,
+            "seed": str(cfg.seed)}
     started = time.perf_counter()
     with tracker.parent_run("tune", parent_params, tags), _RaySession(cfg):
         doc = _search(args, space, cfg, corpus, out, eval_subset, tracker)

@@ -15,17 +15,14 @@ import pytest
 import torch
 
 from copl_dist.cli import main
-from copl_dist.synth import make_synthetic
+from tiny_corpus import TINY, tiny_synthetic
 
-# A tiny schedule: the point is the plumbing, not the numbers.
-TINY = ["--iterations", "2", "--epochs", "2", "--snippets", "32", "--no-progress",
-        "--set", "train.batch_size=4", "--set", "model.hidden_dim=32", "--set", "train.shift_channels=64"]
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data") / "synth"
-    make_synthetic(root, preset="thumos14", videos=10, classes=3, seed=0, duration_scale=0.15)
+    tiny_synthetic(root, videos=10, seed=0)
     return root
 
 

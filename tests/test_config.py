@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from copl_dist.config import PRESETS, config_hash, flatten, from_dict, resolve, to_dict, to_yaml
 from copl_dist.errors import InputError
@@ -68,3 +69,24 @@ def test_unknown_key_in_file_names_the_file(tmp_path):
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
     assert set(PRESETS) == {"thumos14", "anet12"}
+
+
+def test_train_device_values():
+    from copl_dist.engine import resolve_device
+
+    for ok in ("auto", "cpu", "cuda", "cuda:1"):
+        resolve(sets=[f"train.device={ok}"])
+    with pytest.raises(InputError, match="train.device"):
+        resolve(sets=["train.device=gpu"])
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA device"):
+            resolve_device("cuda")
+
+
+def test_has_init_values():
+    assert resolve().has.init == "novelty"
+    assert resolve(sets=["has.init=mean"]).has.init == "mean"
+    with pytest.raises(InputError, match="has.init"):
+        resolve(sets=["has.init=median"])

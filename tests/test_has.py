@@ -10,7 +10,9 @@ from copl_dist.has import (
     consistent_actionness,
     global_feature,
     has_attention,
+    initial_feature,
     mean_feature,
+    novelty_feature,
     top_k_attention,
     vote,
 )
@@ -98,3 +100,55 @@ def test_mean_feature_unit_norm_and_zero_safe():
 def test_global_feature_shape_mismatch():
     with pytest.raises(ValueError):
         global_feature(np.ones((4, 3)), np.ones(5))
+
+
+def test_novelty_feature_hand_computed():
+    # Background [0, 1] (the "scene") and a two-snippet action [4, 1]: mean [4/3, 1], centred
+    # distances [4/3, 4/3, 8/3, 8/3, 4/3, 4/3], smoothed over 3: [8/9, 16/9, 20/9, 20/9, 16/9, 8/9];
+    # k = floor(6 / 3) = 2 picks snippets 2 and 3, whose centred mean is [8/3, 0] -> [1, 0].
+    x = np.array([[0, 1], [0, 1], [4, 1], [4, 1], [0, 1], [0, 1]], dtype=np.float32)
+    f = novelty_feature(x, gamma=3)
+    assert f.dtype == np.float32
+    np.testing.assert_allclose(f, [1.0, 0.0], atol=1e-7)
+    np.testing.assert_allclose(mean_feature(x), [0.8, 0.6], rtol=1e-6)  # the scene pulls the mean
+    assert initial_feature(x, "novelty", 3) == pytest.approx(f)
+    assert initial_feature(x, "mean", 3) == pytest.approx(mean_feature(x))
+
+
+def test_novelty_feature_ignores_the_scene():
+    # The same action in two different scenes: the mean features differ, the novelty ones agree.
+    rng = np.random.default_rng(3)
+    action = rng.normal(size=8)
+    mask = np.zeros(40, dtype=bool)
+    mask[10:16] = True
+    feats = []
+    for scene in (rng.normal(size=8) * 5, rng.normal(size=8) * 5):
+        x = np.tile(scene, (40, 1)) + np.where(mask[:, None], action, 0)
+        feats.append((novelty_feature(x, gamma=8), mean_feature(x)))
+    np.testing.assert_allclose(feats[0][0], feats[1][0], atol=1e-6)
+    assert float(feats[0][1] @ feats[1][1]) < 0.99
+
+
+def test_novelty_feature_window_and_degenerate_cases():
+    x = np.zeros((5, 3))
+    x[2] = [0, 3, 0]
+    # window 1: the lone spike itself (k = 1)
+    np.testing.assert_allclose(novelty_feature(x, gamma=5, window=1), [0, 1, 0], atol=1e-7)
+    flat = np.ones((4, 3))  # nothing stands out: falls back to the mean feature
+    np.testing.assert_allclose(novelty_feature(flat, gamma=2), mean_feature(flat))
+    with pytest.raises(ValueError):
+        novelty_feature(np.ones(3), gamma=2)
+    with pytest.raises(ValueError):
+        initial_feature(x, "median", 2)
+
+
+def test_global_feature_centred_on_the_video_mean():
+    # Scene [0, 1] everywhere, action [4, 1] at snippets 2-3, HAS votes on those two: the video mean is
+    # [2, 1]; centred, each voted snippet is [2, 0], pooled [4, 0] -> [1, 0]; plain Eq. 5 pools
+    # [8, 2] -> [4, 1] / sqrt(17), the scene still in it.
+    x = np.array([[0, 1], [0, 1], [4, 1], [4, 1]], dtype=np.float32)
+    v = np.array([0.0, 0.0, 1.0, 1.0])
+    np.testing.assert_allclose(global_feature(x, v, centre=True), [1.0, 0.0], atol=1e-7)
+    np.testing.assert_allclose(global_feature(x, v), np.array([4.0, 1.0]) / np.sqrt(17), rtol=1e-6)
+    # votes on every snippet equally: centred, nothing is left, so the mean feature stands in
+    np.testing.assert_allclose(global_feature(x, np.ones(4), centre=True), mean_feature(x))

@@ -105,14 +105,17 @@ def test_votes_and_features_bit_equal(pool, corpus, cfg, ids):
     _assert_votes_equal(local.state(), state)
     assert np.any([np.any(v) for v in state.values()])
 
-    expected = pipeline.has_features(corpus, ids, local.votes)
+    expected = pipeline.has_features(corpus, ids, local.votes, cfg.has.centre)
     got = pool.global_features(ids)
     assert got.dtype == expected.dtype == np.float32
     assert np.array_equal(got, expected)
     assert np.array_equal(pool.global_features(ids[::-1]), expected[::-1])  # rows follow the request order
-    assert np.array_equal(pool.mean_features(ids), pipeline.mean_features(corpus, ids))
+    for init in ("mean", "novelty"):
+        assert np.array_equal(pool.initial_features(ids, init, 4.0), pipeline.initial_features(corpus, ids, init, 4.0))
     test_ids = corpus.video_ids(cfg.data.test_subset)  # outside the pool: read by any actor
-    assert np.array_equal(pool.mean_features(test_ids), pipeline.mean_features(corpus, test_ids))
+    assert np.array_equal(
+        pool.initial_features(test_ids, "novelty", 4.0), pipeline.initial_features(corpus, test_ids, "novelty", 4.0)
+    )
 
 
 @pytest.mark.ray
@@ -152,7 +155,7 @@ def test_pool_pickles_and_still_works(pool, corpus, cfg, ids):
         local.vote(epoch, teacher)
         copy.vote(epoch, teacher)  # the copy drives the same actors
     _assert_votes_equal(local.state(), pool.state())
-    assert np.array_equal(copy.global_features(ids), pipeline.has_features(corpus, ids, local.votes))
+    assert np.array_equal(copy.global_features(ids), pipeline.has_features(corpus, ids, local.votes, cfg.has.centre))
 
 
 def _run_metrics(corpus, has_actors: int) -> tuple[list[dict], dict]:

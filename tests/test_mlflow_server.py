@@ -18,10 +18,8 @@ from pathlib import Path
 import pytest
 
 from copl_dist.cli import main
-from copl_dist.synth import make_synthetic
+from tiny_corpus import TINY, tiny_synthetic
 
-TINY = ["--iterations", "2", "--epochs", "2", "--snippets", "32", "--no-progress",
-        "--set", "train.batch_size=4", "--set", "model.hidden_dim=32", "--set", "train.shift_channels=64"]
 READY_TIMEOUT_S = 60.0
 HOST = "127.0.0.1"
 
@@ -110,7 +108,7 @@ def test_run_over_http_and_server_stops(server, tmp_path, monkeypatch):
 
     url = server["url"]
     data = tmp_path / "data"
-    make_synthetic(data, preset="thumos14", videos=8, classes=3, seed=0, duration_scale=0.15)
+    tiny_synthetic(data, videos=8, seed=0)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     # Fail fast instead of MLflow's long HTTP retry schedule if the server goes away.
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from copl_dist.synth import make_synthetic
+from tiny_corpus import tiny_synthetic
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -72,7 +72,7 @@ def ray_head(tmp_path_factory):
 
 def test_ray_job_submit_copl_run(ray_head, tmp_path):
     data = tmp_path / "data"
-    make_synthetic(data, preset="thumos14", videos=8, classes=3, seed=0, duration_scale=0.15)
+    tiny_synthetic(data, videos=8, seed=0)
     out = tmp_path / "out"
     entry = [
         "copl", "run", "--data", str(data), "--out", str(out), "--iterations", "2", "--epochs", "2",

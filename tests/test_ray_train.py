@@ -7,8 +7,6 @@ SIGKILLs itself, one failing fit.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -274,3 +272,32 @@ def test_copl_run_defaults_to_ray_train(ray_local, corpus, tmp_path, monkeypatch
     assert "workers: -1" in (out / "config.yaml").read_text()
     assert len(list((out / "ray_storage").glob("copl-it0-*"))) == 1
     assert (out / "detections.json").exists()
+
+
+def test_ray_train_report_lines_are_quietened():
+    """Ray Train logs one INFO line per epoch and rank; the workers drop it, not its warnings."""
+    import logging
+
+    from ray.train.v2._internal.execution import context as ray_context
+
+    from copl_dist.distributed.train import _quiet_ray_train_reports
+
+    _quiet_ray_train_reports()
+    logger = ray_context.logger  # the logger Ray really writes those lines to
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler, level = Keep(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("Reporting training result 3: TrainingReport(...) from rank 0")
+        logger.warning("Reporting training result 4 took long")
+        logger.info("something else")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert seen == ["Reporting training result 4 took long", "something else"]

@@ -14,16 +14,15 @@ import pytest
 import torch
 
 from copl_dist.cli import main
-from copl_dist.synth import make_synthetic
+from copl_dist.corpus import Corpus
+from tiny_corpus import TINY, tiny_synthetic
 
-TINY = ["--iterations", "2", "--epochs", "2", "--snippets", "32", "--no-progress",
-        "--set", "train.batch_size=4", "--set", "model.hidden_dim=32", "--set", "train.shift_channels=64"]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data") / "synth"
-    make_synthetic(root, preset="thumos14", videos=8, classes=3, seed=0, duration_scale=0.15)
+    tiny_synthetic(root, videos=8, seed=0)
     return root
 
 
@@ -74,7 +73,7 @@ def _one_line_error(capsys, *fragments: str) -> str:
     return err
 
 
-def test_each_run_registers_a_tagged_version(runs, store):
+def test_each_run_registers_a_tagged_version(runs, store, data):
     client = _client(store)
     versions = {str(v.version): v for v in client.search_model_versions("name = 'copl-teacher'")}
     assert set(versions) == {"1", "2"}
@@ -88,7 +87,9 @@ def test_each_run_registers_a_tagged_version(runs, store):
             assert float(v.tags[key.replace("@", "_at_")]) == pytest.approx(value)
         run = client.get_run(v.run_id)
         assert "mlflow.parentRunId" not in run.data.tags and run.data.tags["seed"] == seed
-        assert v.tags["dataset"] and v.tags["dataset"] == run.data.tags["dataset"]
+        # The data the user named (not the run's converted copy) and the converted corpus's content digest.
+        assert v.tags["dataset"] == run.data.tags["dataset"] == str(data.resolve())
+        assert v.tags["dataset_digest"] == Corpus.open(runs[seed] / "corpus").digest()
         assert "teacher.pt" in {a.path.split("/")[-1] for a in client.list_artifacts(v.run_id, "checkpoint")}
 
 

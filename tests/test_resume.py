@@ -15,16 +15,15 @@ import pytest
 import torch
 
 from copl_dist.cli import main
-from copl_dist.synth import make_synthetic
+from tiny_corpus import TINY_SETS, tiny_synthetic
 
-ARGS = ["--iterations", "3", "--epochs", "3", "--snippets", "32", "--no-progress", "--set", "train.batch_size=4",
-        "--set", "model.hidden_dim=32", "--set", "train.shift_channels=64", "--set", "tracking.enabled=false"]
+ARGS = ["--iterations", "3", "--epochs", "3", "--snippets", "32", "--no-progress", *TINY_SETS, "--set", "tracking.enabled=false"]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("resume") / "data"
-    make_synthetic(root, preset="thumos14", videos=10, classes=3, seed=1, duration_scale=0.15)
+    tiny_synthetic(root, videos=10, seed=1)
     return root
 
 

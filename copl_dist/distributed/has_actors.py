@@ -6,14 +6,14 @@ keeps its shard's voting state, and computes Eq. 5 there. Per voting epoch the d
 teacher's weights into the object store once (`ray.put`) and hands every actor the same ObjectRef.
 
 `HASActorPool` implements the voter protocol of `engine.train_loop_per_worker` (vote / state /
-restore, like `engine.LocalVoter`), plus `mean_features` / `global_features` for the pipeline.
+restore, like `engine.LocalVoter`), plus `initial_features` / `global_features` for the pipeline.
 
 Sharding: contiguous runs of `video_ids` (in the given order, normally the corpus' video_id order,
 so each actor reads a contiguous range of the shard files), cut where the cumulative snippet count
 crosses k/N of the total, so actors get about the same teacher work; see `contiguous_shards`.
 
 Bit-for-bit equality with the in-process path: the actors run the very same code
-(`engine.update_votes`, `has.global_feature`, `has.mean_feature`) in float32/float64 as the driver
+(`engine.update_votes`, `has.global_feature`, `has.initial_feature`) in float32/float64 as the driver
 does. One thing differs between processes: torch's intra-op thread count. Ray starts an actor with
 OMP_NUM_THREADS = its num_cpus (1), and IOCNet's 1x1 convolutions with few output channels (the
 classifier, C outputs; the class-agnostic heads, 1 output) run as a (C_out x C_in) @ (C_in x T) GEMM
@@ -117,15 +117,18 @@ class HASActor:
     def restore(self, votes: dict[str, np.ndarray]) -> None:
         self.votes = {k: np.array(v) for k, v in votes.items()}
 
-    def mean_features(self, video_ids: list[str]) -> np.ndarray:
-        return _stack([has_lib.mean_feature(self.corpus.features(v)) for v in video_ids], self.corpus.feature_dim)
+    def initial_features(self, video_ids: list[str], init: str, gamma: float) -> np.ndarray:
+        return _stack(
+            [has_lib.initial_feature(self.corpus.features(v), init, gamma) for v in video_ids], self.corpus.feature_dim
+        )
 
     def global_features(self, video_ids: list[str]) -> np.ndarray:
         missing = [v for v in video_ids if v not in self.votes]
         if missing:
             raise KeyError(f"no HAS votes for {len(missing)} video(s), e.g. '{missing[0]}' (vote first)")
         return _stack(
-            [has_lib.global_feature(self.corpus.features(v), self.votes[v]) for v in video_ids], self.corpus.feature_dim
+            [has_lib.global_feature(self.corpus.features(v), self.votes[v], self.cfg.has.centre) for v in video_ids],
+            self.corpus.feature_dim,
         )
 
     def info(self) -> dict[str, int]:
@@ -217,11 +220,11 @@ class HASActorPool:
         ray.get([actor.restore.remote(part) for actor, part in zip(self._live(), parts)])
 
     # -- features ------------------------------------------------------------------------------
-    def mean_features(self, video_ids: Sequence[str]) -> np.ndarray:
-        """(N, D) float32 L2-normalised mean snippet features, rows in video_ids order. A video outside
-        the pool is read by actor (position mod num_actors)."""
+    def initial_features(self, video_ids: Sequence[str], init: str, gamma: float) -> np.ndarray:
+        """(N, D) float32 iteration-0 features (has.initial_feature), rows in video_ids order. A video
+        outside the pool is read by actor (position mod num_actors)."""
         owners = [self._owner.get(v, n % self.num_actors) for n, v in enumerate(video_ids)]
-        return self._gather("mean_features", list(video_ids), owners)
+        return self._gather("initial_features", list(video_ids), owners, init, gamma)
 
     def global_features(self, video_ids: Sequence[str]) -> np.ndarray:
         """(N, D) float32 Eq. 5 features from the voted HAS attention, rows in video_ids order."""
@@ -230,10 +233,10 @@ class HASActorPool:
             raise ValueError(f"{len(unknown)} video(s) outside this pool, e.g. '{unknown[0]}'")
         return self._gather("global_features", list(video_ids), [self._owner[v] for v in video_ids])
 
-    def _gather(self, method: str, video_ids: list[str], owners: list[int]) -> np.ndarray:
+    def _gather(self, method: str, video_ids: list[str], owners: list[int], *args: Any) -> np.ndarray:
         actors = self._live()
         rows = [[n for n, o in enumerate(owners) if o == a] for a in range(len(actors))]
-        refs = [getattr(actors[a], method).remote([video_ids[n] for n in rows[a]]) for a in range(len(actors))]
+        refs = [getattr(actors[a], method).remote([video_ids[n] for n in rows[a]], *args) for a in range(len(actors))]
         out = np.zeros((len(video_ids), self.feature_dim), dtype=np.float32)
         for idx, part in zip(rows, ray.get(refs)):
             if idx:

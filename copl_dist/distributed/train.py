@@ -20,6 +20,7 @@ binds to all interfaces for the length of a fit (env:// init has no bind-address
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import tempfile
@@ -43,6 +44,23 @@ class RayTrainingError(RuntimeError):
 
 
 # -- on the workers ------------------------------------------------------------------------------
+class _QuietReports(logging.Filter):
+    """Drops Ray Train's per-report INFO line ("Reporting training result N: ..."), one per epoch and
+    rank, which Ray forwards to the `copl run` terminal; its warnings still pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno < logging.WARNING and record.getMessage().startswith("Reporting training result"))
+
+
+def _quiet_ray_train_reports() -> None:
+    # Ray Train V2 names that logger by its file path (logging.getLogger(__file__)), so look it up by
+    # the path's tail rather than by a dotted name; the filter sits on that logger alone.
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and name.replace("\\", "/").endswith("train/v2/_internal/execution/context.py"):
+            if not any(isinstance(f, _QuietReports) for f in logger.filters):
+                logger.addFilter(_QuietReports())
+
+
 def ray_worker_loop(config: dict[str, Any]) -> None:
     """Ray Train's per-worker function: resume from the latest checkpoint, if any, then train.
 
@@ -54,15 +72,18 @@ def ray_worker_loop(config: dict[str, Any]) -> None:
     """
     import ray.train
 
+    _quiet_ray_train_reports()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as path:
             config = {**config, "resume_state": _load_state(Path(path))}
     rank = ray.train.get_context().get_world_rank()
+    device = "cpu"  # never the driver's: a CPU worker must not inherit a GPU driver's "cuda"
     if torch.cuda.is_available():
         import ray.train.torch
 
-        config = {**config, "device": str(ray.train.torch.get_device())}  # this worker's GPU
+        device = str(ray.train.torch.get_device())  # this worker's GPU
+    config = {**config, "device": device}
     fault = config.get("fault")
     clock = config.get("clock") if rank == 0 else None  # benchmarks: a file of "epoch wall-time" lines
 

@@ -1,0 +1,70 @@
+"""`copl bench quality`: every ablation row measured, seeds split over processes merge into one table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from copl_dist.bench_quality import ABLATION_ROWS, VARIANTS
+from copl_dist.cli import main
+
+SMALL = ["--videos", "6", "--classes", "3", "--epochs", "1", "--snippets", "16", "--iterations", "2",
+         "--duration-scale", "0.15", "--set", "model.hidden_dim=32", "--set", "train.shift_channels=64",
+         "--set", "train.batch_size=4"]
+
+
+@pytest.fixture(scope="module")
+def halves(tmp_path_factory):
+    """One real run of seed 1 (--first-seed 1); a second "half" for seed 0 is its output relabelled
+    (merging reads only quality.json, and a second real run would double this module's time)."""
+    root = tmp_path_factory.mktemp("quality")
+    assert main(["bench", "quality", "--seeds", "1", "--first-seed", "1", "--out", str(root / "s1"), *SMALL]) == 0
+    doc = json.loads((root / "s1" / "quality.json").read_text())
+    for rows in doc["runs"].values():
+        for r in rows:
+            r["seed"] = 0
+            r["final"] = {k: v / 2 for k, v in r["final"].items()}
+    (root / "s0").mkdir()
+    (root / "s0" / "quality.json").write_text(json.dumps(doc))
+    return root
+
+
+def test_each_variant_runs_on_its_seed(halves):
+    doc = json.loads((halves / "s1" / "quality.json").read_text())
+    assert set(doc["runs"]) == set(VARIANTS)
+    for name, rows in doc["runs"].items():
+        assert [r["seed"] for r in rows] == [1], name
+        assert 0.0 <= rows[0]["final"]["map@avg"] <= 100.0
+        expected = 2 if VARIANTS[name][0] == "utal" else 1
+        assert len(rows[0]["iterations"]) == expected, name
+    # the variant's switches reach its runs: only the mean-feature row starts like the plain baseline
+    nmi0 = {name: rows[0]["iterations"][0].get("nmi") for name, rows in doc["runs"].items()}
+    assert nmi0["COPL as in the paper (mean features first, Eq. 5 uncentred)"] == pytest.approx(nmi0["plain baseline (no training)"])
+
+
+def test_merge_gives_one_table_over_both_seeds(halves, capsys):
+    out = halves / "merged"
+    assert main(["bench", "quality", "--merge", str(halves / "s0"), str(halves / "s1"), "--out", str(out)]) == 0
+    doc = json.loads((out / "quality.json").read_text())
+    assert sorted(r["seed"] for r in doc["runs"]["COPL (HAS + PLRI)"]) == [0, 1]
+    text = (out / "quality.md").read_text()
+    assert "seeds done: 2 of 2" in text
+    for row in ABLATION_ROWS:
+        assert row in text
+    # mean ± std over the two seeds, as printed
+    maps = [r["final"]["map@avg"] for r in doc["runs"]["weakly supervised"]]
+    assert f"{sum(maps) / 2:.2f} ± " in text
+
+
+def test_merge_refuses_repeated_seeds_and_other_settings(halves, tmp_path, capsys):
+    assert main(["bench", "quality", "--merge", str(halves / "s0"), str(halves / "s0"), "--out", str(tmp_path / "m")]) == 2
+    assert "a seed appears in more than one output" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    doc = json.loads((halves / "s1" / "quality.json").read_text())
+    doc["args"]["epochs"] = 99
+    (other / "quality.json").write_text(json.dumps(doc))
+    assert main(["bench", "quality", "--merge", str(halves / "s0"), str(other), "--out", str(tmp_path / "m")]) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
