@@ -10,6 +10,7 @@ selected on it: the reported model is the last one.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -239,12 +240,22 @@ class CoplRun:
 
     def _train(self, targets: np.ndarray, labelled: np.ndarray, iteration: int, collect_votes: bool) -> dict[str, Any]:
         bar = tqdm(total=self.cfg.train.epochs, desc=f"iteration {iteration} training", disable=not self.progress, leave=False)
+        shown: set[int] = set()
+        lock = threading.Lock()
+
+        def show(metrics: dict[str, float]) -> None:
+            # Called by report() and, on Ray Train, by its live feed thread: each epoch advances the bar once.
+            with lock:
+                epoch = int(metrics["epoch"])
+                if epoch in shown:
+                    return
+                shown.add(epoch)
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+                bar.update(1)
 
         def report(metrics: dict[str, float], _checkpoint: Any = None) -> None:
-            epoch = int(metrics["epoch"])
-            self._log({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-            bar.update(1)
+            self._log({k: v for k, v in metrics.items() if k != "epoch"}, step=int(metrics["epoch"]))
+            show(metrics)
 
         config = {
             "cfg": to_dict(self.cfg),
@@ -261,8 +272,9 @@ class CoplRun:
         if collect_votes and self._has_pool is not None:
             self._has_pool.restore({})  # every training votes from scratch, as a fresh LocalVoter does
             config["voter"] = self._has_pool
+        live = {"progress": show} if getattr(self.train_fn, "live_progress", False) else {}
         try:
-            return self.train_fn(config, report=report)
+            return self.train_fn(config, report=report, **live)
         finally:
             bar.close()
 

@@ -192,6 +192,54 @@ def test_one_and_two_workers_same_losses(undisturbed, one_worker):
     assert set(out1["votes"]) == set(config["video_ids"])
 
 
+def test_epoch_feed_passes_each_complete_epoch_once(tmp_path):
+    """The driver's live feed: whole lines only, each epoch once (a restarted worker re-runs epochs)."""
+    import json
+
+    from copl_dist.distributed.train import EpochFeed
+
+    path = tmp_path / "run.progress.jsonl"
+    seen = []
+    feed = EpochFeed(path, seen.append, interval_s=3600)  # polled by hand below
+    feed.poll()  # no file yet: nothing
+    with open(path, "w") as f:
+        f.write(json.dumps({"epoch": 0.0, "loss": 3.0}) + "\n" + '{"epoch": 1.0, "lo')
+    feed.poll()
+    assert seen == [{"epoch": 0.0, "loss": 3.0}]  # the half-written line waits
+    with open(path, "a") as f:
+        f.write('ss": 2.5}\n' + json.dumps({"epoch": 1.0, "loss": 2.6}) + "\n")  # epoch 1 again
+    with feed:  # the thread starts; leaving drains the rest and removes the file
+        pass
+    assert seen == [{"epoch": 0.0, "loss": 3.0}, {"epoch": 1.0, "loss": 2.5}]
+    assert not path.exists()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_train_progress_arrives_while_training(ray_local, corpus, tmp_path):
+    """Each epoch reaches `progress` once, from the feed thread while fit() still runs (not replayed
+    afterwards), with the metrics the final history holds."""
+    import threading
+
+    from copl_dist.config import to_dict
+    from copl_dist.distributed.train import make_ray_train_fn
+
+    cfg = resolve("thumos14", overrides={**TINY, "train.epochs": 8, "distributed.workers": 1})
+    ids = corpus.video_ids(cfg.data.train_subset)
+    calls = []
+    train_fn = make_ray_train_fn(cfg, tmp_path / "storage")
+    assert train_fn.live_progress
+    out = train_fn(
+        {"cfg": to_dict(cfg), "corpus": str(corpus.root), "video_ids": ids,
+         "targets": np.eye(3, dtype=np.float32)[np.arange(len(ids)) % 3], "labelled": np.ones(len(ids), dtype=bool),
+         "num_classes": 3, "iteration": 0, "collect_votes": False},
+        progress=lambda m: calls.append((m, threading.current_thread().name)),
+    )
+    assert [m for m, _ in calls] == out["history"]
+    assert any(name == "copl-epoch-feed" for _, name in calls), "every epoch arrived only after the fit"
+    assert list((tmp_path / "storage").glob("*.progress.jsonl")) == []
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_in_process_and_one_ray_worker_identical(one_worker):

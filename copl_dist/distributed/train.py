@@ -20,10 +20,13 @@ binds to all interfaces for the length of a fit (env:// init has no bind-address
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import signal
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -86,11 +89,15 @@ def ray_worker_loop(config: dict[str, Any]) -> None:
     config = {**config, "device": device}
     fault = config.get("fault")
     clock = config.get("clock") if rank == 0 else None  # benchmarks: a file of "epoch wall-time" lines
+    progress = config.get("progress_file") if rank == 0 else None  # the driver's live progress (EpochFeed)
 
     def _report(metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         if clock:
             with open(clock, "a") as f:
                 f.write(f"{int(metrics['epoch'])} {time.time():.6f}\n")
+        if progress:
+            with open(progress, "a") as f:
+                f.write(json.dumps(metrics) + "\n")
         if fault is not None and rank == int(fault["rank"]) and int(metrics["epoch"]) == int(fault["epoch"]):
             _kill_once(Path(fault["marker"]), rank, int(metrics["epoch"]))
         if state is None:
@@ -127,6 +134,53 @@ def _load_state(directory: Path) -> dict[str, Any]:
 
 
 # -- on the driver -------------------------------------------------------------------------------
+class EpochFeed:
+    """Per-epoch metrics while `trainer.fit()` blocks: rank 0 appends one JSON line per epoch to a
+    file (config["progress_file"]), and a thread here passes each new epoch to `on_epoch` once.
+
+    Ray Train hands the driver nothing until fit() returns, so without this a progress bar would sit
+    at 0 for the whole training. Only display should hang on it: the authoritative history is the
+    final checkpoint's (an epoch re-run after a restart is shown once). On a cluster the file must be
+    on storage the driver sees, like the checkpoints (distributed.storage_path).
+    """
+
+    def __init__(self, path: Path, on_epoch: Any, interval_s: float = 0.25):
+        self.path, self.on_epoch, self.interval_s = path, on_epoch, interval_s
+        self._offset, self._seen = 0, set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="copl-epoch-feed", daemon=True)
+
+    def __enter__(self) -> EpochFeed:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.poll()  # whatever arrived after the last look
+        self.path.unlink(missing_ok=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.poll()
+
+    def poll(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return
+        complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits for the next look
+        self._offset += len(complete)
+        for line in complete.decode().splitlines():
+            metrics = json.loads(line)
+            epoch = int(metrics["epoch"])
+            if epoch not in self._seen:
+                self._seen.add(epoch)
+                self.on_epoch(metrics)
+
+
 def _cpus_per_worker(num_workers: int, local: bool) -> int:
     """CPUs for each worker: the smallest node's CPUs split evenly, at least 1. On one machine the
     workers then use all its cores, and each worker's torch threads (OMP_NUM_THREADS, which Ray sets
@@ -162,7 +216,11 @@ def make_ray_train_fn(cfg: Any, storage_path: str | os.PathLike[str] | None = No
     """
     dist = cfg.distributed
 
-    def train_fn(config: dict[str, Any], report: engine.ReportFn | None = None) -> dict[str, Any]:
+    def train_fn(
+        config: dict[str, Any], report: engine.ReportFn | None = None, progress: Any = None
+    ) -> dict[str, Any]:
+        """`report` gets every epoch's metrics after the fit (from the final checkpoint); `progress`,
+        if given, gets them as the epochs end (EpochFeed), for display."""
         from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
         from ray.train import TrainingFailedError
@@ -173,6 +231,11 @@ def make_ray_train_fn(cfg: Any, storage_path: str | os.PathLike[str] | None = No
         # Workers (possibly on other machines) open the corpus themselves: give them an absolute path.
         config = {**config, "corpus": str(Path(config["corpus"]).resolve())}
         name = f"copl-it{int(config.get('iteration', 0))}-{uuid.uuid4().hex[:12]}"  # same name+path would resume
+        feed_dir = Path(storage_path) if storage_path is not None else Path(tempfile.gettempdir())
+        feed_path = (feed_dir / f"{name}.progress.jsonl").resolve()
+        if progress is not None:
+            feed_dir.mkdir(parents=True, exist_ok=True)
+            config["progress_file"] = str(feed_path)
         trainer = TorchTrainer(
             ray_worker_loop,
             train_loop_config=config,
@@ -191,7 +254,8 @@ def make_ray_train_fn(cfg: Any, storage_path: str | os.PathLike[str] | None = No
             ),
         )
         try:
-            result = trainer.fit()
+            with EpochFeed(feed_path, progress) if progress is not None else contextlib.nullcontext():
+                result = trainer.fit()
         except TrainingFailedError as exc:
             _raise_failure(name, num_workers, exc)
         if result.error is not None:  # fit() raises in Ray 2.60; older versions returned the error
@@ -206,6 +270,7 @@ def make_ray_train_fn(cfg: Any, storage_path: str | os.PathLike[str] | None = No
                 report(metrics, None)
         return {"teacher": state["teacher"], "votes": state.get("votes") or {}, "history": history}
 
+    train_fn.live_progress = True  # type: ignore[attr-defined]  # CoplRun passes `progress`
     return train_fn
 
 
