@@ -7,6 +7,8 @@ SIGKILLs itself, one failing fit.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -212,6 +214,18 @@ def test_epoch_feed_passes_each_complete_epoch_once(tmp_path):
         pass
     assert seen == [{"epoch": 0.0, "loss": 3.0}, {"epoch": 1.0, "loss": 2.5}]
     assert not path.exists()
+
+
+def test_storage_locations_keep_uris(tmp_path, monkeypatch):
+    import tempfile
+
+    from copl_dist.distributed.train import storage_locations
+
+    monkeypatch.chdir(tmp_path)
+    assert storage_locations("ckpt") == (str(tmp_path / "ckpt"), tmp_path / "ckpt")  # absolute for the workers
+    # A cloud URI goes to Ray Train as written (Path() would turn it into "<cwd>/s3:/bucket/runs").
+    assert storage_locations("s3://bucket/runs") == ("s3://bucket/runs", Path(tempfile.gettempdir()))
+    assert storage_locations(None) == (None, Path(tempfile.gettempdir()))
 
 
 @pytest.mark.ray

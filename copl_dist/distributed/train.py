@@ -207,6 +207,22 @@ def _cpus_per_worker(num_workers: int, local: bool) -> int:
     return max(1, free // num_workers)
 
 
+def storage_locations(storage_path: str | os.PathLike[str] | None) -> tuple[str | None, Path]:
+    """(RunConfig.storage_path, folder of the EpochFeed file) for distributed.storage_path.
+
+    A local path is made absolute (workers may start elsewhere) and also holds the feed file. A URI
+    (s3://, gs://, ...) goes to Ray Train as written, since a filesystem path of it would be wrong,
+    and the feed file then lives in this machine's temp folder: live progress on one machine only.
+    """
+    if storage_path is None:
+        return None, Path(tempfile.gettempdir())
+    text = os.fspath(storage_path)
+    if "://" in text:
+        return text, Path(tempfile.gettempdir())
+    local = Path(text).resolve()
+    return str(local), local
+
+
 def make_ray_train_fn(cfg: Any, storage_path: str | os.PathLike[str] | None = None):
     """A train_fn for `pipeline.CoplRun` that trains on Ray Train with `cfg.distributed` settings.
 
@@ -231,8 +247,8 @@ def make_ray_train_fn(cfg: Any, storage_path: str | os.PathLike[str] | None = No
         # Workers (possibly on other machines) open the corpus themselves: give them an absolute path.
         config = {**config, "corpus": str(Path(config["corpus"]).resolve())}
         name = f"copl-it{int(config.get('iteration', 0))}-{uuid.uuid4().hex[:12]}"  # same name+path would resume
-        feed_dir = Path(storage_path) if storage_path is not None else Path(tempfile.gettempdir())
-        feed_path = (feed_dir / f"{name}.progress.jsonl").resolve()
+        storage, feed_dir = storage_locations(storage_path)
+        feed_path = feed_dir / f"{name}.progress.jsonl"
         if progress is not None:
             feed_dir.mkdir(parents=True, exist_ok=True)
             config["progress_file"] = str(feed_path)
@@ -247,7 +263,7 @@ def make_ray_train_fn(cfg: Any, storage_path: str | os.PathLike[str] | None = No
             ),
             run_config=RunConfig(
                 name=name,
-                storage_path=None if storage_path is None else str(Path(storage_path).resolve()),
+                storage_path=storage,
                 failure_config=FailureConfig(max_failures=dist.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=1),  # resume needs only the latest
                 logging_config=LoggingConfig(log_level="WARNING"),  # not a line per epoch and checkpoint
