@@ -66,6 +66,9 @@ class ClusterConfig:
     # with the exact path at ARI ~1.0) or "knn" (FAISS kNN graph, sparse; ARI 0.94-0.99 measured).
     scale_affinity: str = "nystrom"
     knn: int = 30  # neighbours for the kNN graph
+    # Iterations >= 1 cluster the global features projected by LDA fitted on the last iteration's
+    # pseudo-labelled set P (projection.py; not in the paper): "lda" or "none" (the paper).
+    project: str = "lda"
 
 
 @dataclass
@@ -182,6 +185,7 @@ _CHOICES = {
     "has.branch": ("both", "cs", "ca"),
     "has.init": ("mean", "novelty"),
     "cluster.scale_affinity": ("nystrom", "knn"),
+    "cluster.project": ("lda", "none"),
 }
 
 

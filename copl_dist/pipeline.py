@@ -2,7 +2,8 @@
 
 Iteration 0 (no model yet) clusters novelty-pooled snippet features, or the mean snippet features
 as the paper does (has.init); every later iteration clusters the HAS global features voted by the
-previous iteration's teacher (Eqs. 1-5). Each iteration trains a fresh
+previous iteration's teacher (Eqs. 1-5), projected by LDA fitted on the previous iteration's
+pseudo-labelled set (cluster.project, projection.py; not in the paper). Each iteration trains a fresh
 IOCNet, since cluster ids (and so the classifier's outputs) are not aligned between clusterings.
 The test set is evaluated after every iteration for the record (the paper's Fig. 4); nothing is
 selected on it: the reported model is the last one.
@@ -32,6 +33,7 @@ from copl_dist.errors import InputError
 from copl_dist.localize import localize_video
 from copl_dist.metrics import ari, detection_map, hungarian_mapping, nmi, purity, snippet_auc, snippet_mask
 from copl_dist.model import IOCNet
+from copl_dist.projection import discriminant_projection
 from copl_dist.seeding import STREAM_CLUSTER, derive_seed
 from copl_dist.tracking import Tracker
 
@@ -94,6 +96,17 @@ def mean_features(corpus: Corpus, video_ids: list[str]) -> np.ndarray:
 def initial_features(corpus: Corpus, video_ids: list[str], init: str, gamma: float) -> np.ndarray:
     """Iteration 0's global features (has.init): mean or novelty-pooled snippet features."""
     return np.stack([has_lib.initial_feature(corpus.features(v), init, gamma) for v in video_ids])
+
+
+def project_features(
+    features: np.ndarray, previous: tuple[np.ndarray, np.ndarray] | None, cfg: CoplConfig, seed: int
+) -> np.ndarray:
+    """What an iteration clusters: its global features, or (cluster.project = "lda", from iteration 1)
+    their discriminant projection by the last clustering's pseudo-labelled set (projection.py)."""
+    if cfg.cluster.project == "none" or previous is None:
+        return features
+    projected = discriminant_projection(features, previous[0], previous[1], seed=seed)
+    return features if projected is None else projected
 
 
 def has_features(corpus: Corpus, video_ids: list[str], votes: dict[str, np.ndarray], centre: bool = False) -> np.ndarray:
@@ -298,13 +311,16 @@ class CoplRun:
     def execute(self) -> RunResult:
         return {"utal": self._utal, "wtal": self._wtal, "baseline": self._baseline}[self.cfg.mode]()
 
-    def _resume_point(self) -> tuple[int, np.ndarray | None, list[dict[str, Any]], RunResult | None]:
-        """(first iteration to run, its clustering features, records so far, last result)."""
+    def _resume_point(
+        self,
+    ) -> tuple[int, np.ndarray | None, tuple[np.ndarray, np.ndarray] | None, list[dict[str, Any]], RunResult | None]:
+        """(first iteration to run, its clustering features, the last clustering's (labels, P mask),
+        records so far, last result)."""
         if not (self.resume and self.state_dir is not None):
-            return 0, None, [], None
+            return 0, None, None, [], None
         state = run_state.load_latest(self.state_dir, config_hash(self.cfg))
         if state is None:
-            return 0, None, [], None
+            return 0, None, None, [], None
         labels, scores, mask = state["labels"], state["scores"], state["mask"].astype(bool)
         result = RunResult(
             iterations=list(state["iterations"]),
@@ -316,7 +332,7 @@ class CoplRun:
             traces=state["traces"],
             pseudo_labels=self._pseudo_table(labels, scores, mask),
         )
-        return int(state["iteration"]) + 1, state["next_features"], result.iterations, result
+        return int(state["iteration"]) + 1, state["next_features"], (labels, mask), result.iterations, result
 
     def _pseudo_table(self, labels: np.ndarray, scores: np.ndarray, mask: np.ndarray) -> list[dict[str, Any]]:
         return [
@@ -352,18 +368,21 @@ class CoplRun:
 
     def _utal_iterations(self) -> RunResult:
         cfg = self.cfg
-        start, features, iterations, result = self._resume_point()
+        start, features, previous, iterations, result = self._resume_point()
         if features is None:
             features = self._initial_features()
         for it in range(start, cfg.iterations):
             started = time.perf_counter()
             ctx = self.tracker.iteration_run(it) if self.tracker else _null()
             with ctx:
+                seed = derive_seed(cfg.seed, STREAM_CLUSTER, it)
+                clustered = project_features(features, previous, cfg, seed)
                 labels, scores, mask = cluster_videos(
-                    features, self.num_classes, derive_seed(cfg.seed, STREAM_CLUSTER, it), cfg.cluster.delta, cfg.cluster.plri,
-                    **cluster_scale_options(cfg),
+                    clustered, self.num_classes, seed, cfg.cluster.delta, cfg.cluster.plri, **cluster_scale_options(cfg)
                 )
+                previous = (labels, mask)
                 record: dict[str, Any] = {"iteration": it, **cluster_metrics(self.primary, labels)}
+                record["cluster_dim"] = int(clustered.shape[1])
                 record["num_pseudo_labelled"] = int(mask.sum())
                 record["num_unlabelled"] = int((~mask).sum())
                 targets = np.eye(self.num_classes, dtype=np.float32)[labels] * mask[:, None]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from copl_dist.bench_quality import ABLATION_ROWS, VARIANTS
+from copl_dist.bench_quality import ABLATION_ROWS, NO_PROJECTION_ROW, PAPER_ROW, VARIANTS
 from copl_dist.cli import main
 
 SMALL = ["--videos", "6", "--classes", "3", "--epochs", "1", "--snippets", "16", "--iterations", "2",
@@ -40,7 +40,9 @@ def test_each_variant_runs_on_its_seed(halves):
         assert len(rows[0]["iterations"]) == expected, name
     # the variant's switches reach its runs: only the mean-feature row starts like the plain baseline
     nmi0 = {name: rows[0]["iterations"][0].get("nmi") for name, rows in doc["runs"].items()}
-    assert nmi0["COPL as in the paper (mean features first, Eq. 5 uncentred)"] == pytest.approx(nmi0["plain baseline (no training)"])
+    assert nmi0[PAPER_ROW] == pytest.approx(nmi0["plain baseline (no training)"])
+    for name in (NO_PROJECTION_ROW, PAPER_ROW):  # iteration 1 clusters the 2048-d features themselves
+        assert doc["runs"][name][0]["iterations"][1]["cluster_dim"] == 2048
 
 
 def test_merge_gives_one_table_over_both_seeds(halves, capsys):

@@ -50,6 +50,10 @@ def test_run_writes_every_output(tiny_run, tiny_data):
             assert key in it
         assert it["num_pseudo_labelled"] + it["num_unlabelled"] == 10
         assert set(it["losses"]) == {"loss", "cls", "asl", "ci", "contrastive", "co"}
+    # Iteration 0 clusters the 2048-d features; iteration 1 their projection by iteration 0's P
+    # (clusters - 1 = 2 dimensions), or, as here where P holds too few videos of each cluster, the
+    # features as they are (test_resume runs the projection end to end).
+    assert [it["cluster_dim"] for it in metrics["iterations"]] == [2048, 2048]
     assert set(metrics["final"]) == {f"map@{t}" for t in ("0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "avg")}
     assert metrics["final"]["map@avg"] == pytest.approx(np.mean([metrics["final"][f"map@0.{i}"] for i in range(1, 8)]))
 

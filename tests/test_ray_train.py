@@ -363,3 +363,24 @@ def test_ray_train_report_lines_are_quietened():
         logger.removeHandler(handler)
         logger.setLevel(level)
     assert seen == ["Reporting training result 4 took long", "something else"]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_copl_run_on_the_local_ray_prints_no_preemption_watcher_error(corpus, tmp_path):
+    """A whole `copl run` in its own process (its own local Ray, one Ray Train worker): Ray Train's
+    preemption watcher, meaningless on one local node, used to log a C++ ERROR line per training."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")}
+    argv = [sys.executable, "-m", "copl_dist.cli", "run", "--data", str(corpus.root), "--out", str(tmp_path / "out"),
+            "--workers", "1", "--iterations", "1", "--epochs", "1", "--snippets", "32", "--no-progress",
+            "--set", "train.batch_size=4", "--set", "model.hidden_dim=32", "--set", "train.shift_channels=64",
+            "--set", "tracking.enabled=false"]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "out" / "detections.json").exists()
+    log = proc.stdout + proc.stderr
+    assert "PreemptionWatcher" not in log and "max_restarts > 0" not in log

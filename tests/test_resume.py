@@ -17,7 +17,10 @@ import torch
 from copl_dist.cli import main
 from tiny_corpus import TINY_SETS, tiny_synthetic
 
-ARGS = ["--iterations", "3", "--epochs", "3", "--snippets", "32", "--no-progress", *TINY_SETS, "--set", "tracking.enabled=false"]
+# cluster.delta=-1 pseudo-labels every video, so that even this tiny corpus gives the discriminant
+# projection clusters to fit: a resumed iteration must rebuild it from the last persisted clustering.
+ARGS = ["--iterations", "3", "--epochs", "3", "--snippets", "32", "--no-progress", *TINY_SETS,
+        "--set", "tracking.enabled=false", "--set", "cluster.delta=-1"]
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +46,11 @@ def _same_result(a: Path, b: Path) -> None:
     ta, tb = (torch.load(p / "teacher.pt", weights_only=True)["state_dict"] for p in (a, b))
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
     assert json.loads((a / "detections.json").read_text()) == json.loads((b / "detections.json").read_text())
+
+
+def test_later_iterations_cluster_the_projection(undisturbed):
+    dims = [it["cluster_dim"] for it in json.loads((undisturbed / "metrics.json").read_text())["iterations"]]
+    assert dims == [2048, 2, 2]  # 3 clusters -> 2 discriminant dimensions
 
 
 @pytest.mark.parametrize("kill_after", [0, 1])

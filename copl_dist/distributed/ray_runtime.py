@@ -1,7 +1,7 @@
 """Connecting to Ray: a cluster when one is named, else a local Ray in this process.
 
 Address order: `distributed.ray_address`, then `$RAY_ADDRESS` (set by `ray job submit`), else a
-local instance. The local one listens on 127.0.0.1 only, with no dashboard and no usage stats.
+local instance. The local one listens on 127.0.0.1 only (its dashboard included), with no usage stats.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 
 LOCALHOST = "127.0.0.1"
 _SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # false: Ray keeps a loopback node address
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
 def ray_address(cfg_distributed: Any) -> str:
@@ -33,6 +34,11 @@ def ensure_ray(cfg_distributed: Any, num_cpus: int | None = None) -> None:
         ray.init(address=address, log_to_driver=True)
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # token auth guards a shared cluster, not this process's
+    # Ray Train's preemption watcher reports nodes being drained (spot instances); this single local
+    # node is never drained, and the watcher actor costs one C++ ERROR line per training (Ray 2.60,
+    # ray-project/ray#53727). Ray Train passes the variable from the driver to its controller; a
+    # user's own setting wins, and on a cluster the watcher stays on.
+    os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
     _init_local_on_loopback(num_cpus)
 
 
