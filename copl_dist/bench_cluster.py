@@ -213,7 +213,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     result["nmi"] = float(normalized_mutual_info_score(truth, labels))
     result["pseudo_labelled"] = float(mask.mean())
     for key in ("sigma", "knn_index", "graph_components", "graph_edges", "plri_method", "plri_refined", "plri_se_max",
-                "nystrom_landmarks", "nystrom_rank"):
+                "plri_device", "nystrom_landmarks", "nystrom_rank"):
         if key in info:
             result[key] = info[key]
     if path == "knn" and "knn_indices" in info:
@@ -224,7 +224,8 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         # Sampled PLRI against exact PLRI of the same labels on a random subset (outside the timings).
         t = time.perf_counter()
         rows = np.sort(np.random.default_rng([seed, 7]).choice(n, min(n, 1000), replace=False))
-        exact = plri_scale.plri_scores_blocked(F, labels, info["sigma"], rows=rows, dtype=np.float32)
+        device = None if info.get("plri_device") in (None, "numpy") else info["plri_device"]
+        exact = plri_scale.plri_scores_blocked(F, labels, info["sigma"], rows=rows, dtype=np.float32, device=device)
         result["plri_check"] = {
             "videos": len(rows),
             "max_abs_err": float(np.abs(exact - scores[rows]).max()),
@@ -317,6 +318,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
         if "plri_check" in r:
             pc = r["plri_check"]
             note.append(f"PLRI sampled: max err {pc['max_abs_err']:.3f}, side differs {100 * pc['side_differs']:.1f}%")
+        if r.get("plri_device") not in (None, "numpy"):
+            note.append(f"PLRI on {r['plri_device']}")
         body.append(
             [str(r["n"]), r["path"], f"{r['total_s']:.1f}", *[_fmt(sec.get(s), ".1f") for s in stages],
              f"{r['input_rss_gb']:.2f}", f"{r['peak_rss_gb']:.2f}", f"{r['ari']:.3f}", f"{r['nmi']:.3f}", _fmt(agree.get("ari"), ".3f"),

@@ -24,7 +24,8 @@ O(N m) memory (m landmarks or k neighbours):
    the *full* Gaussian kernel (every pair, as in the dense path, not only the graph's edges), so
    they are computed from the features: exactly in row blocks (O(block * N) memory, O(N^2 D) time)
    or from per-cluster random samples with a standard error per video, re-computing exactly the
-   videos whose P/U side the sampling error could flip.
+   videos whose P/U side the sampling error could flip; the kernel sums on the GPU when torch
+   sees one (`plri_device`).
 
 Labels are canonical (clusters numbered in order of first appearance), as in `cluster.py`.
 """
@@ -430,6 +431,7 @@ def cluster_videos_scale(
     plri_method: str = "auto",
     plri_exact_max_n: int = PLRI_EXACT_MAX_N,
     plri_sample: int = PLRI_SAMPLE,
+    plri_device: str | None = "auto",
     info: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """cluster.cluster_videos without N x N matrices: (labels (N,) int64, PLRI scores (N,), mask (N,) bool).
@@ -441,7 +443,8 @@ def cluster_videos_scale(
     dense path where clusters overlap (see tests/test_cluster_scale.py and bench_cluster.py).
     plri_method: 'exact' (blocked sums, O(N^2 D) time), 'sampled' (per-cluster samples of
     `plri_sample`, with the borderline videos re-computed exactly), or 'auto' (exact up to
-    `plri_exact_max_n` videos). `info` (a dict, optional) receives per-stage seconds and diagnostics
+    `plri_exact_max_n` videos). plri_device: the torch device of PLRI's kernel sums, None for numpy,
+    'auto' for 'cuda' when torch sees a GPU (else numpy). `info` (a dict, optional) receives per-stage seconds and diagnostics
     (sigma, kNN index, graph components, eigenvalues, PLRI error estimates); with
     info["keep_knn"] = True the kNN indices are kept in info["knn_indices"] (for a recall check).
     """
@@ -481,12 +484,19 @@ def cluster_videos_scale(
             labels = canonical_labels(kmeans(E, int(n_clusters), seed))
     method = plri_method if plri_method != "auto" else ("exact" if n <= plri_exact_max_n else "sampled")
     info["plri_method"] = method
+    if plri_device == "auto":
+        from copl_dist.knn import _torch_cuda  # noqa: PLC0415
+
+        plri_device = "cuda" if _torch_cuda() else None
+    info["plri_device"] = plri_device or "numpy"
     with _stage(info, "plri"):
         if method == "exact":
-            scores = plri_scores_blocked(X, labels, sigma, dtype=np.float32)
+            scores = plri_scores_blocked(X, labels, sigma, dtype=np.float32, device=plri_device)
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                scores, _ = plri_scores_sampled(X, labels, sigma, sample=plri_sample, seed=seed, delta=delta, info=info)
+                scores, _ = plri_scores_sampled(
+                    X, labels, sigma, sample=plri_sample, seed=seed, delta=delta, info=info, device=plri_device
+                )
     mask = plri_split(scores, delta) if plri else np.ones(n, dtype=bool)
     return labels, scores, mask

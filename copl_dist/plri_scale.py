@@ -3,6 +3,11 @@ Gaussian kernel over cluster members, computed from the features, exactly in row
 (`plri_scores_blocked`, O(block * N) memory) or from per-cluster samples with a standard error per
 video, re-computing exactly the videos whose P/U side the sampling error could flip
 (`plri_scores_sampled`). Part of the scale path of `cluster_scale.py`.
+
+The kernel sums are the whole cost (N x columns x D multiply-adds): with `device` (a torch device
+such as "cuda") they run there, the column features held on the device once and only the (rows,
+clusters) sums coming back; without it, in numpy. Both compute the squared distances and the kernel
+in float64 from a Gram product in the features' dtype, so they agree to rounding (tests).
 """
 
 from __future__ import annotations
@@ -22,6 +27,47 @@ from copl_dist.cluster_scale import (
     _kernel_rows,
     _rng,
 )
+
+
+# On a device, blocks this many times larger: fewer, fuller kernel launches (1 GB of float64 kernel).
+_DEVICE_BLOCK_FACTOR = 8
+
+
+class _KernelSums:
+    """Per-cluster sums of the Gaussian kernel between row blocks and a fixed set of columns:
+    sums[r, c] = sum_j w(r, j) onehot[j, c], and with `squares` the same of w^2. In numpy, or in
+    torch on `device` (the columns and the one-hot moved there once; rows per call)."""
+
+    def __init__(self, Xc: np.ndarray, sq_c: np.ndarray, onehot: np.ndarray, device: str | None):
+        self.device = device
+        if device is None:
+            self.Xc, self.sq_c, self.onehot = Xc, sq_c, onehot
+            return
+        import torch  # noqa: PLC0415 (only on this path)
+
+        self.torch = torch
+        self.Xc = torch.from_numpy(np.ascontiguousarray(Xc)).to(device)
+        self.sq_c = torch.from_numpy(np.asarray(sq_c, dtype=np.float64)).to(device)
+        self.onehot = torch.from_numpy(np.asarray(onehot, dtype=np.float64)).to(device)
+
+    def __call__(
+        self, Xr: np.ndarray, sq_r: np.ndarray, sigma: float, same: tuple[np.ndarray, np.ndarray] | None, squares: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.device is None:
+            w = _kernel_rows(Xr, sq_r, self.Xc, self.sq_c, sigma, same)
+            return w @ self.onehot, ((w * w) @ self.onehot if squares else None)
+        torch = self.torch
+        xr = torch.from_numpy(np.ascontiguousarray(Xr)).to(self.device, dtype=self.Xc.dtype)
+        g = (xr @ self.Xc.T).double()
+        sq_r_t = torch.from_numpy(np.asarray(sq_r, dtype=np.float64)).to(self.device)
+        d2 = (sq_r_t[:, None] + self.sq_c[None, :] - 2.0 * g).clamp_(min=0.0)
+        if same is not None and len(same[0]):
+            rows = torch.from_numpy(np.asarray(same[0], dtype=np.int64)).to(self.device)
+            cols = torch.from_numpy(np.asarray(same[1], dtype=np.int64)).to(self.device)
+            d2[rows, cols] = 0.0
+        w = torch.ones_like(d2) if sigma == 0.0 else torch.exp(d2 * (-1.0 / (2.0 * sigma * sigma)))
+        sums = (w @ self.onehot).cpu().numpy()
+        return sums, ((w * w) @ self.onehot).cpu().numpy() if squares else None
 
 
 def _scores_from_means(a: np.ndarray, means_other: np.ndarray, own_size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -46,14 +92,21 @@ def _label_index(labels: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plri_scores_blocked(
-    F: Any, labels: Any, sigma: float, rows: np.ndarray | None = None, dtype: Any = np.float64, block_bytes: int = BLOCK_BYTES
+    F: Any,
+    labels: Any,
+    sigma: float,
+    rows: np.ndarray | None = None,
+    dtype: Any = np.float64,
+    block_bytes: int = BLOCK_BYTES,
+    device: str | None = None,
 ) -> np.ndarray:
     """Exact PLRI (cluster.plri_scores on the full Gaussian kernel of bandwidth `sigma`) without the
     N x N matrix: blocks of rows x all columns, O(block * N) memory, O(N^2 D) time.
 
     `rows`: score only these videos (their a_i, b_i still run over all N). `dtype`: the Gram
     product's precision (float64 reproduces the dense path to about 1e-12; float32 is about twice
-    as fast with kernel errors about 1e-7). Returns (len(rows),) or (N,) scores.
+    as fast with kernel errors about 1e-7). `device`: a torch device for the kernel sums (module
+    docstring). Returns (len(rows),) or (N,) scores.
     """
     X = np.ascontiguousarray(F, dtype=dtype)
     n = X.shape[0]
@@ -66,12 +119,12 @@ def plri_scores_blocked(
     sq = np.einsum("ij,ij->i", X, X)
     onehot = np.zeros((n, m), dtype=np.float64)
     onehot[np.arange(n), idx] = 1.0
-    step = _block_rows(n, 8 * 3, block_bytes)
+    kernel_sums = _KernelSums(X, sq, onehot, device)
+    step = _block_rows(n, 8 * 3, block_bytes * (_DEVICE_BLOCK_FACTOR if device else 1))
     for s in range(0, len(rows), step):
         r = rows[s : s + step]
         same = (np.arange(len(r)), r)
-        w = _kernel_rows(X[r], sq[r], X, sq, float(sigma), same)
-        sums = w @ onehot  # (b, m)
+        sums, _ = kernel_sums(X[r], sq[r], float(sigma), same)  # (b, m)
         own = idx[r]
         own_size = counts[own]
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -92,6 +145,7 @@ def plri_scores_sampled(
     refine_z: float = PLRI_REFINE_Z,
     refine_max_frac: float = PLRI_REFINE_MAX_FRAC,
     info: dict[str, Any] | None = None,
+    device: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """PLRI from per-cluster random samples: returns (scores (N,), standard errors (N,)).
 
@@ -106,6 +160,7 @@ def plri_scores_sampled(
     sampling error could flip, closest first, at most refine_max_frac * N of them) are re-computed
     exactly over all N columns (se 0). Cost: N * C * sample + n_refined * N kernel entries.
     The Gram products are float32 (kernel error about 1e-7, far below the sampling error).
+    `device`: a torch device for the kernel sums, the re-computation included (module docstring).
     """
     X = _as_features32(F)
     n = X.shape[0]
@@ -134,15 +189,14 @@ def plri_scores_sampled(
     onehot = np.zeros((len(S), m), dtype=np.float64)
     onehot[np.arange(len(S)), col_c] = 1.0
     sq = np.einsum("ij,ij->i", X, X)
-    XS, sqS = X[S], sq[S]
-    step = _block_rows(len(S), 8 * 4)
+    kernel_sums = _KernelSums(X[S], sq[S], onehot, device)
+    step = _block_rows(len(S), 8 * 4, BLOCK_BYTES * (_DEVICE_BLOCK_FACTOR if device else 1))
     for s in range(0, n, step):
         e = min(n, s + step)
         r = np.arange(s, e)
         in_s = pos[r] >= 0
         same = (np.nonzero(in_s)[0], pos[r][in_s])
-        w = _kernel_rows(X[s:e], sq[s:e], XS, sqS, float(sigma), same)
-        sums, sums2 = w @ onehot, (w * w) @ onehot  # (b, m)
+        sums, sums2 = kernel_sums(X[s:e], sq[s:e], float(sigma), same, squares=True)  # (b, m) each
         own = idx[r]
         ar = np.arange(e - s)
         # Leave i out of its own cluster's sample (w_ii = 1, w_ii^2 = 1).
@@ -176,8 +230,9 @@ def plri_scores_sampled(
             cand = cand[np.argsort(margin[cand] / se_s[cand], kind="stable")[:cap]]
         refined = np.sort(cand)
         if len(refined):
-            scores[refined] = plri_scores_blocked(X, idx, sigma, rows=refined, dtype=np.float32)
+            scores[refined] = plri_scores_blocked(X, idx, sigma, rows=refined, dtype=np.float32, device=device)
             se_s[refined] = 0.0
+    info["plri_device"] = device or "numpy"
     info["plri_sample"] = int(sample)
     info["plri_refined"] = int(len(refined))
     info["plri_se_max"] = float(se_s.max())

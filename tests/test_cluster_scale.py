@@ -196,6 +196,29 @@ def test_sampled_plri_error_bound_and_refinement():
     assert np.all(se_all == 0)
 
 
+def test_plri_kernel_sums_in_torch_equal_numpy():
+    """The device path (torch; here on the CPU, on a GPU in test_gpu.py) computes what numpy does."""
+    X, _ = make_cluster_features(1500, 48, n_clusters=8, seed=8, separation=0.8)
+    labels = cluster_videos_scale(X, 8, seed=0, delta=0.0, plri_device=None)[0]
+    sigma = estimate_sigma(X)
+    blocked = plri_scores_blocked(X, labels, sigma)
+    np.testing.assert_allclose(plri_scores_blocked(X, labels, sigma, device="cpu", block_bytes=1 << 16), blocked, atol=1e-12)
+    info_np: dict = {}
+    info_t: dict = {}
+    s_np, se_np = plri_scores_sampled(X, labels, sigma, sample=30, seed=1, delta=0.0, info=info_np)
+    s_t, se_t = plri_scores_sampled(X, labels, sigma, sample=30, seed=1, delta=0.0, info=info_t, device="cpu")
+    assert info_np["plri_device"] == "numpy" and info_t["plri_device"] == "cpu"
+    assert info_t["plri_refined"] == info_np["plri_refined"] > 0  # the re-computation ran on the device too
+    # float32 Gram products (as the sampled path uses): only the summation order differs.
+    np.testing.assert_allclose(s_t, s_np, atol=1e-6)
+    np.testing.assert_allclose(se_t, se_np, atol=1e-6)
+    # Whole scale path: the same partition and the same P/U side either way.
+    a = cluster_videos_scale(X, 8, seed=0, delta=0.0, plri_method="sampled", plri_device=None)
+    b = cluster_videos_scale(X, 8, seed=0, delta=0.0, plri_method="sampled", plri_device="cpu")
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[2], b[2])
+
+
 # ------------------------------------------------------------------------------ whole paths
 
 

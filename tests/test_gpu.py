@@ -94,6 +94,27 @@ def test_knn_torch_on_gpu_matches_brute_force():
     np.testing.assert_allclose(d, d_ref, rtol=1e-3, atol=1e-3)
 
 
+def test_plri_kernel_sums_on_gpu_match_numpy():
+    from copl_dist.bench_cluster import make_cluster_features
+    from copl_dist.cluster_scale import cluster_videos_scale, estimate_sigma
+    from copl_dist.plri_scale import plri_scores_blocked, plri_scores_sampled
+
+    X, _ = make_cluster_features(3000, 64, n_clusters=10, seed=8, separation=0.8)
+    labels = cluster_videos_scale(X, 10, seed=0, delta=0.0, plri_device=None)[0]
+    sigma = estimate_sigma(X)
+    np.testing.assert_allclose(plri_scores_blocked(X, labels, sigma, device="cuda"),
+                               plri_scores_blocked(X, labels, sigma), atol=1e-9)
+    info: dict = {}
+    s_gpu, se_gpu = plri_scores_sampled(X, labels, sigma, sample=40, seed=1, delta=0.0, info=info, device="cuda")
+    s_np, se_np = plri_scores_sampled(X, labels, sigma, sample=40, seed=1, delta=0.0)
+    assert info["plri_device"] == "cuda"
+    np.testing.assert_allclose(s_gpu, s_np, atol=1e-6)
+    np.testing.assert_allclose(se_gpu, se_np, atol=1e-6)
+    info = {}
+    cluster_videos_scale(X, 10, seed=0, delta=0.0, plri_method="sampled", info=info)
+    assert info["plri_device"] == "cuda"  # "auto" takes the GPU
+
+
 def test_copl_run_on_gpu(corpus, tmp_path):
     raw = tmp_path / "raw"
     make_synthetic(raw, preset="thumos14", videos=10, classes=NUM_CLASSES, seed=1, duration_scale=0.15)
