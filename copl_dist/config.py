@@ -67,7 +67,8 @@ class ClusterConfig:
     scale_affinity: str = "nystrom"
     knn: int = 30  # neighbours for the kNN graph
     # Iterations >= 1 cluster the global features projected by LDA fitted on the last iteration's
-    # pseudo-labelled set P (projection.py; not in the paper): "lda" or "none" (the paper).
+    # pseudo-labelled set P (projection.py; not in the paper): "lda" or "none" (the paper). Only
+    # with plri: without it there is no P to learn from.
     project: str = "lda"
 
 

@@ -81,5 +81,8 @@ def test_pipeline_projects_from_iteration_one_unless_switched_off():
     assert project_features(X, (y, mask), cfg, seed=0).shape == (len(y), 1)
     off = resolve("thumos14", sets=["cluster.project=none"])
     assert project_features(X, (y, mask), off, seed=0) is X
+    # Without PLRI there is no reliable subset to fit on: the features as they are.
+    no_plri = resolve("thumos14", sets=["cluster.plri=false"])
+    assert project_features(X, (y, mask), no_plri, seed=0) is X
     # Nothing to fit: the features as they are.
     assert project_features(X, (np.zeros_like(y), mask), cfg, seed=0) is X
