@@ -22,7 +22,6 @@ from __future__ import annotations
 import numpy as np
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-PROJECTIONS = ("lda", "none")
 _BLOCK = 65536
 
 
