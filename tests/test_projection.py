@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.metrics import adjusted_rand_score
 
+from copl_dist.cluster import cluster_videos
 from copl_dist.config import resolve
 from copl_dist.pipeline import project_features
 from copl_dist.projection import discriminant_projection, fit_rows
@@ -47,6 +49,9 @@ def test_two_clusters_project_to_the_sign_of_the_discriminant_direction_for_p_an
     np.testing.assert_allclose(np.abs(Z[:, 0]), 1.0, rtol=1e-6)
     side = Z[:, 0] > 0
     assert np.all(side == (y == 1)) or np.all(side == (y == 0))
+    # What that buys the clustering: the raw features cluster by their noise, the projection by class.
+    assert adjusted_rand_score(y, cluster_videos(X, 2, seed=0, delta=0.0)[0]) < 0.5
+    assert adjusted_rand_score(y, cluster_videos(Z, 2, seed=0, delta=0.0)[0]) == 1.0
 
 
 def test_dimension_is_fitted_clusters_minus_one_and_rows_have_norm_one():
