@@ -11,9 +11,10 @@ features, before clustering):
 
 - exact: cluster.py (dense (N, N) float64 Gaussian affinity, scikit-learn spectral clustering, dense
   PLRI), only while its N x N matrices fit (`--exact-max-gb`), else "skipped: would need X GB";
-- nystrom: cluster_scale with affinity='nystrom' (the default scale path);
-- knn: cluster_scale with affinity='knn' (the FAISS kNN graph; above 50,000 rows PCA to 256 dims +
-  IVF-Flat with exact re-ranking of 2k candidates; recall@k measured on 500 queries).
+- nystrom: cluster_scale with affinity='nystrom' (landmark approximation of the full kernel);
+- knn: cluster_scale with affinity='knn' (the default scale path: the FAISS kNN graph of the top
+  `--knn-pca` (256) principal components; exact flat index up to 50,000 rows, above IVF-Flat with
+  exact re-ranking of 2k candidates; recall@k of the search in that space measured on 500 queries).
 
 Both scale paths use sigma from a 4096-row sample and, above 20,000 videos, per-cluster sampled PLRI
 (128 members a cluster, borderline videos re-computed exactly); its error there is measured on 1000
@@ -24,19 +25,22 @@ OUT/bench.md (the table), OUT/bench.png (seconds and memory against N, log-log).
 
 Reaching N = 1,000,000 on one GPU
 ---------------------------------
-A plan (this module's GPU pieces today: the FAISS GPU indexes and k-means when FAISS sees a GPU, and
-the torch kNN back end on CUDA; the Nystroem and PLRI kernels are numpy). Features: 10^6 x 2048 float32 = 8.2 GB (4.1 GB in float16), resident on the GPU.
+A plan (this module's GPU pieces today: the FAISS GPU indexes and k-means when FAISS sees a GPU, the
+torch kNN back end and PLRI's kernel sums on CUDA; the PCA and Nystroem are numpy). Features:
+10^6 x 2048 float32 = 8.2 GB (4.1 GB in float16), resident on the GPU.
 
 - sigma: a 4096-row sample, (4096 x 4096) distances: 67 MB, milliseconds.
-- Nystroem path (default): m = 1000 landmarks; K(X, L) in row blocks (10^6 x 1000 x 2048 x 2 = 4 TFLOP
+- kNN path (default): PCA to 256 components fitted on 10,000 rows, the projection 10^6 x 2048 x 256
+  x 2 = 1 TFLOP (numpy on the CPU: seconds to tens of seconds; 1 GB of float32 out); FAISS GPU
+  IVF-Flat on the 256 components (k = 30 neighbours: indices 10^6 x 30 int64 = 240 MB), or the torch
+  blocked matmul + top-k back end of this module (exact, 10^12 pairs x 256 = 0.5 PFLOP: well under a
+  minute of H100 float32; 14 s were measured for 250,000 rows at 2048 dims, 16x fewer pairs and 8x
+  more dims); the graph has <= 6 x 10^7 non-zeros (0.7 GB as CSR) and its 20 eigenvectors come from
+  scipy's `eigsh` on the CPU (ARPACK on a sparse matrix-vector product: 8 s at 250,000 rows).
+- Nystroem path: m = 1000 landmarks; K(X, L) in row blocks (10^6 x 1000 x 2048 x 2 = 4 TFLOP
   of float32 GEMM, under a second on an H100) folded straight into Z = K(X, L) K(L, L)^-1/2
   (10^6 x 1000 float32 = 4 GB); Z^T Z (1000 x 1000) and two 1000 x 1000 eigenproblems; embedding
-  10^6 x 20. With torch/CuPy this is a few seconds and < 16 GB of GPU memory with the features.
-- kNN path: FAISS GPU IVF-PQ or CAGRA (cuVS) on PCA-256 features (k = 30 neighbours: indices
-  10^6 x 30 int64 = 240 MB), or the torch blocked matmul + top-k back end of this module (exact,
-  10^12 pairs x 2048 = 4 PFLOP: about 1-2 minutes of H100 float32, ~4x faster in float16); the
-  graph has <= 6 x 10^7 non-zeros (0.7 GB as CSR) and its 20 eigenvectors come from
-  `torch.lobpcg` or CuPy's `eigsh` on the normalised adjacency.
+  10^6 x 20. In numpy on the CPU today; with torch this is a few seconds.
 - k-means: FAISS GPU k-means (or torch) on the 10^6 x 20 embedding: 10 restarts in seconds.
 - PLRI: per-cluster samples of 128 members: 10^6 x (20 x 128) kernel entries = 10 TFLOP at 2048
   dims, seconds; the borderline videos (1-5% here) re-computed exactly cost 10^4-5 x 10^4 rows x
@@ -199,7 +203,8 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         else:
             info["keep_knn"] = path == "knn"
             labels, scores, mask = cluster_scale.cluster_videos_scale(
-                F, k, seed, spec["delta"], affinity=path, knn=spec["knn"], backend=spec["backend"], info=info
+                F, k, seed, spec["delta"], affinity=path, knn=spec["knn"], knn_pca=spec["knn_pca"],
+                backend=spec["backend"], info=info,
             )
         total_s = time.perf_counter() - t_start
         end = time.perf_counter()
@@ -212,13 +217,14 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     result["ari"] = float(adjusted_rand_score(truth, labels))
     result["nmi"] = float(normalized_mutual_info_score(truth, labels))
     result["pseudo_labelled"] = float(mask.mean())
-    for key in ("sigma", "knn_index", "graph_components", "graph_edges", "plri_method", "plri_refined", "plri_se_max",
+    for key in ("sigma", "graph_sigma", "knn_dims", "knn_index", "graph_components", "graph_edges", "plri_method", "plri_refined", "plri_se_max",
                 "plri_device", "nystrom_landmarks", "nystrom_rank"):
         if key in info:
             result[key] = info[key]
     if path == "knn" and "knn_indices" in info:
         t = time.perf_counter()
-        result["knn_recall"] = knn.knn_recall(F, info["knn_indices"], n_queries=500, seed=seed)
+        # Recall of the search in the space it ran in (the principal components with knn_pca).
+        result["knn_recall"] = knn.knn_recall(info["knn_features"], info["knn_indices"], n_queries=500, seed=seed)
         result["knn_recall_check_s"] = time.perf_counter() - t
     if info.get("plri_method") == "sampled":
         # Sampled PLRI against exact PLRI of the same labels on a random subset (outside the timings).
@@ -261,6 +267,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dim", type=int, default=2048, help="feature dimension")
     parser.add_argument("--clusters", type=int, default=20)
     parser.add_argument("--knn", type=int, default=30, help="neighbours of the kNN path")
+    parser.add_argument("--knn-pca", type=int, default=256, help="principal components the kNN graph is built on (0: raw)")
     parser.add_argument("--backend", default="auto", choices=["auto", "faiss", "torch", "numpy"], help="kNN back end")
     parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
     parser.add_argument("--separation", type=float, default=1.0, help="latent cluster separation (smaller: more overlap)")
@@ -303,7 +310,7 @@ def _fmt(v: Any, spec: str) -> str:
 def _table(rows: list[dict[str, Any]]) -> str:
     from copl_dist.report import table
 
-    stages = ["sigma", "knn", "affinity", "eigen", "eigen+kmeans", "kmeans", "plri"]
+    stages = ["sigma", "pca", "knn", "affinity", "eigen", "eigen+kmeans", "kmeans", "plri"]
     headers = ["N", "path", "total s", *[f"{s} s" for s in stages], "base GB", "peak GB", "ARI", "NMI", "vs exact ARI", "same P/U", "note"]
     body = []
     for r in rows:
@@ -391,7 +398,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
             spec = {
                 "path": path, "n": n, "dim": args.dim, "clusters": args.clusters, "seed": args.seed,
-                "separation": args.separation, "delta": args.delta, "knn": args.knn, "backend": args.backend,
+                "separation": args.separation, "delta": args.delta, "knn": args.knn, "knn_pca": args.knn_pca, "backend": args.backend,
                 "arrays": str(out / "work" / f"{path}-{n}.npz"), "result": str(out / "work" / f"{path}-{n}.json"),
             }
             r = _run_worker(spec, args.threads or None)

@@ -157,23 +157,24 @@ def cluster_videos(
     *,
     exact_max_n: int = 20000,
     knn: int = 30,
+    knn_pca: int = 256,
     backend: str = "auto",
-    scale_affinity: str = "nystrom",
+    scale_affinity: str = "knn",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Global features (N, D) -> (labels (N,) int64, PLRI scores (N,), pseudo-label mask (N,) bool).
 
     plri=False (ablation "w/o PLRI") pseudo-labels every video; the scores are still returned.
     ValueError if n_clusters > N. N <= exact_max_n (cfg.cluster.exact_max_n): this module's exact
     dense path; above it, cluster_scale.cluster_videos_scale (no N x N matrix) with
-    affinity=scale_affinity ('nystrom' or 'knn'; the kNN graph takes `knn` neighbours from the
-    `backend` kNN search, cfg.cluster.knn).
+    affinity=scale_affinity ('knn' or 'nystrom'; the kNN graph takes `knn` neighbours from the
+    `backend` kNN search on the top `knn_pca` principal components, cfg.cluster.knn / knn_pca).
     """
     arr = np.asarray(F)
     if arr.ndim == 2 and arr.shape[0] > exact_max_n:
         from copl_dist import cluster_scale  # noqa: PLC0415 (imports FAISS; only needed at scale)
 
         return cluster_scale.cluster_videos_scale(
-            arr, n_clusters, seed, delta, plri, knn=knn, backend=backend, affinity=scale_affinity
+            arr, n_clusters, seed, delta, plri, knn=knn, knn_pca=knn_pca, backend=backend, affinity=scale_affinity
         )
     X = _check_features(arr)
     if isinstance(n_clusters, (int, np.integer)) and n_clusters > X.shape[0]:

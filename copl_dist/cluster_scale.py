@@ -7,18 +7,25 @@ O(N m) memory (m landmarks or k neighbours):
 1. sigma = the mean pairwise distance, estimated on a random sample (`estimate_sigma`), with the
    dense path's convention (the mean over all N^2 ordered pairs, the N zero self-distances included).
 2. The spectral embedding, two ways (`cluster_videos_scale(affinity=...)`):
-   - 'nystrom' (default): `nystrom_embedding`, a landmark (Nystroem) approximation of the *full*
-     Gaussian kernel, which is what the dense path clusters; k-means on it as the dense path does.
-   - 'knn': the k-nearest-neighbour graph (`knn.knn_search`: FAISS flat exact index for moderate N,
-     PCA + IVF-Flat (or HNSW) with exact re-ranking for large N, on GPUs when FAISS sees any; or a
-     blocked torch matmul + top-k on CUDA), the Gaussian kernel on its edges
-     (`sparse_gaussian_affinity`, symmetric, zero diagonal), the top eigenvectors of the
-     normalised adjacency D^-1/2 W D^-1/2 by scipy's `eigsh` with a small uniform term that
-     connects the graph (`spectral_embedding`), k-means on the row-normalised embedding (NJW).
-   Why two: sigma = the mean pairwise distance makes the kernel wide, so the dense path's clusters
-   come from every pair's weight; a kNN graph keeps only local structure and, where clusters
-   overlap, parts from the dense path (N = 5,000, 20 clusters, a quarter overlapping: ARI 0.94 and
-   96.3% same P/U side against the exact path, where Nystroem gave 1.000 and 99.98%).
+   - 'knn' (default): the k-nearest-neighbour graph (k = 30, at most N / (4 C): `graph_neighbours`)
+     of the features' top `knn_pca` (256) principal components (`knn.pca_project`;
+     `knn.knn_search`: FAISS flat exact index for moderate N, IVF-Flat (or HNSW) with exact
+     re-ranking for large N, on GPUs when FAISS sees any; or a blocked torch matmul + top-k on
+     CUDA), the Gaussian kernel on its edges with sigma of the same space
+     (`sparse_gaussian_affinity`, symmetric, zero diagonal), the top eigenvectors of the normalised
+     adjacency D^-1/2 W D^-1/2 by scipy's `eigsh` with a small uniform term that connects the graph
+     (`spectral_embedding`), k-means on the row-normalised embedding (NJW).
+   - 'nystrom': `nystrom_embedding`, a landmark (Nystroem) approximation of the *full* Gaussian
+     kernel, which is what the dense path clusters; k-means on it as the dense path does.
+   Why the principal components: in 2048 raw dimensions the isotropic part of the features (noise,
+   for clustering) is most of every distance, so near the border of two overlapping clusters it
+   decides which neighbours are nearest and the graph links the two; the dense path's wide kernel
+   (sigma = the mean pairwise distance) averages that noise out over all N columns of a row. On the
+   benchmark's features (`copl bench cluster`, 20 clusters, a quarter overlapping) the kNN graph of
+   the raw features agreed with the exact path at ARI 0.957 (96.6% same P/U side, N = 10,000), that
+   of 256 components at 0.993 (99.6%); 32-128 components gave 0.99-0.996, so the choice is not
+   sharp. Nystroem agrees at 0.999 and is kept as the alternative. The graph's sigma is the mean
+   pairwise distance of the components (as the dense path's, in the space the graph lives in).
 3. k-means: FAISS Lloyd iterations from greedy k-means++ seeds, best of 10, seeded.
 4. PLRI (`plri_scale.plri_scores_blocked`, `plri_scale.plri_scores_sampled`): cohesion a_i and separation b_i are means of
    the *full* Gaussian kernel (every pair, as in the dense path, not only the graph's edges), so
@@ -417,6 +424,15 @@ def _kernel_rows(
 # the whole scale path
 
 
+def graph_neighbours(knn: int, n: int, n_clusters: int) -> int:
+    """Neighbours per video in the kNN graph: `knn`, but at most a quarter of the mean cluster size
+    N / C (and at least 5, at most N - 1). A neighbour list longer than a small cluster must reach
+    into other clusters: at N = 1,000 in 20 clusters (the smallest of 14 videos) k = 30 agreed with
+    the exact path at ARI 0.955 (96.6% same P/U side), k = 12 at 0.978 (98.1%); from N = 2,000 on
+    the cap is 25 or more and k barely matters (0.978-0.987 for k = 8...30)."""
+    return max(1, min(int(knn), max(5, n // (4 * max(1, n_clusters))), n - 1))
+
+
 def cluster_videos_scale(
     F: Any,
     n_clusters: int,
@@ -424,8 +440,9 @@ def cluster_videos_scale(
     delta: float,
     plri: bool = True,
     *,
-    affinity: str = "nystrom",
+    affinity: str = "knn",
     knn: int = 30,
+    knn_pca: int = PCA_DIM,
     backend: str = "auto",
     landmarks: int = NYSTROM_LANDMARKS,
     plri_method: str = "auto",
@@ -436,20 +453,21 @@ def cluster_videos_scale(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """cluster.cluster_videos without N x N matrices: (labels (N,) int64, PLRI scores (N,), mask (N,) bool).
 
-    affinity: 'nystrom' (default: `nystrom_embedding` of the full kernel, then k-means on the
-    embedding as the dense path does) or 'knn' (the `knn`-nearest-neighbour graph from `knn_search`
-    with `backend`, `sparse_gaussian_affinity`, `spectral_labels`: NJW on the sparse graph). Both
-    use sigma from `estimate_sigma`. The kNN graph keeps only local structure and parts from the
-    dense path where clusters overlap (see tests/test_cluster_scale.py and bench_cluster.py).
+    affinity: 'knn' (default: the `graph_neighbours(knn, ...)`-nearest-neighbour graph from `knn_search` with `backend` on
+    the top `knn_pca` principal components (0 or >= D: the raw features), `sparse_gaussian_affinity`
+    with sigma of that space, `spectral_labels`: NJW on the sparse graph) or 'nystrom'
+    (`nystrom_embedding` of the full kernel, then k-means on the embedding as the dense path does).
+    Sigma from `estimate_sigma` in each path's space; PLRI always on the full features.
     plri_method: 'exact' (blocked sums, O(N^2 D) time), 'sampled' (per-cluster samples of
     `plri_sample`, with the borderline videos re-computed exactly), or 'auto' (exact up to
     `plri_exact_max_n` videos). plri_device: the torch device of PLRI's kernel sums, None for numpy,
     'auto' for 'cuda' when torch sees a GPU (else numpy). `info` (a dict, optional) receives per-stage seconds and diagnostics
     (sigma, kNN index, graph components, eigenvalues, PLRI error estimates); with
-    info["keep_knn"] = True the kNN indices are kept in info["knn_indices"] (for a recall check).
+    info["keep_knn"] = True the kNN indices and the features they were searched in are kept in
+    info["knn_indices"] and info["knn_features"] (for a recall check).
     """
     from copl_dist.cluster import canonical_labels, check_n_clusters, plri_split  # noqa: PLC0415
-    from copl_dist.knn import knn_search  # noqa: PLC0415
+    from copl_dist.knn import knn_search, pca_project  # noqa: PLC0415
     from copl_dist.plri_scale import plri_scores_blocked, plri_scores_sampled  # noqa: PLC0415
 
     if affinity not in ("nystrom", "knn"):
@@ -469,13 +487,22 @@ def cluster_videos_scale(
     elif n_clusters == n:
         labels = np.arange(n, dtype=np.int64)
     elif affinity == "knn":
+        Y, graph_sigma = X, sigma
+        if 0 < int(knn_pca) < X.shape[1]:
+            with _stage(info, "pca"):
+                Y = pca_project(X, int(knn_pca), seed)
+                graph_sigma = estimate_sigma(Y, seed=seed)
+        info["knn_dims"] = int(Y.shape[1])
+        info["graph_sigma"] = graph_sigma
+        k_graph = graph_neighbours(int(knn), n, int(n_clusters))
+        info["knn_k"] = k_graph
         with _stage(info, "knn"):
-            dist, idx = knn_search(X, min(int(knn), n - 1), backend, seed=seed, info=info)
+            dist, idx = knn_search(Y, k_graph, backend, seed=seed, info=info)
         if info.get("keep_knn"):
-            info["knn_indices"] = idx
+            info["knn_indices"], info["knn_features"] = idx, Y
         with _stage(info, "affinity"):
-            W = sparse_gaussian_affinity(dist, idx, sigma)
-        del dist, idx
+            W = sparse_gaussian_affinity(dist, idx, graph_sigma)
+        del dist, idx, Y
         labels = spectral_labels(W, int(n_clusters), seed, info=info)
     else:
         with _stage(info, "eigen"):

@@ -110,7 +110,7 @@ def _exact_rerank(X: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, 
     return dist, idx
 
 
-def _pca(X: np.ndarray, dim: int, seed: int) -> np.ndarray:
+def pca_project(X: np.ndarray, dim: int, seed: int) -> np.ndarray:
     """Project onto the top `dim` principal components, fitted on at most PCA_TRAIN_MAX random rows
     (float64 covariance, scipy's eigh for the top eigenvectors only). (N, dim) float32.
 
@@ -213,7 +213,7 @@ def _knn_faiss(
     Y = X
     desc = []
     if d > pca_dim:
-        Y = _pca(X, pca_dim, seed)
+        Y = pca_project(X, pca_dim, seed)
         desc.append(f"PCA {d}->{pca_dim}")
     dy = Y.shape[1]
     if approx == "hnsw" and gpus == 0:

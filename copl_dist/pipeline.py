@@ -54,7 +54,12 @@ class RunResult:
 
 def cluster_scale_options(cfg: CoplConfig) -> dict[str, Any]:
     """How `cluster_videos` picks and runs its large-N path (config `cluster.*`)."""
-    return {"exact_max_n": cfg.cluster.exact_max_n, "knn": cfg.cluster.knn, "scale_affinity": cfg.cluster.scale_affinity}
+    return {
+        "exact_max_n": cfg.cluster.exact_max_n,
+        "knn": cfg.cluster.knn,
+        "knn_pca": cfg.cluster.knn_pca,
+        "scale_affinity": cfg.cluster.scale_affinity,
+    }
 
 
 def primary_labels(corpus: Corpus, video_ids: list[str]) -> np.ndarray:
