@@ -63,8 +63,8 @@ class ClusterConfig:
     delta: float = 0.0  # PLRI threshold (Eqs. 9-10)
     exact_max_n: int = 20000  # above this many videos the scale path (cluster_scale.py) is used
     # The scale path's affinity: "knn" (the FAISS kNN graph on PCA-denoised features, sparse; ARI vs
-    # the exact path 0.99-1.0 measured at N = 5,000-10,000) or "nystrom" (landmark approximation of
-    # the full Gaussian kernel; 0.999-1.0).
+    # the exact path 0.983-1.0 measured at N = 3,000-10,000 in 2048 dims) or "nystrom" (landmark
+    # approximation of the full Gaussian kernel; 0.942-1.0 on the same sets). docs/bench/knn-pca/.
     scale_affinity: str = "knn"
     knn: int = 30  # neighbours for the kNN graph (at most N / (4 C): cluster_scale.graph_neighbours)
     # The kNN graph is built on the features' top knn_pca principal components (0: on the raw

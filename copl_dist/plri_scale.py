@@ -31,15 +31,25 @@ from copl_dist.cluster_scale import (
 
 # On a device, blocks this many times larger: fewer, fuller kernel launches (1 GB of float64 kernel).
 _DEVICE_BLOCK_FACTOR = 8
+# Rows per kernel-sum call of the blocked sums. The columns are blocked inside the call, so a block of
+# rows reads the column features once: with rows sized to fit all N columns in the budget (5 rows at
+# N = 1,000,000) every 5 rows re-read 8 GB of features and the re-computation of 12,000 borderline
+# videos ran for over half an hour on 2 cores without finishing.
+ROW_BLOCK = 1024
 
 
 class _KernelSums:
     """Per-cluster sums of the Gaussian kernel between row blocks and a fixed set of columns:
     sums[r, c] = sum_j w(r, j) onehot[j, c], and with `squares` the same of w^2. In numpy, or in
-    torch on `device` (the columns and the one-hot moved there once; rows per call)."""
+    torch on `device` (the columns and the one-hot moved there once; rows per call). The columns
+    are taken in blocks of at most `budget` bytes of float64 kernel per block (times 3 for the
+    temporaries)."""
 
-    def __init__(self, Xc: np.ndarray, sq_c: np.ndarray, onehot: np.ndarray, device: str | None):
+    def __init__(self, Xc: np.ndarray, sq_c: np.ndarray, onehot: np.ndarray, device: str | None, budget: int = BLOCK_BYTES):
         self.device = device
+        self.budget = int(budget) * (_DEVICE_BLOCK_FACTOR if device else 1)
+        self.n_cols = int(Xc.shape[0])
+        self.n_sets = int(onehot.shape[1])
         if device is None:
             self.Xc, self.sq_c, self.onehot = Xc, sq_c, onehot
             return
@@ -53,21 +63,42 @@ class _KernelSums:
     def __call__(
         self, Xr: np.ndarray, sq_r: np.ndarray, sigma: float, same: tuple[np.ndarray, np.ndarray] | None, squares: bool = False
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        if self.device is None:
-            w = _kernel_rows(Xr, sq_r, self.Xc, self.sq_c, sigma, same)
-            return w @ self.onehot, ((w * w) @ self.onehot if squares else None)
+        n_rows = len(Xr)
+        step = _block_rows(n_rows, 8 * 3, self.budget)  # columns per block
+        sums = np.zeros((n_rows, self.n_sets), dtype=np.float64)
+        sums2 = np.zeros((n_rows, self.n_sets), dtype=np.float64) if squares else None
+        same_r, same_c = (np.zeros(0, np.int64), np.zeros(0, np.int64)) if same is None else (np.asarray(same[0]), np.asarray(same[1]))
+        xr = None
+        for c0 in range(0, self.n_cols, step):
+            c1 = min(self.n_cols, c0 + step)
+            sel = (same_c >= c0) & (same_c < c1)
+            blk_same = (same_r[sel], same_c[sel] - c0)
+            if self.device is None:
+                w = _kernel_rows(Xr, sq_r, self.Xc[c0:c1], self.sq_c[c0:c1], sigma, blk_same)
+                sums += w @ self.onehot[c0:c1]
+                if squares:
+                    sums2 += (w * w) @ self.onehot[c0:c1]
+                continue
+            if xr is None:
+                xr = self.torch.from_numpy(np.ascontiguousarray(Xr)).to(self.device, dtype=self.Xc.dtype)
+                sq_r_t = self.torch.from_numpy(np.asarray(sq_r, dtype=np.float64)).to(self.device)
+            s1, s2 = self._device_block(xr, sq_r_t, c0, c1, sigma, blk_same, squares)
+            sums += s1
+            if squares:
+                sums2 += s2
+        return sums, sums2
+
+    def _device_block(self, xr, sq_r_t, c0: int, c1: int, sigma: float, same: tuple[np.ndarray, np.ndarray], squares: bool):
         torch = self.torch
-        xr = torch.from_numpy(np.ascontiguousarray(Xr)).to(self.device, dtype=self.Xc.dtype)
-        g = (xr @ self.Xc.T).double()
-        sq_r_t = torch.from_numpy(np.asarray(sq_r, dtype=np.float64)).to(self.device)
-        d2 = (sq_r_t[:, None] + self.sq_c[None, :] - 2.0 * g).clamp_(min=0.0)
-        if same is not None and len(same[0]):
+        g = (xr @ self.Xc[c0:c1].T).double()
+        d2 = (sq_r_t[:, None] + self.sq_c[None, c0:c1] - 2.0 * g).clamp_(min=0.0)
+        if len(same[0]):
             rows = torch.from_numpy(np.asarray(same[0], dtype=np.int64)).to(self.device)
             cols = torch.from_numpy(np.asarray(same[1], dtype=np.int64)).to(self.device)
             d2[rows, cols] = 0.0
         w = torch.ones_like(d2) if sigma == 0.0 else torch.exp(d2 * (-1.0 / (2.0 * sigma * sigma)))
-        sums = (w @ self.onehot).cpu().numpy()
-        return sums, ((w * w) @ self.onehot).cpu().numpy() if squares else None
+        oh = self.onehot[c0:c1]
+        return (w @ oh).cpu().numpy(), ((w * w) @ oh).cpu().numpy() if squares else None
 
 
 def _scores_from_means(a: np.ndarray, means_other: np.ndarray, own_size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -99,9 +130,11 @@ def plri_scores_blocked(
     dtype: Any = np.float64,
     block_bytes: int = BLOCK_BYTES,
     device: str | None = None,
+    row_block: int = ROW_BLOCK,
 ) -> np.ndarray:
     """Exact PLRI (cluster.plri_scores on the full Gaussian kernel of bandwidth `sigma`) without the
-    N x N matrix: blocks of rows x all columns, O(block * N) memory, O(N^2 D) time.
+    N x N matrix: blocks of `row_block` rows x blocks of columns (`block_bytes` of float64 kernel),
+    O(block_bytes) memory beyond the features, O(N^2 D) time.
 
     `rows`: score only these videos (their a_i, b_i still run over all N). `dtype`: the Gram
     product's precision (float64 reproduces the dense path to about 1e-12; float32 is about twice
@@ -119,8 +152,8 @@ def plri_scores_blocked(
     sq = np.einsum("ij,ij->i", X, X)
     onehot = np.zeros((n, m), dtype=np.float64)
     onehot[np.arange(n), idx] = 1.0
-    kernel_sums = _KernelSums(X, sq, onehot, device)
-    step = _block_rows(n, 8 * 3, block_bytes * (_DEVICE_BLOCK_FACTOR if device else 1))
+    kernel_sums = _KernelSums(X, sq, onehot, device, budget=block_bytes)
+    step = max(1, int(row_block))
     for s in range(0, len(rows), step):
         r = rows[s : s + step]
         same = (np.arange(len(r)), r)
@@ -190,7 +223,7 @@ def plri_scores_sampled(
     onehot[np.arange(len(S)), col_c] = 1.0
     sq = np.einsum("ij,ij->i", X, X)
     kernel_sums = _KernelSums(X[S], sq[S], onehot, device)
-    step = _block_rows(len(S), 8 * 4, BLOCK_BYTES * (_DEVICE_BLOCK_FACTOR if device else 1))
+    step = max(ROW_BLOCK, _block_rows(len(S), 8 * 4, BLOCK_BYTES * (_DEVICE_BLOCK_FACTOR if device else 1)))
     for s in range(0, n, step):
         e = min(n, s + step)
         r = np.arange(s, e)

@@ -181,8 +181,10 @@ def test_blocked_plri_equals_dense():
     labels[0] = labels.max() + 1  # a singleton cluster: score 0 in both
     dense = plri_scores(gaussian_affinity(X), labels)
     sigma = float(pairwise_distances(X).mean())
-    blocked = plri_scores_blocked(X, labels, sigma, block_bytes=1 << 16)  # many small blocks
+    blocked = plri_scores_blocked(X, labels, sigma, block_bytes=1 << 16, row_block=50)  # many small blocks
     np.testing.assert_allclose(blocked, dense, atol=1e-9, rtol=0)
+    one_block = plri_scores_blocked(X, labels, sigma, block_bytes=1 << 30)  # all rows x all columns at once
+    np.testing.assert_allclose(one_block, dense, atol=1e-9, rtol=0)
     assert blocked[0] == 0.0
     rows = np.array([3, 10, 599])
     np.testing.assert_allclose(plri_scores_blocked(X, labels, sigma, rows=rows), dense[rows], atol=1e-9, rtol=0)
@@ -224,7 +226,9 @@ def test_plri_kernel_sums_in_torch_equal_numpy():
     labels = cluster_videos_scale(X, 8, seed=0, delta=0.0, plri_device=None)[0]
     sigma = estimate_sigma(X)
     blocked = plri_scores_blocked(X, labels, sigma)
-    np.testing.assert_allclose(plri_scores_blocked(X, labels, sigma, device="cpu", block_bytes=1 << 16), blocked, atol=1e-12)
+    np.testing.assert_allclose(
+        plri_scores_blocked(X, labels, sigma, device="cpu", block_bytes=1 << 13, row_block=100), blocked, atol=1e-12
+    )
     info_np: dict = {}
     info_t: dict = {}
     s_np, se_np = plri_scores_sampled(X, labels, sigma, sample=30, seed=1, delta=0.0, info=info_np)
