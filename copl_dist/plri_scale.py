@@ -68,25 +68,28 @@ class _KernelSums:
         sums = np.zeros((n_rows, self.n_sets), dtype=np.float64)
         sums2 = np.zeros((n_rows, self.n_sets), dtype=np.float64) if squares else None
         same_r, same_c = (np.zeros(0, np.int64), np.zeros(0, np.int64)) if same is None else (np.asarray(same[0]), np.asarray(same[1]))
-        xr = None
+        if self.device is None:
+            block = self._numpy_block
+            rows = (Xr, sq_r)
+        else:
+            block = self._device_block
+            rows = (
+                self.torch.from_numpy(np.ascontiguousarray(Xr)).to(self.device, dtype=self.Xc.dtype),
+                self.torch.from_numpy(np.asarray(sq_r, dtype=np.float64)).to(self.device),
+            )
         for c0 in range(0, self.n_cols, step):
             c1 = min(self.n_cols, c0 + step)
             sel = (same_c >= c0) & (same_c < c1)
-            blk_same = (same_r[sel], same_c[sel] - c0)
-            if self.device is None:
-                w = _kernel_rows(Xr, sq_r, self.Xc[c0:c1], self.sq_c[c0:c1], sigma, blk_same)
-                sums += w @ self.onehot[c0:c1]
-                if squares:
-                    sums2 += (w * w) @ self.onehot[c0:c1]
-                continue
-            if xr is None:
-                xr = self.torch.from_numpy(np.ascontiguousarray(Xr)).to(self.device, dtype=self.Xc.dtype)
-                sq_r_t = self.torch.from_numpy(np.asarray(sq_r, dtype=np.float64)).to(self.device)
-            s1, s2 = self._device_block(xr, sq_r_t, c0, c1, sigma, blk_same, squares)
+            s1, s2 = block(*rows, c0, c1, sigma, (same_r[sel], same_c[sel] - c0), squares)
             sums += s1
             if squares:
                 sums2 += s2
         return sums, sums2
+
+    def _numpy_block(self, Xr, sq_r, c0: int, c1: int, sigma: float, same: tuple[np.ndarray, np.ndarray], squares: bool):
+        w = _kernel_rows(Xr, sq_r, self.Xc[c0:c1], self.sq_c[c0:c1], sigma, same)
+        oh = self.onehot[c0:c1]
+        return w @ oh, ((w * w) @ oh if squares else None)
 
     def _device_block(self, xr, sq_r_t, c0: int, c1: int, sigma: float, same: tuple[np.ndarray, np.ndarray], squares: bool):
         torch = self.torch
@@ -223,6 +226,7 @@ def plri_scores_sampled(
     onehot[np.arange(len(S)), col_c] = 1.0
     sq = np.einsum("ij,ij->i", X, X)
     kernel_sums = _KernelSums(X[S], sq[S], onehot, device)
+    # Few columns (C x sample): rows sized so that all of them fit one kernel block, at least ROW_BLOCK.
     step = max(ROW_BLOCK, _block_rows(len(S), 8 * 4, BLOCK_BYTES * (_DEVICE_BLOCK_FACTOR if device else 1)))
     for s in range(0, n, step):
         e = min(n, s + step)
