@@ -217,8 +217,9 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     result["ari"] = float(adjusted_rand_score(truth, labels))
     result["nmi"] = float(normalized_mutual_info_score(truth, labels))
     result["pseudo_labelled"] = float(mask.mean())
-    for key in ("sigma", "graph_sigma", "knn_dims", "knn_index", "graph_components", "graph_edges", "plri_method", "plri_refined", "plri_se_max",
-                "plri_device", "nystrom_landmarks", "nystrom_rank"):
+    for key in ("sigma", "graph_sigma", "knn_dims", "knn_index", "graph_components", "graph_edges", "plri_method",
+                "plri_refined", "plri_borderline", "plri_refine_dropped", "plri_se_max", "plri_device",
+                "nystrom_landmarks", "nystrom_rank"):
         if key in info:
             result[key] = info[key]
     if path == "knn" and "knn_indices" in info:
@@ -325,6 +326,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
         if "plri_check" in r:
             pc = r["plri_check"]
             note.append(f"PLRI sampled: max err {pc['max_abs_err']:.3f}, side differs {100 * pc['side_differs']:.1f}%")
+            if r.get("plri_borderline") is not None:
+                note.append(f"{r['plri_refined']} of {r['plri_borderline']} borderline re-computed exactly")
         if r.get("plri_device") not in (None, "numpy"):
             note.append(f"PLRI on {r['plri_device']}")
         body.append(

@@ -159,11 +159,11 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     pool = None
     if actors:
-        import ray
-
+        from copl_dist.config import DistributedConfig
         from copl_dist.distributed.has_actors import HASActorPool
+        from copl_dist.distributed.ray_runtime import ensure_ray
 
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, actors), include_dashboard=False)
+        ensure_ray(DistributedConfig(), num_cpus=max(os.cpu_count() or 1, actors))  # on 127.0.0.1 only
         pool = HASActorPool(corpus.root, ids, cfg, actors, torch_threads=spec["threads"])
         info = pool.info()  # returns once every actor is up
         voter: Any = pool

@@ -80,10 +80,13 @@ def check_n_clusters(n_clusters: int, n: int) -> None:
 
 
 def spectral_clustering(W: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
-    """Spectral clustering of a precomputed affinity into n_clusters (Ng-Jordan-Weiss, as in [10]).
+    """Spectral clustering of a precomputed affinity into n_clusters, as in [10].
 
-    scikit-learn's spectral embedding + k-means (random_state=seed, n_init fixed), so the labels
-    are deterministic for a seed; they are relabelled in order of first appearance. (N,) int64.
+    scikit-learn's `spectral_clustering`: the top eigenvectors x of the normalised Laplacian,
+    rescaled to u = D^-1/2 x (the random-walk / Shi-Malik embedding), then k-means on u with no row
+    normalisation, so not Ng-Jordan-Weiss (the scale path, cluster_scale.spectral_labels, is NJW:
+    it normalises the rows to unit length). random_state=seed and n_init=KMEANS_N_INIT, so the
+    labels are deterministic for a seed; they are relabelled in order of first appearance. (N,) int64.
     """
     A = _check_affinity(W)
     n = A.shape[0]
@@ -155,7 +158,7 @@ def cluster_videos(
     delta: float,
     plri: bool = True,
     *,
-    exact_max_n: int = 20000,
+    exact_max_n: int = 10000,
     knn: int = 30,
     knn_pca: int = 256,
     backend: str = "auto",

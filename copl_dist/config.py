@@ -61,7 +61,9 @@ class HASConfig:
 class ClusterConfig:
     plri: bool = True  # False: every clustered video is pseudo-labelled (ablation "w/o PLRI")
     delta: float = 0.0  # PLRI threshold (Eqs. 9-10)
-    exact_max_n: int = 20000  # above this many videos the scale path (cluster_scale.py) is used
+    # Above this many videos the scale path (cluster_scale.py) is used: the dense path's peak grows as
+    # N^2 (measured 3.3 GB and 26 s at N = 10,000 in 2048 dims; about 12 GB at 20,000).
+    exact_max_n: int = 10000
     # The scale path's affinity: "knn" (the FAISS kNN graph on PCA-denoised features, sparse; ARI vs
     # the exact path 0.983-1.0 measured at N = 3,000-10,000 in 2048 dims) or "nystrom" (landmark
     # approximation of the full Gaussian kernel; 0.942-1.0 on the same sets). docs/bench/knn-pca/.
@@ -133,7 +135,10 @@ class DistributedConfig:
     # Ray Train workers for IOCNet training: 0 trains in this process (no Ray); -1 fits the machine
     # (GPUs if any, else CPU cores // 2, at least 1).
     workers: int = 0
-    use_gpu: bool = False  # NCCL on GPUs, gloo on CPUs
+    # Whether each Ray Train worker takes a GPU (NCCL) or not (gloo): "auto" = when the Ray cluster (or
+    # this machine, before Ray starts) has GPUs; "true"/"false" force it (e.g. "true" on an autoscaling
+    # cluster whose GPU nodes are not up yet).
+    use_gpu: str = "auto"
     has_actors: int = 0  # Ray actors for HAS voting / global features; 0: in this process
     ray_address: str = ""  # "": $RAY_ADDRESS, else a local in-process Ray
     storage_path: str = ""  # Ray Train checkpoints; "": OUT/ray_storage
@@ -192,6 +197,7 @@ _CHOICES = {
     "has.init": ("mean", "novelty"),
     "cluster.scale_affinity": ("nystrom", "knn"),
     "cluster.project": ("lda", "none"),
+    "distributed.use_gpu": ("auto", "true", "false"),
 }
 
 
@@ -224,6 +230,8 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             except ValueError:
                 pass
     elif hint is str:
+        if isinstance(value, bool):  # YAML's `true` for a choice such as distributed.use_gpu
+            return "true" if value else "false"
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -211,13 +211,39 @@ def test_sampled_plri_error_bound_and_refinement():
     np.testing.assert_allclose(s2[refined], exact[refined], atol=1e-5)
     # ... and with the default cap at most 10% are re-computed, the closest to delta first.
     info = {}
-    s3, _ = plri_scores_sampled(X, labels, sigma, sample=40, seed=1, delta=0.0, info=info)
+    with pytest.warns(UserWarning, match="borderline videos"):
+        s3, _ = plri_scores_sampled(X, labels, sigma, sample=40, seed=1, delta=0.0, info=info)
     assert info["plri_refined"] == 300
+    assert info["plri_borderline"] > 300 and info["plri_refine_dropped"] == info["plri_borderline"] - 300
     assert np.mean((s3 >= 0) == (exact >= 0)) >= 0.98
     # a sample as large as every cluster is exact
     s_all, se_all = plri_scores_sampled(X, labels, sigma, sample=3000)
     np.testing.assert_allclose(s_all, exact, atol=1e-5)
     assert np.all(se_all == 0)
+
+
+def test_sampled_plri_error_covers_an_undersampled_nearest_cluster():
+    """Six clusters of 15 videos (sampled whole) beside large ones (sampled 16 of up to 562): for
+    videos of a small cluster whose nearest cluster the sample picked among the small ones, the
+    true nearest can be a large cluster whose sample mean came out low. Their error must not be 0
+    (it was, and video 131 then stayed in P with s = 0.023 against 0.007 exact at delta = 0.01)."""
+    X, truth = make_cluster_features(2000, 32, n_clusters=12, seed=0, separation=0.6)
+    labels = truth.copy()
+    for c in range(6):
+        mem = np.flatnonzero(labels == c)
+        labels[mem[15:]] = 6 + c % 5
+    sigma = estimate_sigma(X)
+    exact = plri_scores_blocked(X, labels, sigma)
+    s, se = plri_scores_sampled(X, labels, sigma, sample=16, seed=0)
+    err = np.abs(s - exact)
+    assert np.all(err[se == 0] < 1e-5)  # an error of 0 is exact
+    assert np.mean(err <= 4 * se + 1e-6) >= 0.99
+    assert se[131] > 0 and err[131] > 0.01
+    info: dict = {}
+    s2, se2 = plri_scores_sampled(X, labels, sigma, sample=16, seed=0, delta=0.01, refine_max_frac=1.0, info=info)
+    assert info["plri_refine_dropped"] == 0 and info["plri_refined"] == info["plri_borderline"] > 0
+    assert se2[131] == 0 and abs(s2[131] - exact[131]) < 1e-5
+    assert np.array_equal(s2 >= 0.01, exact >= 0.01)  # no video changes side
 
 
 def test_plri_kernel_sums_in_torch_equal_numpy():
@@ -377,6 +403,21 @@ def test_cluster_videos_dispatches_by_exact_max_n(monkeypatch):
     assert calls == []
     cluster_videos(X, 3, seed=0, delta=0.0, exact_max_n=119, knn=12, backend="torch")
     assert calls == [{"knn": 12, "knn_pca": 256, "backend": "torch", "affinity": "knn"}]
+
+
+def test_run_config_reaches_the_dispatch(monkeypatch):
+    """`copl run`'s cluster.* keys are what cluster_videos dispatches on (pipeline.cluster_scale_options)."""
+    from copl_dist.config import resolve
+    from copl_dist.pipeline import cluster_scale_options
+
+    assert resolve().cluster.exact_max_n == 10000  # the dense path's N^2 memory: ~3.3 GB at 10,000 (2048 dims)
+    cfg = resolve(sets=["cluster.exact_max_n=119", "cluster.knn=12", "cluster.knn_pca=0",
+                        "cluster.scale_affinity=nystrom"])
+    calls = []
+    monkeypatch.setattr(cluster_scale, "cluster_videos_scale", lambda *a, **kw: calls.append(kw))
+    X, _ = _blobs([40, 30, 50], dim=8, spread=0.2)
+    cluster_videos(X, 3, 0, 0.0, **cluster_scale_options(cfg))
+    assert calls == [{"knn": 12, "knn_pca": 0, "backend": "auto", "affinity": "nystrom"}]
 
 
 # ------------------------------------------------------------------------------ bench

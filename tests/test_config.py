@@ -92,3 +92,13 @@ def test_has_init_values():
     assert resolve(sets=["has.init=mean"]).has.init == "mean"
     with pytest.raises(InputError, match="has.init"):
         resolve(sets=["has.init=median"])
+
+
+def test_distributed_use_gpu_values(tmp_path):
+    assert resolve().distributed.use_gpu == "auto"
+    assert resolve(sets=["distributed.use_gpu=true"]).distributed.use_gpu == "true"
+    f = tmp_path / "c.yaml"
+    f.write_text("distributed:\n  use_gpu: false\n")  # YAML's boolean reads as the choice
+    assert resolve(config_file=f).distributed.use_gpu == "false"
+    with pytest.raises(InputError, match="distributed.use_gpu' must be one of"):
+        resolve(sets=["distributed.use_gpu=sometimes"])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import cloudpickle
 import numpy as np
 import pytest
@@ -36,9 +34,11 @@ def test_contiguous_shards_balance_work_and_cover_everything():
 
 @pytest.fixture(scope="module")
 def ray_local():
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    from copl_dist.config import DistributedConfig
+    from copl_dist.distributed.ray_runtime import ensure_ray
+
+    ensure_ray(DistributedConfig(), num_cpus=2)  # a local Ray on 127.0.0.1 only
+    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
     yield
     ray.shutdown()
 

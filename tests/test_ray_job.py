@@ -13,12 +13,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tiny_corpus import tiny_synthetic
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _free_port() -> int:
@@ -28,9 +30,11 @@ def _free_port() -> int:
 
 
 def _env() -> dict[str, str]:
-    # `ray job submit` runs the entrypoint with the Python active at `ray start`: this venv's.
+    # `ray job submit` runs the entrypoint with the Python active at `ray start`: this venv's. The
+    # suite's COPL_WORKERS=0 (conftest) is not passed on: the job trains as a user's would, on Ray
+    # Train workers of the cluster it joins.
     return {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "COPL_WORKERS"},
         "RAY_AUTH_MODE": "disabled",
         "RAY_USAGE_STATS_ENABLED": "0",
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
@@ -71,20 +75,32 @@ def ray_head(tmp_path_factory):
 
 
 def test_ray_job_submit_copl_run(ray_head, tmp_path):
+    """Submitted as a user submits to a cluster: cluster_configs/runtime_env.yaml ships this checkout
+    as the job's working_dir and the entrypoint is `python -m copl_dist run`; the job joins the
+    head's cluster, trains on Ray Train (`--workers -1`) and votes in a HAS actor. Only the runtime
+    environment's pip list is left out (no package index here; the venv has the packages)."""
     data = tmp_path / "data"
     tiny_synthetic(data, videos=8, seed=0)
     out = tmp_path / "out"
+    env_file = tmp_path / "runtime_env.yaml"
+    shipped = yaml.safe_load((ROOT / "cluster_configs" / "runtime_env.yaml").read_text())
+    env_file.write_text(yaml.safe_dump({k: shipped[k] for k in ("working_dir", "excludes")}))
     entry = [
-        "copl", "run", "--data", str(data), "--out", str(out), "--iterations", "2", "--epochs", "2",
-        "--snippets", "32", "--no-progress", "--set", "train.batch_size=4", "--set", "model.hidden_dim=32",
-        "--set", "train.shift_channels=64",
+        "python", "-m", "copl_dist", "run", "--data", str(data), "--out", str(out), "--iterations", "2",
+        "--epochs", "2", "--snippets", "32", "--no-progress", "--has-actors", "1", "--set", "train.batch_size=4",
+        "--set", "model.hidden_dim=32", "--set", "train.shift_channels=64",
+        "--set", f"distributed.storage_path={tmp_path / 'ray_storage'}",
     ]
     proc = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", ray_head, "--", *entry],
-        env=_env(), capture_output=True, text=True, timeout=900,
+        [str(BIN / "ray"), "job", "submit", "--address", ray_head, "--runtime-env", str(env_file), "--", *entry],
+        env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout + proc.stderr
+    assert "Uploading package" in proc.stdout + proc.stderr  # the working_dir went to the cluster
+    # Trained on the cluster's Ray Train workers, one fit per iteration, not in the job's process.
+    assert "workers: -1" in (out / "config.yaml").read_text()
+    assert len(list((tmp_path / "ray_storage").glob("copl-it*-*"))) == 2
 
     # The same kind of outputs as the embedded default.
     for name in ("detections.json", "metrics.json", "config.yaml", "teacher.pt", "pseudo_labels.parquet",

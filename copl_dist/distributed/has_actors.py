@@ -12,16 +12,22 @@ Sharding: contiguous runs of `video_ids` (in the given order, normally the corpu
 so each actor reads a contiguous range of the shard files), cut where the cumulative snippet count
 crosses k/N of the total, so actors get about the same teacher work; see `contiguous_shards`.
 
-Bit-for-bit equality with the in-process path: the actors run the very same code
+Bit-for-bit equality with the in-process path, where it holds: the actors run the very same code
 (`engine.update_votes`, `has.global_feature`, `has.initial_feature`) in float32/float64 as the driver
-does. One thing differs between processes: torch's intra-op thread count. Ray starts an actor with
-OMP_NUM_THREADS = its num_cpus (1), and IOCNet's 1x1 convolutions with few output channels (the
-classifier, C outputs; the class-agnostic heads, 1 output) run as a (C_out x C_in) @ (C_in x T) GEMM
-whose work split, and so summation order, depends on the thread count (measured with oneDNN and with
-it disabled: 1 vs 2 threads differ by ~4e-5 in the logits; the k=3 convolutions do not), so 1 and 2
-threads can give votes that differ in the last bits (and a top-k tie can flip). The actors therefore
-call `torch.set_num_threads(torch_threads)`, by default the thread count of the process that builds
-the pool (the driver, which runs the in-process path): equal results, at the price of
+does, and always rebuild IOCNet on the CPU. So the votes equal the in-process ones only when the
+in-process teacher also runs on the CPU with the actors' torch thread count; with train.device on a
+GPU, or an in-process vote from a Ray Train worker whose thread count differs, the last bits (and so
+a top-k tie) can differ. tests/test_has_actors.py checks the CPU case, the driver and actors on
+the same thread count: votes, Eq. 5 and initial features equal, and a whole tiny CPU COPL run with
+actors equal to one without. Within that case the thread count is the one thing that differs
+between processes. Ray starts an actor with OMP_NUM_THREADS = its num_cpus (1), and IOCNet's 1x1
+convolutions with few output channels (the classifier, C outputs; the class-agnostic heads, 1
+output) run as a (C_out x C_in) @ (C_in x T) GEMM whose work split, and so summation order, depends
+on the thread count (measured with oneDNN and with it disabled: 1 vs 2 threads differ by ~4e-5 in
+the logits; the k=3 convolutions do not), so 1 and 2 threads can give votes that differ in the
+last bits (and a top-k tie can flip). The actors therefore call
+`torch.set_num_threads(torch_threads)`, by default the thread count of the process that builds the
+pool (the driver): equal results where the in-process vote would run there, at the price of
 oversubscribing the cores when actors x threads exceeds them. Pass `torch_threads=1` (with
 num_cpus_per_actor=1) for speed where last-bit equality with the driver does not matter.
 (NumPy's Eq. 5 was measured thread-count invariant.)
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import os
 import resource
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -151,9 +158,10 @@ class HASActorPool:
     training set), split into contiguous snippet-balanced shards (at most one actor per video).
     `cfg`: the run's CoplConfig (HAS settings: gamma, alpha, branch, voting; train.beta/topl_ratio).
     `torch_threads`: torch intra-op threads in each actor; None = this process's count, which keeps
-    the results bit-for-bit equal to the in-process path (module docstring). Ray must be up.
+    the results bit-for-bit equal to an in-process vote on this process's CPU (module docstring). Ray must be up.
     Each actor holds `num_cpus_per_actor` CPUs for its whole life: with Ray Train workers beside it,
-    the cluster needs room for both (InputError if the pool alone cannot fit the cluster's CPUs).
+    the cluster needs room for both (InputError if the pool alone cannot fit the cluster's CPUs, unless
+    `autoscaling`: a cluster joined by address, whose autoscaler may add the nodes the actors wait for).
     """
 
     def __init__(
@@ -164,6 +172,7 @@ class HASActorPool:
         num_actors: int,
         num_cpus_per_actor: float = 1,
         torch_threads: int | None = None,
+        autoscaling: bool = False,
     ):
         if num_actors < 1:
             raise ValueError(f"num_actors must be >= 1, got {num_actors}")
@@ -171,7 +180,11 @@ class HASActorPool:
             raise RuntimeError("HASActorPool needs Ray: call ray.init (or ray_runtime) first")
         cluster_cpus = float(ray.cluster_resources().get("CPU", 0))
         wanted = min(num_actors, max(1, len(video_ids))) * num_cpus_per_actor
-        if wanted > cluster_cpus:
+        if wanted > cluster_cpus and autoscaling:
+            # A cluster joined by address may add nodes for pending actors (autoscaler): wait, say why.
+            print(f"copl: {wanted:g} CPUs wanted for HAS actors, the Ray cluster has {cluster_cpus:g} now: "
+                  "waiting for the autoscaler", file=sys.stderr)
+        elif wanted > cluster_cpus:
             # Ray would keep the surplus actors pending forever and vote() would never return.
             raise InputError(
                 f"distributed.has_actors: {num_actors} HAS actors x {num_cpus_per_actor} CPU need {wanted:g} CPUs, "

@@ -81,20 +81,24 @@ def _init_local_on_loopback(num_cpus: int | None) -> None:
             os.environ[_SINGLE_NODE_ENV] = env_saved
 
 
-def resolve_workers(workers: int, use_gpu: bool = False) -> tuple[int, bool]:
-    """(number of Ray Train workers, whether each takes a GPU) for `distributed.workers`.
+def resolve_workers(workers: int, use_gpu: str = "auto") -> tuple[int, bool]:
+    """(number of Ray Train workers, whether each takes a GPU) for `distributed.workers` / `use_gpu`.
 
-    workers > 0 is taken as given (with `use_gpu` as configured). -1 fits the machine, or the
-    cluster when Ray is initialised: one worker per GPU if there are GPUs, else one per two CPUs
-    (each worker's torch then has two threads' worth of cores), at least one.
+    workers > 0 is taken as given; -1 fits the machine, or the cluster when Ray is initialised: one
+    worker per GPU if there are GPUs, else one per two CPUs (each worker's torch then has two
+    threads' worth of cores), at least one. use_gpu "auto": GPUs (NCCL) when the cluster has any,
+    so that a GPU cluster is used whatever the worker count; "true" / "false" force the choice.
     """
-    if workers > 0:
-        return workers, use_gpu
-    if workers != -1:
+    if workers != -1 and workers <= 0:
         raise ValueError(f"distributed.workers must be -1 (auto), 0 (in-process) or > 0, got {workers}")
+    if use_gpu not in ("auto", "true", "false"):
+        raise ValueError(f"distributed.use_gpu must be auto, true or false, got {use_gpu!r}")
     gpus, cpus = _available_gpus_cpus()
-    if gpus >= 1:
-        return gpus, True
+    gpu = use_gpu == "true" or (use_gpu == "auto" and gpus >= 1)
+    if workers > 0:
+        return workers, gpu
+    if gpu:
+        return max(1, gpus), True
     return max(1, cpus // 2), False
 
 
