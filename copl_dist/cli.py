@@ -46,6 +46,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, metavar="N", help="train IOCNet on N Ray Train workers (DDP); 0: in this process; -1 (default, or $COPL_WORKERS): fit the machine, or the cluster at $RAY_ADDRESS")
     p.add_argument("--resume", action="store_true", help="continue a killed run in --out after its last completed iteration")
     p.add_argument("--init-from", metavar="MODEL", help="start the first training from a teacher: models:/NAME@ALIAS, models:/NAME/VERSION or a teacher.pt")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow store the run logs to and --init-from models:/ URIs are read from: a URI, a run folder or an mlflow.db "
+                        "(default tracking.tracking_uri, else $MLFLOW_TRACKING_URI, else OUT/mlflow.db)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,7 +121,20 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "data.test_subset": args.test_subset,
         "distributed.has_actors": args.has_actors,
         "distributed.workers": args.workers,
+        "tracking.tracking_uri": _run_tracking_uri(args.tracking_uri),
     }
+
+
+def _run_tracking_uri(value: str | None) -> str | None:
+    """--tracking-uri as a URI; a new .db file is created by the run, so only its folder must exist."""
+    if value is None:
+        return None
+    from copl_dist.tracking import normalize_tracking_uri
+
+    uri = normalize_tracking_uri(value, "--tracking-uri")
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).parent.is_dir():
+        raise InputError(f"--tracking-uri {value}: the folder of the database does not exist")
+    return uri
 
 
 def _run_workers(args: argparse.Namespace) -> int | None:
@@ -183,7 +199,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         if cfg.mode == "baseline":
             raise InputError(f"--init-from {args.init_from}: mode 'baseline' trains no model")
+        from copl_dist.registry import check_init_mode
+
         init_ckpt = load_teacher_checkpoint(args.init_from, resolve_tracking_uri(cfg.tracking, out))
+        check_init_mode(init_ckpt, args.init_from, cfg.mode)  # before anything is written
 
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -237,7 +256,7 @@ def _execute(
     tracker = Tracker(cfg.tracking, out)
     run = CoplRun(
         cfg, corpus, tracker, progress=progress, on_iteration=lambda its: write_metrics(out / "metrics.json", cfg, its),
-        init_state=init_state, state_dir=out / "state", resume=resume,
+        init_state=init_state, state_dir=out / "state", resume=resume, data_source=dataset,  # --resume refuses state saved on other data
     )
     registered = None
     tags = {"dataset": dataset, "dataset_digest": corpus.digest(), "seed": str(cfg.seed),

@@ -154,6 +154,35 @@ def distributed_context() -> tuple[int, int]:
     return 0, 1
 
 
+SUP_KEYS = ("cls", "asl")  # means over the batch's pseudo-labelled videos (P)
+UN_KEYS = ("ci", "contrastive", "co")  # means over all its videos
+
+
+def batch_scales(labelled: np.ndarray, global_idx: np.ndarray, idx: np.ndarray, world: int) -> tuple[float, float]:
+    """(sup_scale, un_scale) of the rank that holds `idx` of the global batch `global_idx`.
+
+    A rank's means are over its own videos; scaled by the rank's share of the global batch (of its
+    labelled videos for P terms, of all for L_un), their average over the ranks is the global batch's
+    mean. DDP averages gradients over ranks, so the same scales make the gradients the 1-worker ones.
+    """
+    n_lab = int(labelled[global_idx].sum())
+    sup_scale = world * int(labelled[idx].sum()) / n_lab if n_lab else 1.0
+    un_scale = world * len(idx) / len(global_idx)
+    return sup_scale, un_scale
+
+
+def rank_share(terms: dict[str, float], loss: float, sup_scale: float, un_scale: float) -> dict[str, float]:
+    """This rank's loss terms weighted like its gradients (batch_scales): their mean over the ranks
+    is the global batch's mean. `terms` are total_loss's unscaled per-rank means; `loss` is the
+    scaled loss it returned (sup * sup_scale + un * un_scale)."""
+    share = {"loss": float(loss)}
+    for key in SUP_KEYS:
+        share[key] = terms[key] * sup_scale
+    for key in UN_KEYS:
+        share[key] = terms[key] * un_scale
+    return share
+
+
 def _all_reduce_mean(values: dict[str, float], world: int) -> dict[str, float]:
     if world == 1:
         return values
@@ -166,14 +195,23 @@ def _all_reduce_mean(values: dict[str, float], world: int) -> dict[str, float]:
 def epoch_batches(n: int, batch: int, world: int, seed: int, iteration: int, epoch: int) -> list[np.ndarray]:
     """The epoch's global batches (video indices), the same on every rank.
 
-    A last batch too small to give every rank a video is dropped (never with one worker).
+    A last batch too small to give every rank a video is dropped (never with one worker). A full
+    batch smaller than the world would leave ranks idle and drop every batch, training nothing:
+    that is a ValueError (the Ray driver caps the workers at the global batch, so it never fires).
     """
+    if min(batch, n) < world:
+        raise ValueError(
+            f"global batch of {min(batch, n)} videos (train.batch_size {batch}, {n} training videos) "
+            f"is smaller than the {world} workers: every batch would be dropped"
+        )
     order = np.random.default_rng(derive_seed(seed, STREAM_SAMPLING, iteration, epoch)).permutation(n)
     batches = [order[i : i + batch] for i in range(0, n, batch)]
     return [b for b in batches if len(b) >= world]
 
 
-def train_loop_per_worker(config: dict[str, Any], report: ReportFn | None = None) -> dict[str, Any]:
+def train_loop_per_worker(
+    config: dict[str, Any], report: ReportFn | None = None, on_step: Callable[[int], None] | None = None
+) -> dict[str, Any]:
     """Train IOCNet (student + EMA teacher) on one pseudo-labelled set; DDP when distributed.
 
     config keys: "cfg" (CoplConfig as dict), "corpus" (root path), "video_ids" (training videos),
@@ -182,8 +220,10 @@ def train_loop_per_worker(config: dict[str, Any], report: ReportFn | None = None
     sets the worker's own), "init_state" (a teacher state dict to start from), "resume_state" (a checkpoint from `report`, to continue after it), "voter" (an
     object with vote/state/restore; default LocalVoter). Each rank trains on its share of every
     global batch (DDP averages the gradients); rank 0 votes and checkpoints.
-    `report(metrics, checkpoint)` is called after every epoch; metrics are averaged over ranks,
-    checkpoint is None on ranks > 0. Returns {"teacher", "votes", "history"}.
+    `report(metrics, checkpoint)` is called after every epoch; metrics are the global batches' means
+    (each rank's share, rank_share, averaged over ranks), checkpoint is None on ranks > 0.
+    `on_step(step)`, if given, is called after each optimizer step with the number of steps taken so
+    far in this training (fault injection in tests). Returns {"teacher", "votes", "history"}.
     """
     cfg = from_dict(config["cfg"], source="train config")
     corpus = Corpus.open(config["corpus"])
@@ -214,8 +254,10 @@ def train_loop_per_worker(config: dict[str, Any], report: ReportFn | None = None
         teacher.load_state_dict(resume["teacher"])
         optimizer.load_state_dict(resume["optimizer"])
         start_epoch, step, history = int(resume["epoch"]) + 1, int(resume["step"]), list(resume["history"])
-        if voter is not None and rank == 0:
-            voter.restore(resume.get("votes") or {})
+    if voter is not None and rank == 0:
+        # Always: a voter outside the worker group (HAS actors) still holds the votes of an attempt
+        # that died before its first checkpoint, which a restart would otherwise count twice.
+        voter.restore((resume.get("votes") if resume is not None else None) or {})
 
     model: torch.nn.Module = student
     if world > 1:
@@ -244,9 +286,7 @@ def train_loop_per_worker(config: dict[str, Any], report: ReportFn | None = None
                 teacher_out = teacher(x)
             # DDP averages the ranks' gradients; scaling each rank's means by its share of the global
             # batch (and of its labelled videos) makes that average the global batch's means.
-            n_lab = int(labelled_np[global_idx].sum())
-            sup_scale = world * int(labelled_np[idx].sum()) / n_lab if n_lab else 1.0
-            un_scale = world * len(idx) / len(global_idx)
+            sup_scale, un_scale = batch_scales(labelled_np, global_idx, idx, world)
             loss, terms = total_loss(
                 student_out, teacher_out, targets[idx], labelled[idx], cfg.loss, cfg.train.beta, l_count,
                 sup_scale=sup_scale, un_scale=un_scale,
@@ -257,8 +297,12 @@ def train_loop_per_worker(config: dict[str, Any], report: ReportFn | None = None
             optimizer.step()
             ema_update(teacher, student, ema_decay_at(step, cfg.train.ema_decay))
             step += 1
+            # Logged like the gradients: the ranks' average is then the global batch's mean.
+            share = rank_share(terms, float(loss.detach()), sup_scale, un_scale)
             for key in LOSS_KEYS:
-                sums[key] += float(terms[key])
+                sums[key] += share[key]
+            if on_step is not None:
+                on_step(step)
         metrics = _all_reduce_mean({key: sums[key] / max(1, len(batches)) for key in LOSS_KEYS}, world)
         metrics["epoch"] = float(epoch)
         history.append(metrics)

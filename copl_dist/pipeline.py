@@ -11,6 +11,7 @@ selected on it: the reported model is the last one.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -200,6 +201,19 @@ def actionness_traces(
     return traces
 
 
+def state_digest(state: dict[str, torch.Tensor] | None) -> str | None:
+    """A short content identity of a state dict (the --init-from weights), None for none: a resumed
+    run compares it with the saved state's, so a moved registry alias is caught too."""
+    if state is None:
+        return None
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}:".encode())
+        h.update(t.flatten().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def default_train_fn(cfg: CoplConfig, out_dir: Path | None = None) -> TrainFn:
     """The trainer `cfg.distributed.workers` asks for: 0 trains in this process; N > 0 (or -1, fit the
     machine or cluster) on Ray Train, checkpointing to distributed.storage_path, else OUT/ray_storage."""
@@ -225,11 +239,13 @@ class CoplRun:
         init_state: dict[str, torch.Tensor] | None = None,
         state_dir: Path | None = None,
         resume: bool = False,
+        data_source: str | None = None,
     ):
         self.cfg = cfg
         self.init_state = init_state  # the first training starts from these weights (`copl run --init-from`)
         self.state_dir = state_dir  # per-iteration state for `--resume` (run_state.py); None: not kept
         self.resume = resume
+        self.data_source = data_source  # what the user named as data (`copl run --data`): --resume checks it
         self.corpus = corpus
         self.tracker = tracker
         # None: in-process unless cfg.distributed.workers says Ray Train (default_train_fn).
@@ -327,7 +343,7 @@ class CoplRun:
         records so far, last result)."""
         if not (self.resume and self.state_dir is not None):
             return 0, None, None, [], None
-        state = run_state.load_latest(self.state_dir, config_hash(self.cfg))
+        state = run_state.load_latest(self.state_dir, config_hash(self.cfg), self._provenance())
         if state is None:
             return 0, None, None, [], None
         labels, scores, mask = state["labels"], state["scores"], state["mask"].astype(bool)
@@ -342,6 +358,15 @@ class CoplRun:
             pseudo_labels=self._pseudo_table(labels, scores, mask),
         )
         return int(state["iteration"]) + 1, state["next_features"], (labels, mask), result.iterations, result
+
+    def _provenance(self) -> dict[str, Any]:
+        """What the saved state must match beyond the config (run_state.PROVENANCE): `--resume` reuses
+        OUT/corpus, so another --data or --init-from would otherwise be taken silently."""
+        return {
+            "corpus_digest": self.corpus.digest(),
+            "data": self.data_source,
+            "init_digest": state_digest(self.init_state),
+        }
 
     def _pseudo_table(self, labels: np.ndarray, scores: np.ndarray, mask: np.ndarray) -> list[dict[str, Any]]:
         return [
@@ -364,10 +389,11 @@ class CoplRun:
         n_actors = self.cfg.distributed.has_actors
         if n_actors > 0:
             from copl_dist.distributed.has_actors import HASActorPool
-            from copl_dist.distributed.ray_runtime import ensure_ray
+            from copl_dist.distributed.ray_runtime import ensure_ray, ray_address
 
             ensure_ray(self.cfg.distributed)
-            self._has_pool = HASActorPool(self.corpus.root, self.train_ids, self.cfg, n_actors)
+            remote = ray_address(self.cfg.distributed) != "local"
+            self._has_pool = HASActorPool(self.corpus.root, self.train_ids, self.cfg, n_actors, autoscaling=remote)
         try:
             return self._utal_iterations()
         finally:
@@ -378,6 +404,9 @@ class CoplRun:
     def _utal_iterations(self) -> RunResult:
         cfg = self.cfg
         start, features, previous, iterations, result = self._resume_point()
+        # Recorded in each iteration this run computes, so metrics.json shows what a --resume skipped.
+        resumed_from = start - 1 if start > 0 else None
+        provenance = self._provenance() if self.state_dir is not None else {}
         if features is None:
             features = self._initial_features()
         for it in range(start, cfg.iterations):
@@ -406,6 +435,8 @@ class CoplRun:
                 record.update(attention_auc(self.corpus, self.test_ids, outputs))
                 record["seconds"] = time.perf_counter() - started
                 self._log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "iteration"})
+                if resumed_from is not None:
+                    record["resumed_from"] = resumed_from
                 iterations.append(record)
                 result = RunResult(
                     iterations=iterations,
@@ -428,6 +459,7 @@ class CoplRun:
                         "teacher": trained["teacher"], "votes": trained["votes"], "next_features": features,
                         "detections": dets, "mapping": {str(k): int(v) for k, v in mapping.items()},
                         "traces": [{**t, "segments": [list(s) for s in t["segments"]]} for t in result.traces],
+                        **provenance,
                     })
                 if self.on_iteration:
                     self.on_iteration(iterations)

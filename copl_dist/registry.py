@@ -2,7 +2,8 @@
 
 A version is created from the logged MLflow model (`models:/<model_id>`) and tagged with what
 `copl registry promote` ranks by (`map_at_avg`, ... in MLflow's spelling: tag keys forbid '@', like
-metric keys) and what tells versions apart (dataset, seed, config_hash, mode). The run's teacher.pt
+metric keys) and what tells versions apart (dataset, seed, config_hash, mode). Promote ranks only the
+versions of one mode (default utal) and, with --dataset, of one dataset. The run's teacher.pt
 is logged beside it as the run artifact `checkpoint/teacher.pt`, so a version turns back into a
 plain checkpoint (state dict, sizes, class names, config) loaded with `weights_only=True`: using a
 registered teacher never unpickles code.
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from copl_dist.errors import InputError
-from copl_dist.tracking import mlflow_key
+from copl_dist.tracking import mlflow_key, normalize_tracking_uri
 
 CHECKPOINT_ARTIFACT = "checkpoint/teacher.pt"
 CHECKPOINT_KEYS = ("state_dict", "config", "num_classes", "class_names", "cluster_to_class")
@@ -71,13 +72,14 @@ def resolve_registry_uri(tracking_uri: str | None) -> str:
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri:
         raise InputError("no tracking store: pass --tracking-uri (a URI, a run folder or an mlflow.db) or set MLFLOW_TRACKING_URI")
-    if "://" not in uri and (Path(uri).exists() or uri.endswith(".db")):
-        path = Path(uri) / "mlflow.db" if Path(uri).is_dir() else Path(uri)
-        uri = f"sqlite:///{path.resolve()}"
+    uri = normalize_tracking_uri(uri, "--tracking-uri" if tracking_uri else "$MLFLOW_TRACKING_URI")
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
         if not db.is_file():
-            raise InputError(f"{uri}: no such tracking database ({db} does not exist)")
+            raise InputError(
+                f"{uri}: no such tracking database ({db} does not exist): point --tracking-uri or "
+                "MLFLOW_TRACKING_URI at the store that holds the registry"
+            )
     return uri
 
 
@@ -242,10 +244,22 @@ def load_teacher_checkpoint(model: str, tracking_uri: str | None = None) -> dict
     return check_checkpoint(_load(load_checkpoint, path, model), model)
 
 
+def check_init_mode(ckpt: dict[str, Any], source: str, mode: str) -> None:
+    """A teacher trained on true video labels (mode wtal) must not start an unsupervised run: its
+    weights carry the labels the utal run claims not to use."""
+    trained = str((ckpt.get("config") or {}).get("mode", "utal"))
+    if trained == "wtal" and mode == "utal":
+        raise InputError(
+            f"{source}: the teacher was trained with mode 'wtal' (on video labels); an unsupervised run (mode 'utal') "
+            "cannot start from it: name a utal teacher, or run with --mode wtal"
+        )
+
+
 def init_state_for(ckpt: dict[str, Any], source: str, num_classes: int, cfg: Any) -> dict[str, Any]:
-    """The checkpoint's state dict if it fits this run's IOCNet; InputError naming `source` if not."""
+    """The checkpoint's state dict if it fits this run's IOCNet and mode; InputError naming `source` if not."""
     from copl_dist.model import IOCNet
 
+    check_init_mode(ckpt, source, cfg.mode)
     have = int(ckpt["num_classes"])
     if have != num_classes:
         raise InputError(
@@ -288,16 +302,27 @@ def version_metric(client: Any, version: Any, metric: str) -> float | None:
     return None
 
 
-def promote(
+@dataclass(frozen=True)
+class Promotion:
+    version: str
+    value: float
+    compared: int  # versions of the asked mode (and dataset) that have the metric
+
+
+def promote_best(
     model_name: str = DEFAULT_MODEL,
     metric: str = "map@avg",
     alias: str = DEFAULT_ALIAS,
     higher_is_better: bool = True,
     tracking_uri: str | None = None,
-) -> tuple[str, float]:
-    """Point `alias` at the version with the best `metric`; returns (version, value).
+    mode: str = "utal",
+    dataset: str | None = None,
+) -> Promotion:
+    """Point `alias` at the version with the best `metric` among those tagged `mode` (and `dataset`).
 
-    Ties go to the newer version. InputError if the model is unknown or no version has the metric.
+    Only like is compared with like: a wtal teacher learnt from labels, and map@avg ranges differ
+    between datasets (THUMOS vs ActivityNet). Ties go to the newer version. InputError if the model is
+    unknown or no such version has the metric.
     """
     client = _client(resolve_registry_uri(tracking_uri))
     ref = ModelRef(f"models:/{model_name}", name=model_name)
@@ -307,16 +332,37 @@ def promote(
         if _not_found(exc):
             raise InputError(f"{ref.uri}: no registered model '{model_name}' in the tracking store") from None
         raise
+    versions = _all_versions(client, model_name)
+    kept = [v for v in versions if v.tags.get("mode") == mode and (dataset is None or v.tags.get("dataset") == dataset)]
+    scope = f"mode '{mode}'" + (f" and dataset '{dataset}'" if dataset is not None else "")
+    if not kept:
+        raise InputError(f"{ref.uri}: none of its {len(versions)} version(s) has {scope} (tags 'mode', 'dataset')")
     scored = []
-    for v in _all_versions(client, model_name):
+    for v in kept:
         value = version_metric(client, v, metric)
         if value is not None:
             scored.append((value if higher_is_better else -value, int(v.version), value))
     if not scored:
-        raise InputError(f"{ref.uri}: no version has the metric '{metric}' (tag or run metric '{mlflow_key(metric)}')")
+        raise InputError(
+            f"{ref.uri}: no version with {scope} has the metric '{metric}' (tag or run metric '{mlflow_key(metric)}')"
+        )
     _, best, value = max(scored)
     client.set_registered_model_alias(model_name, alias, str(best))
-    return str(best), value
+    return Promotion(str(best), value, len(scored))
+
+
+def promote(
+    model_name: str = DEFAULT_MODEL,
+    metric: str = "map@avg",
+    alias: str = DEFAULT_ALIAS,
+    higher_is_better: bool = True,
+    tracking_uri: str | None = None,
+    mode: str = "utal",
+    dataset: str | None = None,
+) -> tuple[str, float]:
+    """promote_best's (version, value)."""
+    p = promote_best(model_name, metric, alias, higher_is_better, tracking_uri, mode, dataset)
+    return p.version, p.value
 
 
 def list_versions(model_name: str = DEFAULT_MODEL, tracking_uri: str | None = None) -> list[dict[str, Any]]:
@@ -368,6 +414,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", default="map@avg", help="metric to rank by, e.g. map@avg, map@0.5 (default map@avg)")
     p.add_argument("--alias", default=DEFAULT_ALIAS, help=f"alias to move (default {DEFAULT_ALIAS})")
     p.add_argument("--lower-is-better", action="store_true", help="pick the smallest value instead")
+    p.add_argument("--mode", default="utal", choices=["utal", "wtal", "baseline"],
+                   help="compare only versions trained in this mode (tag 'mode'; default utal: a wtal teacher saw labels)")
+    p.add_argument("--dataset", help="compare only versions of this dataset (tag 'dataset', exact match)")
     p.add_argument("--tracking-uri", help="tracking store: a URI, a run folder or an mlflow.db (default $MLFLOW_TRACKING_URI)")
     p = sub.add_parser("list", help="versions of a registered model with their tags and aliases")
     p.add_argument("--model", default=DEFAULT_MODEL)
@@ -377,10 +426,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.registry_command == "promote":
-        version, value = promote(
-            args.model, args.metric, args.alias, higher_is_better=not args.lower_is_better, tracking_uri=args.tracking_uri
+        p = promote_best(
+            args.model, args.metric, args.alias, higher_is_better=not args.lower_is_better, tracking_uri=args.tracking_uri,
+            mode=args.mode, dataset=args.dataset,
         )
-        print(f"models:/{args.model}@{args.alias} -> version {version} ({args.metric} = {value:g})")
+        of = f" of dataset {args.dataset}" if args.dataset is not None else ""
+        print(f"models:/{args.model}@{args.alias} -> version {p.version} ({args.metric} = {p.value:g}; "
+              f"{p.compared} {args.mode} version(s){of} compared)")
         return 0
     rows = list_versions(args.model, args.tracking_uri)
     print(json.dumps(rows, indent=1) if args.json else format_versions(args.model, rows))

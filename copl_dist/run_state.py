@@ -2,7 +2,8 @@
 
 OUT/state/iteration-K.pt (`copl run` keeps them there) holds what iteration K+1 needs and what the outputs are made from: the
 clustering (pseudo-labels, PLRI scores, P/U mask), the teacher, the HAS voting state, the global
-features for the next clustering, the iteration's record and detections. Everything is tensors,
+features for the next clustering, the iteration's record and detections, and what the run was
+computed from (PROVENANCE: a resume on other data or another init model is refused). Everything is tensors,
 numbers, strings, lists and dicts, so it loads with `weights_only=True` (no code runs on load).
 Each iteration is seeded from (seed, iteration) alone, so a resumed run ends where an undisturbed
 one does.
@@ -10,6 +11,7 @@ one does.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,15 @@ from copl_dist.atomic import atomic_path
 from copl_dist.errors import InputError
 
 STATE_VERSION = 1
+STATE_NAME = re.compile(r"iteration-(\d+)\.pt")  # not a stray iteration-x.pt or an editor's copy
+
+# What a resumed run must share with the one that saved the state, beyond the config: each key is
+# saved in the state and compared on load, with what a mismatch means.
+PROVENANCE = {
+    "corpus_digest": "on another corpus",
+    "data": "on another --data",
+    "init_digest": "from another --init-from model",
+}
 
 
 def _to_saveable(value: Any) -> Any:
@@ -56,13 +67,17 @@ def save_iteration(state_dir: Path, iteration: int, config_hash: str, state: dic
         torch.save(payload, tmp)
 
 
-def load_latest(state_dir: Path, config_hash: str) -> dict[str, Any] | None:
-    """The last completed iteration's state in `state_dir`, or None when none was saved."""
-    folder = state_dir
-    files = sorted(folder.glob("iteration-*.pt"), key=lambda p: int(p.stem.split("-")[1])) if folder.is_dir() else []
-    if not files:
+def load_latest(state_dir: Path, config_hash: str, provenance: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The last completed iteration's state in `state_dir`, or None when none was saved.
+
+    `provenance` (keys of PROVENANCE): what this run uses; a state saved with other values is
+    refused, like one saved with another config.
+    """
+    names = state_dir.glob("iteration-*.pt") if state_dir.is_dir() else []
+    numbered = [(int(m.group(1)), p) for p in names if (m := STATE_NAME.fullmatch(p.name))]
+    if not numbered:
         return None
-    path = files[-1]
+    path = max(numbered)[1]
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: say which
@@ -72,6 +87,12 @@ def load_latest(state_dir: Path, config_hash: str) -> dict[str, Any] | None:
             f"{path}: saved by a run with another config (hash {payload.get('config_hash')}, now {config_hash}); "
             "resume with the same arguments"
         )
+    for key, now in (provenance or {}).items():
+        if payload.get(key) != now:
+            raise InputError(
+                f"{path}: saved by a run {PROVENANCE[key]} ({key} {payload.get(key)}, now {now}); "
+                "resume with the same arguments"
+            )
     teacher = payload.pop("teacher", None)
     state = _to_numpy(payload)
     state["teacher"] = teacher

@@ -1,7 +1,8 @@
 """MLflow tracking: one parent run per `copl run`, one nested run per COPL iteration.
 
 Default store: a SQLite file under the output folder (the model registry needs a database store),
-with artifacts beside it. `MLFLOW_TRACKING_URI` (or `tracking.tracking_uri`) points it elsewhere.
+with artifacts beside it. `MLFLOW_TRACKING_URI`, `tracking.tracking_uri` or `copl run --tracking-uri`
+(which wins) point it elsewhere.
 Metric keys are the project's own (`map@0.5`, `nmi`); MLflow forbids '@', so it sees `map_at_0.5`.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from copl_dist.config import TrackingConfig, flatten
+from copl_dist.errors import InputError
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -25,7 +27,27 @@ def mlflow_key(key: str) -> str:
     return key.replace("@", "_at_")
 
 
+def normalize_tracking_uri(value: str, source: str) -> str:
+    """A URI as given; a run folder or a database file becomes sqlite:///ABS (the folder's mlflow.db).
+
+    A path that names neither (no such folder, not ending in .db) is an InputError naming `source`:
+    passed on, MLflow would take it for a file store and fail deep inside.
+    """
+    if "://" in value:
+        return value
+    path = Path(value)
+    if path.is_dir():
+        path = path / "mlflow.db"
+    elif not (path.is_file() or value.endswith(".db")):
+        raise InputError(
+            f"{source} {value}: no such run folder or .db file (expected a URI such as sqlite:///PATH/mlflow.db "
+            "or http://HOST:PORT, a run folder or an mlflow.db)"
+        )
+    return f"sqlite:///{path.resolve()}"
+
+
 def resolve_tracking_uri(cfg: TrackingConfig, out_dir: Path) -> str:
+    """tracking.tracking_uri (`copl run --tracking-uri`), else $MLFLOW_TRACKING_URI, else OUT/mlflow.db."""
     if cfg.tracking_uri:
         return cfg.tracking_uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
@@ -51,10 +73,11 @@ class Tracker:
         client = mlflow.MlflowClient()
         exp = client.get_experiment_by_name(self.cfg.experiment)
         if exp is None:
-            # A local store keeps artifacts beside its database; a server decides for itself.
+            # A local store keeps artifacts beside its database (MLflow would pick a folder of the
+            # working directory); a server decides for itself.
             location = None
-            if self.uri.startswith("sqlite:///") and not self.cfg.tracking_uri:
-                location = (self.out_dir / "mlartifacts").resolve().as_uri()
+            if self.uri.startswith("sqlite:///"):
+                location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
             client.create_experiment(self.cfg.experiment, artifact_location=location)
         mlflow.set_experiment(self.cfg.experiment)
         return mlflow

@@ -10,8 +10,9 @@ actor (pipeline.CoplRun, no MLflow, no Ray Train) and reports its objective afte
 so ASHA (time_attr "iteration") stops bad trials early.
 
 Objectives, all maximised:
-  map         map@avg on `--val-subset`, a labelled subset the user holds out. Never the test subset:
-              choosing hyper-parameters on test labels is cheating in unsupervised TAL.
+  map         map@avg on `--val-subset`, a labelled subset the user holds out. Never the test subset
+              (choosing hyper-parameters on test labels is cheating in unsupervised TAL), nor the
+              training subset (its labels would leak into a method that claims to use none).
   silhouette  label-free: mean PLRI score s_i (Eq. 8) over the training videos of the clustering that
               the iteration's teacher induces (HAS global features from one teacher pass, spectral
               clustering with the next iteration's seed): how well separated the videos it groups are.
@@ -30,9 +31,10 @@ Ray checkpoint; they are copied to OUT/raw_predictions.npz and the postprocess s
 re-running localize + detection mAP on that cache alone, with no training. Label-free objectives keep
 the post-processing values of the resolved config (there are no labels to score them with).
 
-Outputs under OUT: best_config.yaml (loads with `copl run --config`), tune_results.json (every trial:
-params, per-iteration objective, status; the post-processing search), raw_predictions.npz (map),
-mlflow.db (one parent run "tune", one nested run per trial), ray_results/ (Tune's own files).
+Outputs under OUT: best_config.yaml (loads with `copl run --config`; no distributed / tracking keys),
+tune_results.json (every trial: params, per-iteration objective, status; the post-processing search),
+raw_predictions.npz (map), mlflow.db (one parent run "tune", one nested run per trial), ray_results/
+(Tune's own files).
 """
 
 from __future__ import annotations
@@ -49,10 +51,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from copl_dist import config as config_lib
-from copl_dist.atomic import write_json, write_text
-from copl_dist.config import CoplConfig, flatten, resolve, to_dict, to_yaml, validate
+from copl_dist.atomic import atomic_path, write_json, write_text
+from copl_dist.config import CoplConfig, flatten, resolve, to_dict, validate
 from copl_dist.errors import InputError
 from copl_dist.seeding import STREAM_CLUSTER, derive_seed
 from copl_dist.tune_postprocess import RAW_FILE, RawPredictions, load_raw, raw_predictions, save_raw, search_postprocess  # noqa: F401
@@ -114,6 +117,22 @@ def user_config(
                 except InputError as exc:
                     raise InputError(f"{space.path}: {section} '{key}': value {value!r} is not allowed ({exc})") from None
     return cfg
+
+
+# Where a run executes and logs, not what it learns: left out of best_config.yaml, so that `copl run
+# --config` chooses them as for any run (Ray Train workers fitted to the machine, its own MLflow store)
+# instead of inheriting the tuning session's (workers 0 in-process, a tune store).
+RUN_ONLY_SECTIONS = ("distributed", "tracking")
+
+
+def _learnt(cfg: CoplConfig) -> dict[str, Any]:
+    return {k: v for k, v in to_dict(cfg).items() if k not in RUN_ONLY_SECTIONS}
+
+
+def best_config_yaml(cfg: CoplConfig) -> str:
+    """best_config.yaml: every key that decides what a run learns, none of RUN_ONLY_SECTIONS."""
+    header = f"# copl tune: the tuned config; {' and '.join(RUN_ONLY_SECTIONS)} are left to `copl run`\n"
+    return header + yaml.safe_dump(_learnt(cfg), sort_keys=False)
 
 
 def trial_overrides(eval_subset: str) -> dict[str, Any]:
@@ -344,16 +363,19 @@ def _check_val_subset(objective: str, val_subset: str | None, cfg: CoplConfig) -
             f"--val-subset {val_subset}: that is the test subset (data.test_subset); tuning on test labels is cheating "
             "in unsupervised TAL: name a labelled subset held out from the test set"
         )
+    if objective == "map" and val_subset == cfg.data.train_subset:
+        raise InputError(
+            f"--val-subset {val_subset}: that is the training subset (data.train_subset); selecting on the labels of the "
+            "videos the trials cluster leaks them into unsupervised TAL: name a labelled subset held out from training "
+            "(e.g. some training videos moved to their own subset), or use a label-free objective (--objective silhouette or agreement)"
+        )
 
 
-def _check_val_in_corpus(val_subset: str, corpus: Any, cfg: CoplConfig) -> None:
+def _check_val_in_corpus(val_subset: str, corpus: Any) -> None:
     if val_subset not in corpus.subsets():
         raise InputError(f"--val-subset {val_subset}: no such subset in {corpus.root} (it has: {', '.join(corpus.subsets())})")
     if not any(corpus.segments(v) for v in corpus.video_ids(val_subset)):
         raise InputError(f"--val-subset {val_subset}: the subset has no annotations, so mAP cannot be measured on it")
-    if val_subset == cfg.data.train_subset:
-        print(f"copl tune: note: the validation subset '{val_subset}' is the training subset: the tuned config has seen "
-              "the labels of the videos it clusters", file=sys.stderr)
 
 
 def _open_corpus(args: argparse.Namespace, cfg: CoplConfig, out: Path) -> Any:
@@ -452,13 +474,19 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--samples: must be >= 1, got {args.samples}")
     if args.max_concurrent < 1:
         raise InputError(f"--max-concurrent: must be >= 1, got {args.max_concurrent}")
+    if not args.reduction_factor > 1:  # ASHA keeps 1/factor of the trials per rung; `not >` also catches nan
+        raise InputError(f"--reduction-factor: must be > 1, got {args.reduction_factor}")
+    if not args.cpus_per_trial > 0:
+        raise InputError(f"--cpus-per-trial: must be > 0, got {args.cpus_per_trial}")
+    if args.pp_samples < 1:
+        raise InputError(f"--pp-samples: must be >= 1, got {args.pp_samples}")
     _check_val_subset(args.objective, args.val_subset, cfg)
 
     out = Path(args.out or f"runs/tune-{Path(space.path).stem}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     corpus = _open_corpus(args, cfg, out)
     if args.val_subset:
-        _check_val_in_corpus(args.val_subset, corpus, cfg)
+        _check_val_in_corpus(args.val_subset, corpus)
     eval_subset = args.val_subset or cfg.data.train_subset
 
     tracker = Tracker(cfg.tracking, out)
@@ -552,8 +580,8 @@ def _search(
         checkpoint = results[best["trial_id"]].checkpoint
         if checkpoint is None:
             raise RuntimeError(f"copl tune: the best trial {best['trial_id']} left no raw predictions")
-        with checkpoint.as_directory() as ckpt_dir:
-            shutil.copyfile(Path(ckpt_dir) / RAW_FILE, out / RAW_FILE)
+        with checkpoint.as_directory() as ckpt_dir, atomic_path(out / RAW_FILE) as tmp:
+            shutil.copyfile(Path(ckpt_dir) / RAW_FILE, tmp)
         trained = with_values(cfg, best_params, source="best trial")
         if space.postprocess:
             raw = load_raw(out / RAW_FILE)
@@ -570,10 +598,9 @@ def _search(
         print(f"copl tune: {pp['note']}", file=sys.stderr)
 
     best_cfg = with_values(cfg, {**best_params, **(pp.get("best_values") or {})}, source="best config")
-    text = to_yaml(best_cfg)
-    write_text(out / "best_config.yaml", text)
+    write_text(out / "best_config.yaml", best_config_yaml(best_cfg))
     reloaded = resolve(best_cfg.preset, out / "best_config.yaml")  # what `copl run --config` will do
-    if to_dict(reloaded) != to_dict(best_cfg):
+    if _learnt(reloaded) != _learnt(best_cfg):
         raise RuntimeError(f"{out / 'best_config.yaml'}: does not load back to the tuned config")
 
     keys = list(space.search)

@@ -29,6 +29,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _listening_addresses(port: int) -> set[str]:
+    """Addresses with a TCP socket listening on `port`, from /proc/net/tcp and tcp6 (what `ss -ltn`
+    shows); an IPv4-mapped IPv6 address (::ffff:a.b.c.d, Ray's gRPC servers) as a.b.c.d."""
+    found = set()
+    for name in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{name}").read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            ip_hex, port_hex = local.split(":")
+            if state != "0A" or int(port_hex, 16) != port:  # 0A: LISTEN
+                continue
+            raw = b"".join(bytes.fromhex(ip_hex[i : i + 8])[::-1] for i in range(0, len(ip_hex), 8))
+            if len(raw) == 4:
+                found.add(socket.inet_ntop(socket.AF_INET, raw))
+            elif raw[:12] == b"\0" * 10 + b"\xff\xff":
+                found.add(socket.inet_ntop(socket.AF_INET, raw[12:]))
+            else:
+                found.add(socket.inet_ntop(socket.AF_INET6, raw))
+    return found
+
+
 def _env() -> dict[str, str]:
     # `ray job submit` runs the entrypoint with the Python active at `ray start`: this venv's. The
     # suite's COPL_WORKERS=0 (conftest) is not passed on: the job trains as a user's would, on Ray
@@ -37,6 +57,9 @@ def _env() -> dict[str, str]:
         **{k: v for k, v in os.environ.items() if k != "COPL_WORKERS"},
         "RAY_AUTH_MODE": "disabled",
         "RAY_USAGE_STATS_ENABLED": "0",
+        # Else Ray swaps --node-ip-address=127.0.0.1 for the machine's outward address on Linux and
+        # its servers listen there (see ray_runtime._init_local_on_loopback).
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         "PYTHONWARNINGS": "ignore",
     }
@@ -65,13 +88,18 @@ def ray_head(tmp_path_factory):
                 os.killpg(head.pid, signal.SIGKILL)
                 pytest.fail(f"Ray head did not come up: {log.read_text()[-2000:]}")
             time.sleep(1)
-    yield address
+    yield address, gcs
     os.killpg(head.pid, signal.SIGTERM)
     try:
         head.wait(timeout=90)
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
         head.wait()
+
+
+def test_head_listens_on_loopback_only(ray_head):
+    _, gcs = ray_head
+    assert _listening_addresses(gcs) == {"127.0.0.1"}
 
 
 def test_ray_job_submit_copl_run(ray_head, tmp_path):
@@ -92,7 +120,7 @@ def test_ray_job_submit_copl_run(ray_head, tmp_path):
         "--set", f"distributed.storage_path={tmp_path / 'ray_storage'}",
     ]
     proc = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", ray_head, "--runtime-env", str(env_file), "--", *entry],
+        [str(BIN / "ray"), "job", "submit", "--address", ray_head[0], "--runtime-env", str(env_file), "--", *entry],
         env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

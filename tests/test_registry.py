@@ -224,8 +224,12 @@ def test_predict_new_videos_without_annotations(runs, champion, data, tmp_path):
         (["predict", "--model", "nowhere/teacher.pt"], ["nowhere/teacher.pt", "no such teacher checkpoint"]),
         (["run", "--init-from", "models:/copl-teacher@nope"], ["models:/copl-teacher@nope", "no alias 'nope'"]),
         (["registry", "promote", "--model", "nosuch"], ["nosuch", "no registered model"]),
-        (["registry", "promote", "--metric", "map@0.95"], ["no version has the metric 'map@0.95'"]),
+        (["registry", "promote", "--metric", "map@0.95"], ["no version with mode 'utal' has the metric 'map@0.95'"]),
         (["registry", "list", "--tracking-uri", "/nowhere/mlflow.db"], ["/nowhere/mlflow.db", "no such tracking database"]),
+        # Neither a URI nor an existing folder nor a .db file: MLflow would take it for a file store.
+        (["registry", "promote", "--tracking-uri", "no/such/dir"], ["--tracking-uri no/such/dir", "no such run folder or .db file"]),
+        (["run", "--tracking-uri", "no/such/dir"], ["--tracking-uri no/such/dir", "no such run folder or .db file"]),
+        (["run", "--tracking-uri", "/nowhere/mlflow.db"], ["--tracking-uri /nowhere/mlflow.db", "folder of the database does not exist"]),
     ],
 )
 def test_bad_model_references(argv, fragments, runs, champion, data, tmp_path, capsys):
@@ -245,3 +249,71 @@ def test_not_a_checkpoint(tmp_path, data, capsys):
     bad.write_bytes(b"not a zip")
     assert main(["predict", "--model", str(bad), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
     _one_line_error(capsys, str(bad), "not a loadable teacher checkpoint")
+
+
+def test_init_from_a_wtal_teacher_into_utal_is_refused(runs, data, tmp_path, capsys):
+    """A wtal teacher learnt from the true video labels: starting an unsupervised run from it would
+    carry them in. Refused before anything is written; a wtal run may still start from it."""
+    from copl_dist.config import resolve
+    from copl_dist.errors import InputError
+    from copl_dist.registry import init_state_for
+
+    ckpt = torch.load(runs["0"] / "teacher.pt", weights_only=True)
+    ckpt["config"]["mode"] = "wtal"
+    teacher = tmp_path / "wtal-teacher.pt"
+    torch.save(ckpt, teacher)
+    out = tmp_path / "o"
+    assert main(["run", "--data", str(data), "--out", str(out), *TINY, "--init-from", str(teacher)]) == 2
+    _one_line_error(capsys, str(teacher), "mode 'wtal'", "utal")
+    assert not out.exists()
+    sets = ["model.hidden_dim=32"]
+    with pytest.raises(InputError, match="mode 'wtal'"):
+        init_state_for(ckpt, str(teacher), 3, resolve("thumos14", sets=sets))
+    assert init_state_for(ckpt, str(teacher), 3, resolve("thumos14", sets=sets, overrides={"mode": "wtal"})) is ckpt["state_dict"]
+
+
+def test_run_tracking_uri_is_where_init_from_is_read_and_the_run_logs(runs, champion, store, data, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    out = tmp_path / "newrun"
+    argv = ["run", "--data", str(data), "--out", str(out), *TINY, "--iterations", "1", "--epochs", "1",
+            "--set", "tracking.log_model=false", "--init-from", "models:/copl-teacher@champion"]
+    # Without it the URI is looked up in the new run's own store, which does not exist yet.
+    assert main(argv) == 2
+    _one_line_error(capsys, "newrun/mlflow.db", "no such tracking database", "--tracking-uri", "MLFLOW_TRACKING_URI")
+    assert not out.exists()
+    client = _client(store)
+    experiment = client.get_experiment_by_name("copl").experiment_id
+    before = len(client.search_runs([experiment]))
+    db = store[len("sqlite:///"):]  # a plain .db path is taken as the sqlite store it names
+    assert main([*argv, "--tracking-uri", db]) == 0
+    assert f"(MLflow: {store})" in capsys.readouterr().out
+    assert not (out / "mlflow.db").exists()
+    assert len(client.search_runs([experiment])) == before + 2  # the run and its one iteration
+
+
+def test_promote_compares_only_versions_of_one_mode_and_dataset(tmp_path, capsys):
+    """Hand-made versions (tags only): a label-trained wtal teacher and another dataset's mAP scale must
+    not win; a version without a mode tag is never compared."""
+    from copl_dist.errors import InputError
+    from copl_dist.registry import promote_best
+
+    db = tmp_path / "mixed.db"
+    client = _client(f"sqlite:///{db}")
+    client.create_registered_model("copl-teacher")
+    versions = [  # (mode, dataset, map@avg) of versions 1..5
+        ("utal", "thumos", 30.0), ("wtal", "thumos", 45.0), ("utal", "anet", 38.0), ("utal", "thumos", 32.0), (None, "thumos", 99.0),
+    ]
+    for mode, dataset, value in versions:
+        tags = {"dataset": dataset, "map_at_avg": repr(value), **({"mode": mode} if mode else {})}
+        client.create_model_version("copl-teacher", source=str(tmp_path / "model"), tags=tags)
+    assert main(["registry", "promote", "--tracking-uri", str(db)]) == 0
+    assert capsys.readouterr().out.strip() == (
+        "models:/copl-teacher@champion -> version 3 (map@avg = 38; 3 utal version(s) compared)"
+    )
+    assert main(["registry", "promote", "--tracking-uri", str(db), "--dataset", "thumos"]) == 0
+    assert "-> version 4 (map@avg = 32; 2 utal version(s) of dataset thumos compared)" in capsys.readouterr().out
+    assert str(client.get_model_version_by_alias("copl-teacher", "champion").version) == "4"
+    p = promote_best("copl-teacher", "map@avg", "weak", tracking_uri=str(db), mode="wtal")
+    assert (p.version, p.value, p.compared) == ("2", 45.0, 1)
+    with pytest.raises(InputError, match="none of its 5 version\\(s\\) has mode 'utal' and dataset 'nosuch'"):
+        promote_best("copl-teacher", tracking_uri=str(db), dataset="nosuch")

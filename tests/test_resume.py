@@ -10,11 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 
 from copl_dist.cli import main
+from copl_dist.run_state import load_latest, save_iteration
 from tiny_corpus import TINY_SETS, tiny_synthetic
 
 # cluster.delta=-1 pseudo-labels every video, so that even this tiny corpus gives the discriminant
@@ -40,7 +42,7 @@ def undisturbed(data, tmp_path_factory) -> Path:
 def _same_result(a: Path, b: Path) -> None:
     ma, mb = (json.loads((p / "metrics.json").read_text()) for p in (a, b))
     assert ma["final"] == mb["final"]
-    strip = lambda its: [{k: v for k, v in it.items() if k != "seconds"} for it in its]  # noqa: E731
+    strip = lambda its: [{k: v for k, v in it.items() if k not in ("seconds", "resumed_from")} for it in its]  # noqa: E731
     assert strip(ma["iterations"]) == strip(mb["iterations"])
     assert pq.read_table(a / "pseudo_labels.parquet").equals(pq.read_table(b / "pseudo_labels.parquet"))
     ta, tb = (torch.load(p / "teacher.pt", weights_only=True)["state_dict"] for p in (a, b))
@@ -53,24 +55,45 @@ def test_later_iterations_cluster_the_projection(undisturbed):
     assert dims == [2048, 2, 2]  # 3 clusters -> 2 discriminant dimensions
 
 
-@pytest.mark.parametrize("kill_after", [0, 1])
-def test_killed_driver_resumes_to_the_same_result(kill_after, data, undisturbed, tmp_path, capsys):
+def _state_files(out: Path) -> dict[str, tuple[int, int]]:
+    """(inode, mtime_ns) of each saved iteration state: a state written again (atomic rename) changes both."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / "state").glob("iteration-*.pt")}
+
+
+@pytest.mark.parametrize("kill_after, when", [(0, "state saved"), (1, "next training begun")])
+def test_killed_driver_resumes_to_the_same_result(kill_after, when, data, undisturbed, tmp_path, capsys):
+    """The driver is SIGKILLed after iteration `kill_after` is saved: as soon as its state file
+    appears (in the HAS features / clustering before the next training), or once the next
+    iteration's training has begun (its progress bar on stderr, shown without --no-progress; its
+    training lasts ~0.2 s here, the poll is every 5 ms). The resumed run recomputes none of the
+    saved iterations and ends as the undisturbed one."""
     out = tmp_path / "out"
     copl = Path(sys.executable).parent / "copl"
-    proc = subprocess.Popen([str(copl), "run", "--data", str(data), "--out", str(out), *ARGS],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    argv = ARGS if when == "state saved" else [a for a in ARGS if a != "--no-progress"]
+    log = tmp_path / "stderr.txt"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([str(copl), "run", "--data", str(data), "--out", str(out), *argv],
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
     marker = out / "state" / f"iteration-{kill_after}.pt"
+    training = f"iteration {kill_after + 1} training".encode()
     deadline = time.time() + 300
-    while not marker.exists():
+    while not (marker.exists() if when == "state saved" else training in log.read_bytes()):
         assert proc.poll() is None, "the run ended before it could be killed"
         assert time.time() < deadline
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)  # inside the next iteration's training, or just between
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "metrics.json").exists() or not json.loads((out / "metrics.json").read_text())["complete"]
+    saved = _state_files(out)
+    assert sorted(saved) == [f"iteration-{i}.pt" for i in range(kill_after + 1)]  # killed inside iteration kill_after + 1
 
     assert main(["run", "--data", str(data), "--out", str(out), "--resume", *ARGS]) == 0, capsys.readouterr().err
     _same_result(out, undisturbed)
+    # Resumed, not re-run: the saved iterations' states were not written again, and metrics.json
+    # marks the iterations this run computed with the iteration it resumed after.
+    assert {name: _state_files(out)[name] for name in saved} == saved
+    resumed = [it.get("resumed_from") for it in json.loads((out / "metrics.json").read_text())["iterations"]]
+    assert resumed == [None] * (kill_after + 1) + [kill_after] * (2 - kill_after)
 
 
 def test_resume_with_another_config_is_refused(undisturbed, data, capsys):
@@ -86,5 +109,49 @@ def test_resume_of_a_finished_run_rewrites_the_same_outputs(undisturbed, data, t
     shutil.copytree(undisturbed, copy)
     for name in ("metrics.json", "detections.json", "teacher.pt"):
         (copy / name).unlink()
+    saved = _state_files(copy)
     assert main(["run", "--data", str(data), "--out", str(copy), "--resume", *ARGS]) == 0
     _same_result(copy, undisturbed)
+    assert _state_files(copy) == saved  # nothing recomputed
+    assert all("resumed_from" not in it for it in json.loads((copy / "metrics.json").read_text())["iterations"])
+
+
+def test_resume_on_other_data_is_refused(undisturbed, tmp_path, capsys):
+    """OUT/corpus is reused on --resume, so another --data would otherwise go unnoticed."""
+    other = tiny_synthetic(tmp_path / "other", videos=10, seed=2)
+    before = _state_files(undisturbed)
+    assert main(["run", "--data", str(other), "--out", str(undisturbed), "--resume", *ARGS]) == 2
+    err = capsys.readouterr().err
+    assert "iteration-2.pt: saved by a run on another --data" in err and err.count("\n") == 1
+    assert _state_files(undisturbed) == before
+
+
+def test_resume_from_another_init_model_is_refused(undisturbed, data, capsys):
+    assert main(["run", "--data", str(data), "--out", str(undisturbed), "--resume", *ARGS,
+                 "--init-from", str(undisturbed / "teacher.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "iteration-2.pt: saved by a run from another --init-from model" in err and err.count("\n") == 1
+
+
+def test_state_files_are_matched_by_number_only(tmp_path):
+    """Stray files beside the states (a hand-made iteration-x.pt, a copy) are not states."""
+    assert load_latest(tmp_path / "none", "h") is None
+    (tmp_path / "iteration-x.pt").write_text("not a state")
+    (tmp_path / "iteration-7-copy.pt").write_text("not a state")
+    assert load_latest(tmp_path, "h") is None
+    save_iteration(tmp_path, 1, "h", {"teacher": {}, "labels": np.arange(3)})
+    save_iteration(tmp_path, 10, "h", {"teacher": {}, "labels": np.arange(4)})
+    state = load_latest(tmp_path, "h")
+    assert state["iteration"] == 10 and state["labels"].tolist() == [0, 1, 2, 3]  # 10 after 1, not "1" < "10" < "x"
+
+
+def test_state_of_another_corpus_or_init_is_refused(tmp_path):
+    from copl_dist.errors import InputError
+
+    save_iteration(tmp_path, 0, "h", {"teacher": {}, "corpus_digest": "aaa", "data": "/d", "init_digest": None})
+    same = {"corpus_digest": "aaa", "data": "/d", "init_digest": None}
+    assert load_latest(tmp_path, "h", same)["iteration"] == 0
+    with pytest.raises(InputError, match=r"^\S*iteration-0.pt: saved by a run on another corpus \(corpus_digest aaa, now bbb\)"):
+        load_latest(tmp_path, "h", {**same, "corpus_digest": "bbb"})
+    with pytest.raises(InputError, match="from another --init-from model"):
+        load_latest(tmp_path, "h", {**same, "init_digest": "ccc"})

@@ -26,3 +26,28 @@ def test_user_setting_wins_and_is_kept(tmp_path, monkeypatch):
     with t.parent_run("a", {}, {}):
         pass
     assert os.environ["MLFLOW_TRACKING_URI"].endswith("user.db")
+
+
+def test_normalize_tracking_uri(tmp_path, monkeypatch):
+    import pytest
+
+    from copl_dist.errors import InputError
+    from copl_dist.tracking import normalize_tracking_uri
+
+    assert normalize_tracking_uri("http://127.0.0.1:5000", "--tracking-uri") == "http://127.0.0.1:5000"
+    assert normalize_tracking_uri(str(tmp_path), "--tracking-uri") == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.chdir(tmp_path)
+    assert normalize_tracking_uri("new.db", "--tracking-uri") == f"sqlite:///{tmp_path.resolve()}/new.db"  # created by a run
+    with pytest.raises(InputError, match=r"^\$MLFLOW_TRACKING_URI nodir: no such run folder or \.db file"):
+        normalize_tracking_uri("nodir", "$MLFLOW_TRACKING_URI")
+
+
+def test_a_sqlite_store_elsewhere_keeps_artifacts_beside_its_database(tmp_path):
+    import mlflow
+
+    cfg = resolve("thumos14", sets=[f"tracking.tracking_uri=sqlite:///{tmp_path / 'store' / 'shared.db'}"])
+    (tmp_path / "store").mkdir()
+    with Tracker(cfg.tracking, tmp_path / "run").parent_run("a", {}, {}):
+        pass
+    exp = mlflow.MlflowClient(tracking_uri=cfg.tracking.tracking_uri).get_experiment_by_name("copl")
+    assert exp.artifact_location == (tmp_path / "store" / "mlartifacts").as_uri()

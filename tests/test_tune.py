@@ -129,6 +129,74 @@ def test_map_objective_refuses_the_test_subset(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "test subset" in err and "cheating" in err
 
 
+def test_map_objective_refuses_the_training_subset(tmp_path, capsys):
+    # thumos14 trains on the subset named 'validation': selecting on its labels leaks them into UTAL.
+    space = write_space(tmp_path / "s.yaml", SPACE)
+    out = tmp_path / "o"
+    argv = ["tune", "--space", str(space), "--data", str(tmp_path), "--out", str(out),
+            "--objective", "map", "--val-subset", "validation"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--val-subset validation" in err and "training subset" in err
+    assert "held out" in err and "label-free" in err
+    assert not out.exists()
+    # The same subset with --train-subset pointing elsewhere is a held-out subset again: it gets past
+    # the check (and fails later, on the folder that holds no data).
+    argv += ["--train-subset", "val_holdout"]
+    assert main(argv) == 2
+    assert "training subset" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--reduction-factor", "1.0"], ["--reduction-factor", "> 1", "1.0"]),
+    (["--reduction-factor", "nan"], ["--reduction-factor", "> 1"]),
+    (["--cpus-per-trial", "0"], ["--cpus-per-trial", "> 0"]),
+    (["--pp-samples", "0"], ["--pp-samples", ">= 1"]),
+])
+def test_bad_tune_arguments_fail_before_ray_and_write_nothing(tmp_path, capsys, monkeypatch, extra, words):
+    from copl_dist import tune
+
+    class NoRay:
+        def __init__(self, cfg):
+            raise AssertionError("Ray must not start for bad arguments")
+
+    monkeypatch.setattr(tune, "_RaySession", NoRay)
+    space = write_space(tmp_path / "s.yaml", SPACE)
+    out = tmp_path / "o"
+    assert main(["tune", "--space", str(space), "--data", str(tmp_path), "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("copl: error: ") and all(w in err for w in words), err
+    assert not out.exists()
+
+
+def test_best_config_leaves_where_a_run_executes_to_copl_run(tmp_path, monkeypatch):
+    """The tuning session's distributed / tracking values (workers 0: in-process) must not reach the
+    run: `copl run --config best_config.yaml` then fits Ray Train workers as without a config."""
+    import argparse
+
+    from copl_dist.cli import RUN_DEFAULT_WORKERS, _run_workers
+    from copl_dist.tune import best_config_yaml, with_values
+
+    space = load_space(write_space(tmp_path / "s.yaml", SPACE))
+    cfg = user_config(space, None, None, ["distributed.storage_path=/tmp/x", "tracking.experiment=tune-exp"], {"iterations": 2})
+    cfg = with_values(cfg, {"has.gamma": 8.0, "inference.nms_iou": 0.5}, source="test")
+    path = tmp_path / "best_config.yaml"
+    path.write_text(best_config_yaml(cfg))
+    written = yaml.safe_load(path.read_text())
+    assert "distributed" not in written and "tracking" not in written
+    assert written["has"]["gamma"] == 8.0 and written["inference"]["nms_iou"] == 0.5 and written["iterations"] == 2
+    monkeypatch.delenv("COPL_WORKERS", raising=False)  # tests/conftest.py sets 0 for the suite
+    args = argparse.Namespace(workers=None, sets=[], config=str(path))
+    assert _run_workers(args) == RUN_DEFAULT_WORKERS == -1
+    loaded = config_lib.resolve("thumos14", path, overrides={"distributed.workers": _run_workers(args)})
+    assert loaded.distributed.workers == -1 and loaded.tracking.experiment == "copl" and loaded.distributed.storage_path == ""
+    expected = config_lib.to_dict(cfg)
+    got = config_lib.to_dict(loaded)
+    for section in ("distributed", "tracking"):
+        expected.pop(section), got.pop(section)
+    assert got == expected  # everything else comes back as tuned
+
+
 def test_val_subset_must_exist_and_be_labelled(data, tmp_path, capsys):
     space = write_space(tmp_path / "s.yaml", SPACE)
     argv = ["tune", "--space", str(space), "--data", str(data), "--out", str(tmp_path / "o"),
@@ -186,8 +254,10 @@ def map_tune(data, ray_session, tmp_path_factory):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_map_tuning_writes_a_loadable_best_config(map_tune):
+    written = yaml.safe_load((map_tune / "best_config.yaml").read_text())
+    assert "distributed" not in written and "tracking" not in written  # no trial-only or session settings
     cfg = config_lib.resolve("thumos14", map_tune / "best_config.yaml")
-    assert cfg.data.test_subset == "test" and cfg.tracking.enabled and cfg.distributed.workers == 0  # trial-only overrides not leaked
+    assert cfg.data.test_subset == "test"  # the trials' data.test_subset override (the validation subset) not leaked
     assert cfg.iterations == 2 and cfg.model.hidden_dim == 32 and cfg.has.vote_last == 1  # flags, --set and base kept
     assert -0.1 <= cfg.cluster.delta <= 0.2 and cfg.has.gamma in (4.0, 8.0)
     assert 0.2 <= cfg.train.beta <= 0.5 and 1.0 <= cfg.loss.lambda2 <= 20.0
@@ -207,6 +277,7 @@ def test_map_tuning_writes_a_loadable_best_config(map_tune):
     assert len(pp["candidates"]) == 6 and pp["best_objective"] == max(c["objective"] for c in pp["candidates"])
     # The cache reproduces the trial: its config's own post-processing scores the trial's final map@avg.
     assert pp["default_objective"] == pytest.approx(best["history"][-1]["objective"], abs=1e-6)
+    assert not [p for p in map_tune.iterdir() if p.name.endswith(".tmp")]  # raw_predictions.npz renamed into place
 
 
 @pytest.mark.ray

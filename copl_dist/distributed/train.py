@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -68,10 +69,13 @@ def ray_worker_loop(config: dict[str, Any]) -> None:
     """Ray Train's per-worker function: resume from the latest checkpoint, if any, then train.
 
     Every rank calls `ray.train.report` once per epoch (V2 synchronises on it); only rank 0 attaches
-    a checkpoint. config["fault"] = {"epoch", "rank", "marker"} (tests only) makes that rank SIGKILL
-    its own process at that epoch's report, once: the marker file records the kill, and a restarted
-    attempt that finds it trains through. config["clock"] (benchmarks): a file where rank 0 appends
-    "epoch unix-time" as each epoch ends.
+    a checkpoint. config["fault"] = {"epoch" or "step", "rank", "marker"} (tests only) makes that rank
+    SIGKILL its own process once, at that epoch's report or right after that optimizer step (counted
+    from the training's start, engine's on_step): the marker file records the kill, and a restarted
+    attempt that finds it trains through. That rank also appends "iteration I epoch E" to
+    "<marker>.starts" as each attempt starts (E: the first epoch it trains), so a test can tell a
+    resume from the last checkpoint from a restart at epoch 0. config["clock"] (benchmarks): a file
+    where rank 0 appends "epoch unix-time" as each epoch ends.
     """
     import ray.train
 
@@ -88,6 +92,17 @@ def ray_worker_loop(config: dict[str, Any]) -> None:
         device = str(ray.train.torch.get_device())  # this worker's GPU
     config = {**config, "device": device}
     fault = config.get("fault")
+    kill_step = None  # tests: SIGKILL right after this optimizer step
+    if fault is not None and rank == int(fault["rank"]):
+        resume = config.get("resume_state")
+        with open(f"{fault['marker']}.starts", "a") as f:
+            f.write(f"iteration {int(config.get('iteration', 0))} epoch {int(resume['epoch']) + 1 if resume else 0}\n")
+        kill_step = fault.get("step")
+
+    def _on_step(step: int) -> None:
+        if step == int(kill_step):
+            _kill_once(Path(fault["marker"]), rank, f"step {step}")
+
     clock = config.get("clock") if rank == 0 else None  # benchmarks: a file of "epoch wall-time" lines
     progress = config.get("progress_file") if rank == 0 else None  # the driver's live progress (EpochFeed)
 
@@ -98,8 +113,9 @@ def ray_worker_loop(config: dict[str, Any]) -> None:
         if progress:
             with open(progress, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
-        if fault is not None and rank == int(fault["rank"]) and int(metrics["epoch"]) == int(fault["epoch"]):
-            _kill_once(Path(fault["marker"]), rank, int(metrics["epoch"]))
+        at_epoch = fault.get("epoch") if fault is not None and rank == int(fault["rank"]) else None
+        if at_epoch is not None and int(metrics["epoch"]) == int(at_epoch):
+            _kill_once(Path(fault["marker"]), rank, f"epoch {int(metrics['epoch'])}")
         if state is None:
             ray.train.report(metrics, checkpoint=None)
             return
@@ -107,18 +123,39 @@ def ray_worker_loop(config: dict[str, Any]) -> None:
             _save_state(state, Path(tmp) / CHECKPOINT_FILE)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
-    engine.train_loop_per_worker(config, report=_report)
+    engine.train_loop_per_worker(config, report=_report, on_step=_on_step if kill_step is not None else None)
     # Nothing returned: the driver reads the final checkpoint rather than shipping weights twice.
 
 
-def _kill_once(marker: Path, rank: int, epoch: int) -> None:
+def _kill_once(marker: Path, rank: int, where: str) -> None:
+    if marker.exists():
+        return  # already killed once: this is the restarted attempt
+    _wait_reports_consumed()
     try:
         fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
-        return  # already killed once: this is the restarted attempt
-    os.write(fd, f"rank {rank} pid {os.getpid()} SIGKILLed itself at epoch {epoch}\n".encode())
+        return
+    os.write(fd, f"rank {rank} pid {os.getpid()} SIGKILLed itself at {where}\n".encode())
     os.close(fd)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _wait_reports_consumed(timeout_s: float = 30.0) -> None:
+    """Wait until Ray Train's controller has taken this worker's reports (it polls every ~2 s).
+
+    Otherwise a kill soon after an epoch's report loses that report, and with it the checkpoint:
+    the restart then starts from the one before, which ends the same but makes the test unable to
+    tell a resume from a restart. Ray internals, hence the fallback: on any change, just kill.
+    """
+    try:
+        from ray.train.v2._internal.execution.context import get_train_context
+
+        pending = get_train_context().get_result_queue()
+    except Exception:
+        return
+    deadline = time.monotonic() + timeout_s
+    while pending.unfinished_tasks and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _save_state(state: dict[str, Any], path: Path) -> None:
@@ -207,6 +244,25 @@ def _cpus_per_worker(num_workers: int, local: bool) -> int:
     return max(1, free // num_workers)
 
 
+def cap_workers(requested: int, resolved: int, batch_size: int, num_videos: int) -> tuple[int, str | None]:
+    """(workers to start, warning or None): at most one worker per video of the global batch.
+
+    engine.epoch_batches gives every rank a share of each global batch (min(train.batch_size,
+    videos)); with more workers than that, every batch would be dropped and nothing trained. The
+    auto count (requested -1, e.g. cpus // 2 on a big node) is capped silently; an explicit
+    --workers N that is capped gets a one-line warning.
+    """
+    global_batch = max(1, min(batch_size, num_videos))
+    if resolved <= global_batch:
+        return resolved, None
+    if requested == -1:
+        return global_batch, None
+    return global_batch, (
+        f"copl: warning: --workers {requested} capped at {global_batch}: the global batch has "
+        f"{global_batch} videos (train.batch_size {batch_size}, {num_videos} training videos)"
+    )
+
+
 def storage_locations(storage_path: str | os.PathLike[str] | None) -> tuple[str | None, Path]:
     """(RunConfig.storage_path, folder of the EpochFeed file) for distributed.storage_path.
 
@@ -226,11 +282,13 @@ def storage_locations(storage_path: str | os.PathLike[str] | None) -> tuple[str 
 def make_ray_train_fn(cfg: Any, storage_path: str | os.PathLike[str] | None = None):
     """A train_fn for `pipeline.CoplRun` that trains on Ray Train with `cfg.distributed` settings.
 
-    `cfg` is the run's CoplConfig (only `cfg.distributed` is read here; the per-iteration config
-    dict carries the rest). `storage_path`: where Ray Train persists checkpoints (None: Ray's
+    `cfg` is the run's CoplConfig (only `cfg.distributed` is read here, and `train.batch_size` if
+    the per-iteration config dict, which carries the rest, lacks it). The workers are capped at the
+    global batch (cap_workers). `storage_path`: where Ray Train persists checkpoints (None: Ray's
     default, ~/ray_results). Ray is started or joined on the first call (`ensure_ray`).
     """
     dist = cfg.distributed
+    warned: set[str] = set()
 
     def train_fn(
         config: dict[str, Any], report: engine.ReportFn | None = None, progress: Any = None
@@ -243,6 +301,13 @@ def make_ray_train_fn(cfg: Any, storage_path: str | os.PathLike[str] | None = No
 
         ensure_ray(dist)
         num_workers, use_gpu = resolve_workers(dist.workers, dist.use_gpu)
+        train_cfg = (config.get("cfg") or {}).get("train") or {}
+        num_workers, warning = cap_workers(
+            dist.workers, num_workers, int(train_cfg.get("batch_size", cfg.train.batch_size)), len(config["video_ids"])
+        )
+        if warning is not None and warning not in warned:  # once per run, not per iteration
+            warned.add(warning)
+            print(warning, file=sys.stderr)
         cpus = _cpus_per_worker(num_workers, local=ray_address(dist) == "local")
         # Workers (possibly on other machines) open the corpus themselves: give them an absolute path.
         config = {**config, "corpus": str(Path(config["corpus"]).resolve())}
