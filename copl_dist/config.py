@@ -140,6 +140,10 @@ class DistributedConfig:
     # cluster whose GPU nodes are not up yet).
     use_gpu: str = "auto"
     has_actors: int = 0  # Ray actors for HAS voting / global features; 0: in this process
+    has_actor_cpus: float = 1.0  # CPUs each HAS actor holds for the run
+    # torch threads in each HAS actor; 0: the driver's count, which keeps the votes bit-for-bit equal
+    # to the in-process path (distributed/has_actors.py) at the price of oversubscribed cores.
+    has_actor_threads: int = 0
     ray_address: str = ""  # "": $RAY_ADDRESS, else a local in-process Ray
     storage_path: str = ""  # Ray Train checkpoints; "": OUT/ray_storage
     max_failures: int = 1  # worker-group restarts from the last epoch checkpoint
@@ -307,6 +311,9 @@ def validate(cfg: CoplConfig, source: str = "config") -> None:
         (0 <= cfg.has.alpha < 1, "has.alpha", cfg.has.alpha, "in [0, 1)"),
         (-1 <= cfg.cluster.delta <= 1, "cluster.delta", cfg.cluster.delta, "in [-1, 1]"),
         (cfg.cluster.knn >= 1, "cluster.knn", cfg.cluster.knn, ">= 1"),
+        (cfg.distributed.has_actor_cpus > 0, "distributed.has_actor_cpus", cfg.distributed.has_actor_cpus, "> 0"),
+        (cfg.distributed.has_actor_threads >= 0, "distributed.has_actor_threads", cfg.distributed.has_actor_threads,
+         ">= 0"),
         (cfg.cluster.knn_pca >= 0, "cluster.knn_pca", cfg.cluster.knn_pca, ">= 0"),
         (0 <= cfg.train.beta <= 1, "train.beta", cfg.train.beta, "in [0, 1]"),
         (0 < cfg.train.topl_ratio <= 1, "train.topl_ratio", cfg.train.topl_ratio, "in (0, 1]"),

@@ -63,6 +63,16 @@ def cluster_scale_options(cfg: CoplConfig) -> dict[str, Any]:
     }
 
 
+def has_pool_options(cfg: CoplConfig, remote: bool) -> dict[str, Any]:
+    """HASActorPool's keyword arguments from `distributed.*`; `remote`: Ray joined by address, whose
+    autoscaler may still add the CPUs the actors wait for."""
+    return {
+        "num_cpus_per_actor": cfg.distributed.has_actor_cpus,
+        "torch_threads": cfg.distributed.has_actor_threads or None,  # None: the driver's count
+        "autoscaling": remote,
+    }
+
+
 def primary_labels(corpus: Corpus, video_ids: list[str]) -> np.ndarray:
     """(N,) class index of each video's longest-annotated class; -1 for a video with none."""
     index = {name: i for i, name in enumerate(corpus.classes)}
@@ -393,7 +403,9 @@ class CoplRun:
 
             ensure_ray(self.cfg.distributed)
             remote = ray_address(self.cfg.distributed) != "local"
-            self._has_pool = HASActorPool(self.corpus.root, self.train_ids, self.cfg, n_actors, autoscaling=remote)
+            self._has_pool = HASActorPool(
+                self.corpus.root, self.train_ids, self.cfg, n_actors, **has_pool_options(self.cfg, remote)
+            )
         try:
             return self._utal_iterations()
         finally:

@@ -102,3 +102,9 @@ def test_distributed_use_gpu_values(tmp_path):
     assert resolve(config_file=f).distributed.use_gpu == "false"
     with pytest.raises(InputError, match="distributed.use_gpu' must be one of"):
         resolve(sets=["distributed.use_gpu=sometimes"])
+
+
+@pytest.mark.parametrize("key, bad", [("distributed.has_actor_cpus", "0"), ("distributed.has_actor_threads", "-1")])
+def test_has_actor_resources_are_checked(key, bad):
+    with pytest.raises(InputError, match=key):
+        resolve(sets=[f"{key}={bad}"])

@@ -176,6 +176,14 @@ def _run_metrics(corpus, has_actors: int) -> tuple[list[dict], dict]:
     return [{k: v for k, v in r.items() if k != "seconds"} for r in result.iterations], result.final
 
 
+def test_has_pool_options_follow_the_config():
+    cfg = resolve("thumos14", sets=["distributed.has_actor_cpus=0.5", "distributed.has_actor_threads=1"])
+    assert pipeline.has_pool_options(cfg, remote=True) == {
+        "num_cpus_per_actor": 0.5, "torch_threads": 1, "autoscaling": True}
+    assert pipeline.has_pool_options(resolve("thumos14"), remote=False) == {
+        "num_cpus_per_actor": 1.0, "torch_threads": None, "autoscaling": False}
+
+
 @pytest.mark.ray
 def test_pool_larger_than_cluster_is_refused(ray_local, corpus, cfg, ids):
     with pytest.raises(InputError, match="has_actors"):

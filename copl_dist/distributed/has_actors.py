@@ -29,7 +29,8 @@ last bits (and a top-k tie can flip). The actors therefore call
 `torch.set_num_threads(torch_threads)`, by default the thread count of the process that builds the
 pool (the driver): equal results where the in-process vote would run there, at the price of
 oversubscribing the cores when actors x threads exceeds them. Pass `torch_threads=1` (with
-num_cpus_per_actor=1) for speed where last-bit equality with the driver does not matter.
+num_cpus_per_actor=1; `copl run --set distributed.has_actor_threads=1`) for speed where last-bit
+equality with the driver does not matter.
 (NumPy's Eq. 5 was measured thread-count invariant.)
 
 Pickling: a pool holds only plain data and Ray actor handles, so it pickles (pickle inside Ray,
