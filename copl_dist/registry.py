@@ -309,7 +309,7 @@ class Promotion:
     compared: int  # versions of the asked mode (and dataset) that have the metric
 
 
-def promote_best(
+def promote(
     model_name: str = DEFAULT_MODEL,
     metric: str = "map@avg",
     alias: str = DEFAULT_ALIAS,
@@ -349,20 +349,6 @@ def promote_best(
     _, best, value = max(scored)
     client.set_registered_model_alias(model_name, alias, str(best))
     return Promotion(str(best), value, len(scored))
-
-
-def promote(
-    model_name: str = DEFAULT_MODEL,
-    metric: str = "map@avg",
-    alias: str = DEFAULT_ALIAS,
-    higher_is_better: bool = True,
-    tracking_uri: str | None = None,
-    mode: str = "utal",
-    dataset: str | None = None,
-) -> tuple[str, float]:
-    """promote_best's (version, value)."""
-    p = promote_best(model_name, metric, alias, higher_is_better, tracking_uri, mode, dataset)
-    return p.version, p.value
 
 
 def list_versions(model_name: str = DEFAULT_MODEL, tracking_uri: str | None = None) -> list[dict[str, Any]]:
@@ -426,7 +412,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.registry_command == "promote":
-        p = promote_best(
+        p = promote(
             args.model, args.metric, args.alias, higher_is_better=not args.lower_is_better, tracking_uri=args.tracking_uri,
             mode=args.mode, dataset=args.dataset,
         )

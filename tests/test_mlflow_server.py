@@ -136,7 +136,8 @@ def test_run_over_http_and_server_stops(server, tmp_path, monkeypatch):
     assert v.run_id == parent.info.run_id and v.tags["mode"] == "utal" and v.tags["seed"] == "0"
     assert float(v.tags["map_at_avg"]) == pytest.approx(parent.data.metrics["map_at_avg"])
     # The proxied artifact store serves the checkpoint back; the alias is set over HTTP too.
-    assert promote("copl-teacher", tracking_uri=url) == ("1", pytest.approx(parent.data.metrics["map_at_avg"]))
+    best = promote("copl-teacher", tracking_uri=url)
+    assert (best.version, best.value) == ("1", pytest.approx(parent.data.metrics["map_at_avg"]))
     ckpt = load_registered_teacher("models:/copl-teacher@champion", tracking_uri=url)
     assert ckpt["num_classes"] == 3 and ckpt["config"]["model"]["hidden_dim"] == 32
     assert any((server["tmp"] / "art").rglob("teacher.pt"))

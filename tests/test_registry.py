@@ -51,7 +51,7 @@ def champion(runs, store) -> str:
     """Promote once; the version number the alias points at."""
     from copl_dist.registry import promote
 
-    version, _ = promote("copl-teacher", "map@avg", "champion")
+    version = promote("copl-teacher", "map@avg", "champion").version
     return version
 
 
@@ -115,7 +115,8 @@ def test_promote_picks_the_best_map(runs, store, champion, capsys):
     # Lower is better picks the other version under another alias; the champion stays.
     from copl_dist.registry import promote
 
-    other, value = promote("copl-teacher", "map@avg", "worst", higher_is_better=False)
+    worst = promote("copl-teacher", "map@avg", "worst", higher_is_better=False)
+    other, value = worst.version, worst.value
     assert other != expected and value == pytest.approx(min(maps.values()))
 
 
@@ -295,7 +296,7 @@ def test_promote_compares_only_versions_of_one_mode_and_dataset(tmp_path, capsys
     """Hand-made versions (tags only): a label-trained wtal teacher and another dataset's mAP scale must
     not win; a version without a mode tag is never compared."""
     from copl_dist.errors import InputError
-    from copl_dist.registry import promote_best
+    from copl_dist.registry import promote
 
     db = tmp_path / "mixed.db"
     client = _client(f"sqlite:///{db}")
@@ -313,7 +314,7 @@ def test_promote_compares_only_versions_of_one_mode_and_dataset(tmp_path, capsys
     assert main(["registry", "promote", "--tracking-uri", str(db), "--dataset", "thumos"]) == 0
     assert "-> version 4 (map@avg = 32; 2 utal version(s) of dataset thumos compared)" in capsys.readouterr().out
     assert str(client.get_model_version_by_alias("copl-teacher", "champion").version) == "4"
-    p = promote_best("copl-teacher", "map@avg", "weak", tracking_uri=str(db), mode="wtal")
+    p = promote("copl-teacher", "map@avg", "weak", tracking_uri=str(db), mode="wtal")
     assert (p.version, p.value, p.compared) == ("2", 45.0, 1)
     with pytest.raises(InputError, match="none of its 5 version\\(s\\) has mode 'utal' and dataset 'nosuch'"):
-        promote_best("copl-teacher", tracking_uri=str(db), dataset="nosuch")
+        promote("copl-teacher", tracking_uri=str(db), dataset="nosuch")

@@ -13,15 +13,8 @@ import yaml
 from copl_dist import config as config_lib
 from copl_dist.cli import main
 from copl_dist.synth import make_synthetic
-from copl_dist.tune import (
-    agreement_objective,
-    in_space,
-    load_raw,
-    load_space,
-    search_postprocess,
-    silhouette_objective,
-    user_config,
-)
+from copl_dist.tune import in_space, load_raw, load_space, search_postprocess, user_config
+from copl_dist.tune_objectives import agreement_objective, silhouette_objective
 
 TINY = ["--iterations", "2", "--epochs", "2", "--snippets", "32",
         "--set", "model.hidden_dim=32", "--set", "train.batch_size=4", "--set", "train.shift_channels=64"]
