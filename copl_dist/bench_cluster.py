@@ -217,7 +217,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     result["ari"] = float(adjusted_rand_score(truth, labels))
     result["nmi"] = float(normalized_mutual_info_score(truth, labels))
     result["pseudo_labelled"] = float(mask.mean())
-    for key in ("sigma", "graph_sigma", "knn_dims", "knn_index", "graph_components", "graph_edges", "plri_method",
+    for key in ("sigma", "graph_sigma", "knn_dims", "knn_k", "knn_index", "graph_components", "graph_edges", "plri_method",
                 "plri_refined", "plri_borderline", "plri_refine_dropped", "plri_se_max", "plri_device",
                 "nystrom_landmarks", "nystrom_rank"):
         if key in info:
