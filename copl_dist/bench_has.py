@@ -163,7 +163,8 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
         from copl_dist.distributed.has_actors import HASActorPool
         from copl_dist.distributed.ray_runtime import ensure_ray
 
-        ensure_ray(DistributedConfig(), num_cpus=max(os.cpu_count() or 1, actors))  # on 127.0.0.1 only
+        # A local Ray on 127.0.0.1 only, whatever $RAY_ADDRESS says: the benchmark measures this machine.
+        ensure_ray(DistributedConfig(ray_address="local"), num_cpus=max(os.cpu_count() or 1, actors))
         pool = HASActorPool(corpus.root, ids, cfg, actors, torch_threads=spec["threads"])
         info = pool.info()  # returns once every actor is up
         voter: Any = pool

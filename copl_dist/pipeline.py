@@ -318,8 +318,7 @@ class CoplRun:
             "device": str(self.device),  # Ray Train workers replace it with their own
         }
         if collect_votes and self._has_pool is not None:
-            self._has_pool.restore({})  # every training votes from scratch, as a fresh LocalVoter does
-            config["voter"] = self._has_pool
+            config["voter"] = self._has_pool  # the training clears its votes first (engine: voter.restore)
         live = {"progress": show} if getattr(self.train_fn, "live_progress", False) else {}
         try:
             return self.train_fn(config, report=report, **live)

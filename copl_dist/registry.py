@@ -333,7 +333,10 @@ def promote(
             raise InputError(f"{ref.uri}: no registered model '{model_name}' in the tracking store") from None
         raise
     versions = _all_versions(client, model_name)
-    kept = [v for v in versions if v.tags.get("mode") == mode and (dataset is None or v.tags.get("dataset") == dataset)]
+    kept = [
+        v for v in versions
+        if v.tags.get("mode") == mode and (dataset is None or dataset in (v.tags.get("dataset"), v.tags.get("dataset_digest")))
+    ]
     scope = f"mode '{mode}'" + (f" and dataset '{dataset}'" if dataset is not None else "")
     if not kept:
         raise InputError(f"{ref.uri}: none of its {len(versions)} version(s) has {scope} (tags 'mode', 'dataset')")
@@ -400,9 +403,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", default="map@avg", help="metric to rank by, e.g. map@avg, map@0.5 (default map@avg)")
     p.add_argument("--alias", default=DEFAULT_ALIAS, help=f"alias to move (default {DEFAULT_ALIAS})")
     p.add_argument("--lower-is-better", action="store_true", help="pick the smallest value instead")
-    p.add_argument("--mode", default="utal", choices=["utal", "wtal", "baseline"],
+    p.add_argument("--mode", default="utal", choices=["utal", "wtal"],
                    help="compare only versions trained in this mode (tag 'mode'; default utal: a wtal teacher saw labels)")
-    p.add_argument("--dataset", help="compare only versions of this dataset (tag 'dataset', exact match)")
+    p.add_argument("--dataset", help="compare only versions of this dataset: its tag 'dataset' (the run's absolute --data "
+                                      "path, or synthetic:PRESET:seedS) or 'dataset_digest', exactly")
     p.add_argument("--tracking-uri", help="tracking store: a URI, a run folder or an mlflow.db (default $MLFLOW_TRACKING_URI)")
     p = sub.add_parser("list", help="versions of a registered model with their tags and aliases")
     p.add_argument("--model", default=DEFAULT_MODEL)

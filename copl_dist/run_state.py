@@ -21,7 +21,7 @@ import torch
 from copl_dist.atomic import atomic_path
 from copl_dist.errors import InputError
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: PROVENANCE saved with the state
 STATE_NAME = re.compile(r"iteration-(\d+)\.pt")  # not a stray iteration-x.pt or an editor's copy
 
 # What a resumed run must share with the one that saved the state, beyond the config: each key is
@@ -82,6 +82,11 @@ def load_latest(state_dir: Path, config_hash: str, provenance: dict[str, Any] | 
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: say which
         raise InputError(f"{path}: not a readable copl run state ({type(exc).__name__})") from None
+    if payload.get("version") != STATE_VERSION:
+        raise InputError(
+            f"{path}: a run state of format {payload.get('version')}, this copl reads {STATE_VERSION}; "
+            "start the run again in a new --out"
+        )
     if payload.get("config_hash") != config_hash:
         raise InputError(
             f"{path}: saved by a run with another config (hash {payload.get('config_hash')}, now {config_hash}); "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,12 +29,13 @@ def mlflow_key(key: str) -> str:
 
 
 def normalize_tracking_uri(value: str, source: str) -> str:
-    """A URI as given; a run folder or a database file becomes sqlite:///ABS (the folder's mlflow.db).
+    """A URI as given (any `scheme:`, e.g. http://, sqlite:///, file:/, databricks); a path is a run
+    folder (its mlflow.db) or a database file, made sqlite:///ABS, the same wherever it is read.
 
     A path that names neither (no such folder, not ending in .db) is an InputError naming `source`:
-    passed on, MLflow would take it for a file store and fail deep inside.
+    passed on, MLflow would take it for a file store (no model registry) and fail deep inside.
     """
-    if "://" in value:
+    if value == "databricks" or re.match(r"[A-Za-z][A-Za-z0-9+.-]+:", value):  # 2+ letters: a drive C: is a path
         return value
     path = Path(value)
     if path.is_dir():
@@ -47,11 +49,12 @@ def normalize_tracking_uri(value: str, source: str) -> str:
 
 
 def resolve_tracking_uri(cfg: TrackingConfig, out_dir: Path) -> str:
-    """tracking.tracking_uri (`copl run --tracking-uri`), else $MLFLOW_TRACKING_URI, else OUT/mlflow.db."""
+    """tracking.tracking_uri (`copl run --tracking-uri`), else $MLFLOW_TRACKING_URI, else OUT/mlflow.db;
+    a path in either is read as `normalize_tracking_uri` reads it."""
     if cfg.tracking_uri:
-        return cfg.tracking_uri
+        return normalize_tracking_uri(cfg.tracking_uri, "tracking.tracking_uri")
     if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+        return normalize_tracking_uri(os.environ["MLFLOW_TRACKING_URI"], "$MLFLOW_TRACKING_URI")
     return f"sqlite:///{(out_dir / 'mlflow.db').resolve()}"
 
 

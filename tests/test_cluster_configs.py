@@ -51,6 +51,8 @@ def test_kuberay_manifests():
     assert job_env["env_vars"]["MLFLOW_TRACKING_URI"].startswith("http")
     assert job_env["pip"] == _load("runtime_env.yaml")["pip"]
     for spec in (cluster["spec"], job["spec"]["rayClusterSpec"]):
+        for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:  # GPU node pools are tainted
+            assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in group["template"]["spec"]["tolerations"]
         head = spec["headGroupSpec"]
         assert head["rayStartParams"]["num-gpus"] == "0"  # the head's GPU is the driver's, not Ray's
         assert head["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"

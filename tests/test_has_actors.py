@@ -37,7 +37,7 @@ def ray_local():
     from copl_dist.config import DistributedConfig
     from copl_dist.distributed.ray_runtime import ensure_ray
 
-    ensure_ray(DistributedConfig(), num_cpus=2)  # a local Ray on 127.0.0.1 only
+    ensure_ray(DistributedConfig(ray_address="local"), num_cpus=2)  # a local Ray on 127.0.0.1 only
     assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
     yield
     ray.shutdown()
@@ -188,6 +188,18 @@ def test_has_pool_options_follow_the_config():
 def test_pool_larger_than_cluster_is_refused(ray_local, corpus, cfg, ids):
     with pytest.raises(InputError, match="has_actors"):
         HASActorPool(corpus.root, ids, cfg, num_actors=3)  # 3 CPUs on a 2-CPU Ray: would hang
+
+
+@pytest.mark.ray
+def test_pool_on_a_cluster_waits_for_the_autoscaler_then_refuses(ray_local, corpus, cfg, ids, monkeypatch, capsys):
+    """Joined by address, a pool too big for the cluster asks the autoscaler for the CPUs and waits;
+    when none come (this Ray has no autoscaler) it refuses instead of leaving the actors pending."""
+    from copl_dist.distributed import has_actors
+
+    monkeypatch.setattr(has_actors, "AUTOSCALE_WAIT_S", 0.2)
+    with pytest.raises(InputError, match="need 3 CPUs, the Ray cluster has 2"):
+        HASActorPool(corpus.root, ids, cfg, num_actors=3, autoscaling=True)
+    assert "waiting up to 0.2 s for the autoscaler" in capsys.readouterr().err
 
 
 @pytest.mark.ray

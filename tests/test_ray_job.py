@@ -97,6 +97,21 @@ def ray_head(tmp_path_factory):
         head.wait()
 
 
+def test_job_runs_the_shipped_working_dir(ray_head, tmp_path):
+    """The job imports copl_dist from the uploaded working_dir, not from this venv's install."""
+    env_file = tmp_path / "runtime_env.yaml"
+    shipped = yaml.safe_load((ROOT / "cluster_configs" / "runtime_env.yaml").read_text())
+    env_file.write_text(yaml.safe_dump({k: shipped[k] for k in ("working_dir", "excludes")}))
+    proc = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", ray_head[0], "--runtime-env", str(env_file), "--",
+         "python", "-c", "import copl_dist; print('COPL_DIST_AT', copl_dist.__file__)"],
+        env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    where = next(line.split()[-1] for line in proc.stdout.splitlines() if line.startswith("COPL_DIST_AT"))
+    assert "working_dir_files" in where and not where.startswith(str(ROOT)), where
+
+
 def test_head_listens_on_loopback_only(ray_head):
     _, gcs = ray_head
     assert _listening_addresses(gcs) == {"127.0.0.1"}
@@ -125,7 +140,12 @@ def test_ray_job_submit_copl_run(ray_head, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout + proc.stderr
-    assert "Uploading package" in proc.stdout + proc.stderr  # the working_dir went to the cluster
+    assert "gcs://_ray_pkg_" in proc.stdout + proc.stderr  # the working_dir went to the cluster (or was there)
+    # HAS voted in an actor of the cluster (the state API keeps finished jobs' actors).
+    from ray.util.state import list_actors
+
+    has_actors = list_actors(address=ray_head[0], filters=[("class_name", "=", "HASActor")], raise_on_missing_output=False)
+    assert len(has_actors) == 1
     # Trained on the cluster's Ray Train workers, one fit per iteration, not in the job's process.
     assert "workers: -1" in (out / "config.yaml").read_text()
     assert len(list((tmp_path / "ray_storage").glob("copl-it*-*"))) == 2

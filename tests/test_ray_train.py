@@ -63,8 +63,12 @@ def test_resolve_workers(monkeypatch):
     assert ray_runtime.resolve_workers(-1) == (8, False)
     monkeypatch.setattr(ray_runtime, "_available_gpus_cpus", lambda: (4, 64))
     assert ray_runtime.resolve_workers(-1) == (4, True)
-    # An explicit worker count on a GPU cluster takes the GPUs (NCCL) unless told not to.
+    # An explicit worker count takes a GPU each (NCCL) where there is one for every worker, unless
+    # told not to; more workers than GPUs could never be placed, so auto trains them on CPUs.
     assert ray_runtime.resolve_workers(2) == (2, True)
+    assert ray_runtime.resolve_workers(4) == (4, True)
+    assert ray_runtime.resolve_workers(5) == (5, False)
+    assert ray_runtime.resolve_workers(5, use_gpu="true") == (5, True)
     assert ray_runtime.resolve_workers(2, use_gpu="false") == (2, False)
     assert ray_runtime.resolve_workers(-1, use_gpu="false") == (32, False)
     with pytest.raises(ValueError, match="-2"):
@@ -82,7 +86,7 @@ def test_workers_capped_at_the_global_batch():
     assert cap_workers(8, 8, batch_size=16, num_videos=200) == (8, None)
     capped, warning = cap_workers(20, 20, batch_size=16, num_videos=200)
     assert capped == 16
-    assert warning == ("copl: warning: --workers 20 capped at 16: the global batch has 16 videos "
+    assert warning == ("copl: warning: distributed.workers 20 capped at 16: the global batch has 16 videos "
                        "(train.batch_size 16, 200 training videos)")
 
 
@@ -214,6 +218,30 @@ def test_one_and_two_workers_same_losses(undisturbed, one_worker):
     assert set(out1["votes"]) == set(config["video_ids"])
 
 
+@pytest.mark.ray
+@pytest.mark.slow
+def test_two_workers_with_unequal_shards_log_the_global_losses(undisturbed, tmp_path):
+    """Global batches of 3 split 2 + 1 over 2 workers, 3 of the 8 videos unlabelled (PLRI's U): each
+    rank's means are over different numbers of (labelled) videos, and the logged losses are still the
+    global batch's, equal to an in-process training on the same batches within the 1e-4 above."""
+    from copl_dist.distributed.train import make_ray_train_fn
+
+    config, _ = undisturbed[1].calls[0]
+    labelled = np.ones(len(config["video_ids"]), bool)
+    labelled[[1, 4, 6]] = False
+    targets = np.where(labelled[:, None], np.asarray(config["targets"]), 0.0).astype(np.float32)
+    cfg_dict = {**config["cfg"], "train": {**config["cfg"]["train"], "batch_size": 3}}
+    config = {**config, "cfg": cfg_dict, "labelled": labelled, "targets": targets, "collect_votes": False}
+    # 8 videos in batches of 3: 3, 3 and a last 2 (split 1 + 1); every rank gets a video of each.
+    assert [len(b) for b in engine.epoch_batches(8, 3, 2, 0, 0, 0)] == [3, 3, 2]
+    local = engine.train_loop_per_worker({**config, "device": "cpu"})
+    ray2 = make_ray_train_fn(_cfg(workers=2), tmp_path / "storage")(config)
+    assert len(local["history"]) == len(ray2["history"]) == 3
+    for h1, h2 in zip(local["history"], ray2["history"]):
+        for key in engine.LOSS_KEYS:
+            assert h1[key] == pytest.approx(h2[key], rel=1e-4, abs=1e-9), (h1["epoch"], key)
+
+
 def test_epoch_feed_passes_each_complete_epoch_once(tmp_path):
     """The driver's live feed: whole lines only, each epoch once (a restarted worker re-runs epochs)."""
     import json
@@ -307,6 +335,22 @@ def test_worker_exception_surfaces_from_the_driver(ray_local, corpus, tmp_path):
     with pytest.raises(InputError, match="not-a-corpus") as info:
         train_fn(config)
     assert isinstance(info.value.__cause__, TrainingFailedError)
+
+
+@pytest.mark.ray
+def test_gpu_workers_beyond_the_local_gpus_are_refused(ray_local, corpus, tmp_path):
+    """On the local Ray no GPU will appear: asking for more GPU workers than it has is one clear error
+    (Ray Train would otherwise wait for them forever)."""
+    from copl_dist.distributed.train import make_ray_train_fn
+
+    gpus = int(ray_local.cluster_resources().get("GPU", 0))
+    train_fn = make_ray_train_fn(_cfg(workers=gpus + 1, use_gpu="true"), tmp_path / "storage")
+    config = {
+        "cfg": {}, "corpus": str(corpus.root), "video_ids": corpus.video_ids("validation"),
+        "targets": np.zeros((8, 3), np.float32), "labelled": np.zeros(8, bool), "num_classes": 3,
+    }
+    with pytest.raises(InputError, match=f"{gpus + 1} GPU worker\\(s\\) asked for .* has {gpus} GPU"):
+        train_fn(config)
 
 
 @pytest.mark.ray

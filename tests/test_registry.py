@@ -314,6 +314,8 @@ def test_promote_compares_only_versions_of_one_mode_and_dataset(tmp_path, capsys
     assert main(["registry", "promote", "--tracking-uri", str(db), "--dataset", "thumos"]) == 0
     assert "-> version 4 (map@avg = 32; 2 utal version(s) of dataset thumos compared)" in capsys.readouterr().out
     assert str(client.get_model_version_by_alias("copl-teacher", "champion").version) == "4"
+    client.set_model_version_tag("copl-teacher", "1", "dataset_digest", "d1g")
+    assert promote("copl-teacher", tracking_uri=str(db), dataset="d1g").version == "1"  # by the corpus' digest too
     p = promote("copl-teacher", "map@avg", "weak", tracking_uri=str(db), mode="wtal")
     assert (p.version, p.value, p.compared) == ("2", 45.0, 1)
     with pytest.raises(InputError, match="none of its 5 version\\(s\\) has mode 'utal' and dataset 'nosuch'"):

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from copl_dist.cli import main
+from copl_dist.errors import InputError
 from copl_dist.run_state import load_latest, save_iteration
 from tiny_corpus import TINY_SETS, tiny_synthetic
 
@@ -146,8 +147,6 @@ def test_state_files_are_matched_by_number_only(tmp_path):
 
 
 def test_state_of_another_corpus_or_init_is_refused(tmp_path):
-    from copl_dist.errors import InputError
-
     save_iteration(tmp_path, 0, "h", {"teacher": {}, "corpus_digest": "aaa", "data": "/d", "init_digest": None})
     same = {"corpus_digest": "aaa", "data": "/d", "init_digest": None}
     assert load_latest(tmp_path, "h", same)["iteration"] == 0
@@ -155,3 +154,14 @@ def test_state_of_another_corpus_or_init_is_refused(tmp_path):
         load_latest(tmp_path, "h", {**same, "corpus_digest": "bbb"})
     with pytest.raises(InputError, match="from another --init-from model"):
         load_latest(tmp_path, "h", {**same, "init_digest": "ccc"})
+
+
+def test_state_of_another_format_is_refused(tmp_path):
+    """A state saved by another copl version (here: format 1, before the provenance keys) is named,
+    not misread as a run on other data."""
+    save_iteration(tmp_path, 0, "h", {"teacher": {}, "labels": np.arange(3)})
+    path = tmp_path / "iteration-0.pt"
+    payload = torch.load(path, weights_only=True)
+    torch.save({**payload, "version": 1}, path)
+    with pytest.raises(InputError, match=r"iteration-0.pt: a run state of format 1, this copl reads 2"):
+        load_latest(tmp_path, "h", {"data": "x"})

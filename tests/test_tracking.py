@@ -40,6 +40,26 @@ def test_normalize_tracking_uri(tmp_path, monkeypatch):
     assert normalize_tracking_uri("new.db", "--tracking-uri") == f"sqlite:///{tmp_path.resolve()}/new.db"  # created by a run
     with pytest.raises(InputError, match=r"^\$MLFLOW_TRACKING_URI nodir: no such run folder or \.db file"):
         normalize_tracking_uri("nodir", "$MLFLOW_TRACKING_URI")
+    for uri in ("file:/tmp/mlruns", "file:///tmp/mlruns", "databricks", "databricks://profile", "sqlite:///x.db"):
+        assert normalize_tracking_uri(uri, "--tracking-uri") == uri  # URIs pass as written
+
+
+def test_every_source_of_the_tracking_uri_reads_a_path_alike(tmp_path, monkeypatch):
+    """--tracking-uri, tracking.tracking_uri and $MLFLOW_TRACKING_URI: a run folder means its mlflow.db
+    wherever it is named, so a run logs where --init-from looks its models up."""
+    import pytest
+
+    from copl_dist.errors import InputError
+    from copl_dist.tracking import resolve_tracking_uri
+
+    want = f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(resolve(sets=[f"tracking.tracking_uri={tmp_path}"]).tracking, tmp_path / "out") == want
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", str(tmp_path))
+    assert resolve_tracking_uri(resolve().tracking, tmp_path / "out") == want
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", str(tmp_path / "nodir"))
+    with pytest.raises(InputError, match=r"^\$MLFLOW_TRACKING_URI .*nodir: no such run folder"):
+        resolve_tracking_uri(resolve().tracking, tmp_path / "out")
 
 
 def test_a_sqlite_store_elsewhere_keeps_artifacts_beside_its_database(tmp_path):

@@ -41,9 +41,11 @@ scope on a worker leaves them running for the driver.
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,6 +59,9 @@ from copl_dist.corpus import Corpus
 from copl_dist.engine import update_votes
 from copl_dist.errors import InputError
 from copl_dist.model import IOCNet
+
+# How long a pool on a cluster joined by address waits for an autoscaler to add the CPUs it needs.
+AUTOSCALE_WAIT_S = 600.0
 
 
 def contiguous_shards(counts: Sequence[int], num_shards: int) -> list[tuple[int, int]]:
@@ -182,10 +187,18 @@ class HASActorPool:
         cluster_cpus = float(ray.cluster_resources().get("CPU", 0))
         wanted = min(num_actors, max(1, len(video_ids))) * num_cpus_per_actor
         if wanted > cluster_cpus and autoscaling:
-            # A cluster joined by address may add nodes for pending actors (autoscaler): wait, say why.
-            print(f"copl: {wanted:g} CPUs wanted for HAS actors, the Ray cluster has {cluster_cpus:g} now: "
-                  "waiting for the autoscaler", file=sys.stderr)
-        elif wanted > cluster_cpus:
+            # A cluster joined by address may add nodes for the actors (autoscaler): wait a while,
+            # say why, and refuse if none come (a fixed-size cluster would leave them pending forever).
+            from ray.autoscaler.sdk import request_resources
+
+            print(f"copl: {wanted:g} CPUs wanted for HAS actors, the Ray cluster has {cluster_cpus:g}: waiting up to "
+                  f"{AUTOSCALE_WAIT_S:g} s for the autoscaler", file=sys.stderr)
+            request_resources(num_cpus=math.ceil(wanted))  # the demand it scales for (no actor is pending yet)
+            deadline = time.monotonic() + AUTOSCALE_WAIT_S
+            while wanted > cluster_cpus and time.monotonic() < deadline:
+                time.sleep(min(5.0, AUTOSCALE_WAIT_S))
+                cluster_cpus = float(ray.cluster_resources().get("CPU", 0))
+        if wanted > cluster_cpus:
             # Ray would keep the surplus actors pending forever and vote() would never return.
             raise InputError(
                 f"distributed.has_actors: {num_actors} HAS actors x {num_cpus_per_actor} CPU need {wanted:g} CPUs, "

@@ -86,18 +86,19 @@ def resolve_workers(workers: int, use_gpu: str = "auto") -> tuple[int, bool]:
 
     workers > 0 is taken as given; -1 fits the machine, or the cluster when Ray is initialised: one
     worker per GPU if there are GPUs, else one per two CPUs (each worker's torch then has two
-    threads' worth of cores), at least one. use_gpu "auto": GPUs (NCCL) when the cluster has any,
-    so that a GPU cluster is used whatever the worker count; "true" / "false" force the choice.
+    threads' worth of cores), at least one. use_gpu "auto": a GPU per worker (NCCL) when the
+    cluster has one for every worker (more workers than GPUs could never be placed: Ray Train would
+    wait for them forever); "true" / "false" force the choice ("true" e.g. while an autoscaler is
+    still starting the GPU nodes).
     """
     if workers != -1 and workers <= 0:
         raise ValueError(f"distributed.workers must be -1 (auto), 0 (in-process) or > 0, got {workers}")
     if use_gpu not in ("auto", "true", "false"):
         raise ValueError(f"distributed.use_gpu must be auto, true or false, got {use_gpu!r}")
     gpus, cpus = _available_gpus_cpus()
-    gpu = use_gpu == "true" or (use_gpu == "auto" and gpus >= 1)
     if workers > 0:
-        return workers, gpu
-    if gpu:
+        return workers, use_gpu == "true" or (use_gpu == "auto" and gpus >= workers)
+    if use_gpu == "true" or (use_gpu == "auto" and gpus >= 1):
         return max(1, gpus), True
     return max(1, cpus // 2), False
 

@@ -244,6 +244,18 @@ def _cpus_per_worker(num_workers: int, local: bool) -> int:
     return max(1, free // num_workers)
 
 
+def _check_local_gpus(num_workers: int) -> None:
+    """On the local Ray nothing will add GPUs: more GPU workers than GPUs would wait forever."""
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus < num_workers:
+        raise InputError(
+            f"Ray Train: {num_workers} GPU worker(s) asked for (distributed.use_gpu=true) but this machine's Ray has "
+            f"{gpus} GPU(s): lower --workers or set distributed.use_gpu=false"
+        )
+
+
 def cap_workers(requested: int, resolved: int, batch_size: int, num_videos: int) -> tuple[int, str | None]:
     """(workers to start, warning or None): at most one worker per video of the global batch.
 
@@ -258,7 +270,7 @@ def cap_workers(requested: int, resolved: int, batch_size: int, num_videos: int)
     if requested == -1:
         return global_batch, None
     return global_batch, (
-        f"copl: warning: --workers {requested} capped at {global_batch}: the global batch has "
+        f"copl: warning: distributed.workers {requested} capped at {global_batch}: the global batch has "
         f"{global_batch} videos (train.batch_size {batch_size}, {num_videos} training videos)"
     )
 
@@ -308,7 +320,10 @@ def make_ray_train_fn(cfg: Any, storage_path: str | os.PathLike[str] | None = No
         if warning is not None and warning not in warned:  # once per run, not per iteration
             warned.add(warning)
             print(warning, file=sys.stderr)
-        cpus = _cpus_per_worker(num_workers, local=ray_address(dist) == "local")
+        local = ray_address(dist) == "local"
+        if local and use_gpu:
+            _check_local_gpus(num_workers)
+        cpus = _cpus_per_worker(num_workers, local=local)
         # Workers (possibly on other machines) open the corpus themselves: give them an absolute path.
         config = {**config, "corpus": str(Path(config["corpus"]).resolve())}
         name = f"copl-it{int(config.get('iteration', 0))}-{uuid.uuid4().hex[:12]}"  # same name+path would resume
