@@ -49,6 +49,15 @@ def _listening_addresses(port: int) -> set[str]:
     return found
 
 
+def _shipped_runtime_env(tmp_path: Path) -> Path:
+    """cluster_configs/runtime_env.yaml less its pip list (no package index here; the venv has the
+    packages) and env_vars (its MLflow server is not here): the working_dir and its excludes."""
+    shipped = yaml.safe_load((ROOT / "cluster_configs" / "runtime_env.yaml").read_text())
+    env_file = tmp_path / "runtime_env.yaml"
+    env_file.write_text(yaml.safe_dump({k: shipped[k] for k in ("working_dir", "excludes")}))
+    return env_file
+
+
 def _env() -> dict[str, str]:
     # `ray job submit` runs the entrypoint with the Python active at `ray start`: this venv's. The
     # suite's COPL_WORKERS=0 (conftest) is not passed on: the job trains as a user's would, on Ray
@@ -99,9 +108,7 @@ def ray_head(tmp_path_factory):
 
 def test_job_runs_the_shipped_working_dir(ray_head, tmp_path):
     """The job imports copl_dist from the uploaded working_dir, not from this venv's install."""
-    env_file = tmp_path / "runtime_env.yaml"
-    shipped = yaml.safe_load((ROOT / "cluster_configs" / "runtime_env.yaml").read_text())
-    env_file.write_text(yaml.safe_dump({k: shipped[k] for k in ("working_dir", "excludes")}))
+    env_file = _shipped_runtime_env(tmp_path)
     proc = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", ray_head[0], "--runtime-env", str(env_file), "--",
          "python", "-c", "import copl_dist; print('COPL_DIST_AT', copl_dist.__file__)"],
@@ -125,9 +132,7 @@ def test_ray_job_submit_copl_run(ray_head, tmp_path):
     data = tmp_path / "data"
     tiny_synthetic(data, videos=8, seed=0)
     out = tmp_path / "out"
-    env_file = tmp_path / "runtime_env.yaml"
-    shipped = yaml.safe_load((ROOT / "cluster_configs" / "runtime_env.yaml").read_text())
-    env_file.write_text(yaml.safe_dump({k: shipped[k] for k in ("working_dir", "excludes")}))
+    env_file = _shipped_runtime_env(tmp_path)
     entry = [
         "python", "-m", "copl_dist", "run", "--data", str(data), "--out", str(out), "--iterations", "2",
         "--epochs", "2", "--snippets", "32", "--no-progress", "--has-actors", "1", "--set", "train.batch_size=4",
