@@ -41,7 +41,6 @@ scope on a worker leaves them running for the driver.
 
 from __future__ import annotations
 
-import math
 import os
 import resource
 import sys
@@ -185,7 +184,8 @@ class HASActorPool:
         if not ray.is_initialized():
             raise RuntimeError("HASActorPool needs Ray: call ray.init (or ray_runtime) first")
         cluster_cpus = float(ray.cluster_resources().get("CPU", 0))
-        wanted = min(num_actors, max(1, len(video_ids))) * num_cpus_per_actor
+        placed = min(num_actors, max(1, len(video_ids)))  # at most one actor per video
+        wanted = placed * num_cpus_per_actor
         if wanted > cluster_cpus and autoscaling:
             # A cluster joined by address may add nodes for the actors (autoscaler): wait a while,
             # say why, and refuse if none come (a fixed-size cluster would leave them pending forever).
@@ -193,11 +193,17 @@ class HASActorPool:
 
             print(f"copl: {wanted:g} CPUs wanted for HAS actors, the Ray cluster has {cluster_cpus:g}: waiting up to "
                   f"{AUTOSCALE_WAIT_S:g} s for the autoscaler", file=sys.stderr)
-            request_resources(num_cpus=math.ceil(wanted))  # the demand it scales for (no actor is pending yet)
-            deadline = time.monotonic() + AUTOSCALE_WAIT_S
-            while wanted > cluster_cpus and time.monotonic() < deadline:
-                time.sleep(min(5.0, AUTOSCALE_WAIT_S))
-                cluster_cpus = float(ray.cluster_resources().get("CPU", 0))
+            # The demand it scales for, shaped as the actors (no actor is pending yet). Ray keeps such a
+            # request until the next call, so it is withdrawn once the wait ends: the placed actors
+            # then hold their nodes, and an unanswered request must not keep the cluster scaling.
+            request_resources(bundles=[{"CPU": num_cpus_per_actor}] * placed)
+            try:
+                deadline = time.monotonic() + AUTOSCALE_WAIT_S
+                while wanted > cluster_cpus and time.monotonic() < deadline:
+                    time.sleep(min(5.0, AUTOSCALE_WAIT_S))
+                    cluster_cpus = float(ray.cluster_resources().get("CPU", 0))
+            finally:
+                request_resources()
         if wanted > cluster_cpus:
             # Ray would keep the surplus actors pending forever and vote() would never return.
             raise InputError(
@@ -210,7 +216,7 @@ class HASActorPool:
         self.feature_dim = corpus.feature_dim
         self.torch_threads = int(torch_threads or torch.get_num_threads())
         counts = [corpus.record(v).num_snippets for v in self.video_ids]
-        ranges = contiguous_shards(counts, min(num_actors, max(1, len(self.video_ids))))
+        ranges = contiguous_shards(counts, placed)
         self.shards = [self.video_ids[a:b] for a, b in ranges]
         self._owner = {v: i for i, shard in enumerate(self.shards) for v in shard}
         cfg_dict = to_dict(cfg)
