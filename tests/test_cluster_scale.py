@@ -142,6 +142,14 @@ def test_sparse_affinity_symmetric_nonnegative():
     # 'max' is the union of both directions; 'mean' halves one-directional edges
     Wm = sparse_gaussian_affinity(d, i, sigma, symmetrize="mean")
     assert abs(Wm - Wm.T).max() < 1e-12 and Wm.nnz == W.nnz and (W - Wm).toarray().min() >= -1e-15
+    directed = {(a, b) for a in range(200) for b in i[a]}
+    one_way = [(a, b) for a, b in directed if (b, a) not in directed]
+    both_ways = [(a, b) for a, b in directed if (b, a) in directed]
+    assert one_way and both_ways
+    for a, b in one_way[:20]:
+        assert Wm[a, b] == pytest.approx(W[a, b] / 2, rel=1e-12) and W[a, b] > 0
+    for a, b in both_ways[:20]:
+        assert Wm[a, b] == pytest.approx(W[a, b], rel=1e-12)
 
 
 # ------------------------------------------------------------------------------ spectral
@@ -246,19 +254,34 @@ def test_sampled_plri_error_covers_an_undersampled_nearest_cluster():
     assert np.array_equal(s2 >= 0.01, exact >= 0.01)  # no video changes side
 
 
-def test_plri_kernel_sums_in_torch_equal_numpy():
+def test_plri_kernel_sums_in_torch_equal_numpy(monkeypatch):
     """The device path (torch; here on the CPU, on a GPU in test_gpu.py) computes what numpy does."""
+    from copl_dist import plri_scale
+
+    device_blocks = []
+    real_block = plri_scale._KernelSums._device_block
+
+    def counting_block(self, *args, **kwargs):
+        device_blocks.append(self.device)
+        return real_block(self, *args, **kwargs)
+
+    # Counts the torch blocks that really ran (an "equal" result with torch bypassed proves nothing).
+    monkeypatch.setattr(plri_scale._KernelSums, "_device_block", counting_block)
     X, _ = make_cluster_features(1500, 48, n_clusters=8, seed=8, separation=0.8)
     labels = cluster_videos_scale(X, 8, seed=0, delta=0.0, plri_device=None)[0]
     sigma = estimate_sigma(X)
     blocked = plri_scores_blocked(X, labels, sigma)
+    assert device_blocks == []  # numpy so far
     np.testing.assert_allclose(
         plri_scores_blocked(X, labels, sigma, device="cpu", block_bytes=1 << 13, row_block=100), blocked, atol=1e-12
     )
+    assert len(device_blocks) > 1 and set(device_blocks) == {"cpu"}
     info_np: dict = {}
     info_t: dict = {}
     s_np, se_np = plri_scores_sampled(X, labels, sigma, sample=30, seed=1, delta=0.0, info=info_np)
+    before = len(device_blocks)
     s_t, se_t = plri_scores_sampled(X, labels, sigma, sample=30, seed=1, delta=0.0, info=info_t, device="cpu")
+    assert len(device_blocks) > before
     assert info_np["plri_device"] == "numpy" and info_t["plri_device"] == "cpu"
     assert info_t["plri_refined"] == info_np["plri_refined"] > 0  # the re-computation ran on the device too
     # float32 Gram products (as the sampled path uses): only the summation order differs.

@@ -77,7 +77,7 @@ def test_train_device_values():
     from copl_dist.engine import resolve_device
 
     for ok in ("auto", "cpu", "cuda", "cuda:1"):
-        resolve(sets=[f"train.device={ok}"])
+        assert resolve(sets=[f"train.device={ok}"]).train.device == ok
     with pytest.raises(InputError, match="train.device"):
         resolve(sets=["train.device=gpu"])
     assert resolve_device("cpu").type == "cpu"

@@ -109,6 +109,17 @@ def test_features_are_zero_copy_read_only_views(tmp_path):
     assert np.shares_memory(x, corpus.features("v_c"))  # the shard is mapped once, cached
     with pytest.raises(ValueError):
         x[0, 0] = 1.0
+    # ... and the address is inside a mapping of the shard's file (a heap copy, say a buffer read
+    # whole from the file, would pass the checks above).
+    addr = x.ctypes.data
+    mapped = set()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        lo, hi = (int(v, 16) for v in fields[0].split("-"))
+        if lo <= addr < hi and len(fields) == 6:
+            mapped.add(Path(fields[5].strip()))
+    shard = (tmp_path / "c" / "features" / "shard-00000.arrow").resolve()
+    assert shard in {m.resolve() for m in mapped if m.is_absolute()}
 
 
 def test_shards_split_at_video_boundaries(tmp_path):

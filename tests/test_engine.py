@@ -112,3 +112,6 @@ def test_training_clears_a_voters_stale_votes(tmp_path):
     votes = train_loop_per_worker({**config, "voter": stale})["votes"]
     assert sorted(votes) == sorted(ids)
     assert all(np.array_equal(votes[v], fresh[v]) for v in ids)
+    # ... and those are the passed voter's own votes (a run that ignored it would leave it stale)
+    held = stale.state()
+    assert sorted(held) == sorted(ids) and all(np.array_equal(held[v], fresh[v]) for v in ids)

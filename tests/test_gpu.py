@@ -45,6 +45,12 @@ def _exact_float32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+def _cuda_allocations() -> int:
+    """How many CUDA allocations this process has made: a difference across a call proves that the
+    call put something on the GPU (a result equal to the CPU's proves nothing if it ran there)."""
+    return int(torch.cuda.memory_stats().get("allocation.all.allocated", 0))
+
+
 def _train(corpus, device: str) -> dict:
     cfg = resolve("thumos14", overrides=TINY)
     ids = corpus.video_ids(cfg.data.train_subset)
@@ -81,7 +87,10 @@ def test_inference_on_gpu_matches_cpu(corpus):
     model = IOCNet(NUM_CLASSES, 2048, 32, 0.0).eval()
     x = corpus.features(corpus.video_ids("test")[0])
     cpu = infer_video(model, x, 1 / 3, 1 / 8)
-    gpu = infer_video(model.to("cuda"), x, 1 / 3, 1 / 8)
+    model.to("cuda")
+    before = _cuda_allocations()
+    gpu = infer_video(model, x, 1 / 3, 1 / 8)
+    assert _cuda_allocations() > before  # the features went to the model's device
     for field in ("cas", "a_cs", "a_ca", "h_cs", "class_scores"):
         np.testing.assert_allclose(getattr(gpu, field), getattr(cpu, field), rtol=1e-4, atol=1e-5)
 
@@ -89,7 +98,9 @@ def test_inference_on_gpu_matches_cpu(corpus):
 def test_knn_torch_on_gpu_matches_brute_force():
     X = np.random.default_rng(4).normal(size=(3000, 64))
     d_ref, i_ref = knn_search(X, 10, backend="numpy")
+    before = _cuda_allocations()
     d, i = knn_search(X, 10, backend="torch")
+    assert _cuda_allocations() > before
     assert np.mean(i == i_ref) > 0.999  # float32 on the GPU may swap near-ties
     np.testing.assert_allclose(d, d_ref, rtol=1e-3, atol=1e-3)
 
@@ -102,8 +113,10 @@ def test_plri_kernel_sums_on_gpu_match_numpy():
     X, _ = make_cluster_features(3000, 64, n_clusters=10, seed=8, separation=0.8)
     labels = cluster_videos_scale(X, 10, seed=0, delta=0.0, plri_device=None)[0]
     sigma = estimate_sigma(X)
-    np.testing.assert_allclose(plri_scores_blocked(X, labels, sigma, device="cuda"),
-                               plri_scores_blocked(X, labels, sigma), atol=1e-9)
+    before = _cuda_allocations()
+    on_gpu = plri_scores_blocked(X, labels, sigma, device="cuda")
+    assert _cuda_allocations() > before
+    np.testing.assert_allclose(on_gpu, plri_scores_blocked(X, labels, sigma), atol=1e-9)
     info: dict = {}
     s_gpu, se_gpu = plri_scores_sampled(X, labels, sigma, sample=40, seed=1, delta=0.0, info=info, device="cuda")
     s_np, se_np = plri_scores_sampled(X, labels, sigma, sample=40, seed=1, delta=0.0)
@@ -111,8 +124,9 @@ def test_plri_kernel_sums_on_gpu_match_numpy():
     np.testing.assert_allclose(s_gpu, s_np, atol=1e-6)
     np.testing.assert_allclose(se_gpu, se_np, atol=1e-6)
     info = {}
+    before = _cuda_allocations()
     cluster_videos_scale(X, 10, seed=0, delta=0.0, plri_method="sampled", info=info)
-    assert info["plri_device"] == "cuda"  # "auto" takes the GPU
+    assert info["plri_device"] == "cuda" and _cuda_allocations() > before  # "auto" takes the GPU
 
 
 def test_copl_run_on_gpu(corpus, tmp_path):
@@ -122,7 +136,9 @@ def test_copl_run_on_gpu(corpus, tmp_path):
     argv = ["run", "--data", str(raw), "--out", str(out), "--iterations", "2", "--epochs", "2", "--snippets", "32",
             "--workers", "0", "--no-progress", "--set", "tracking.enabled=false", "--set", "train.device=cuda",
             "--set", "model.hidden_dim=32", "--set", "train.batch_size=4"]
+    before = _cuda_allocations()
     assert main(argv) == 0
+    assert _cuda_allocations() > before  # training and inference ran on the GPU
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["iterations"]) == 2
     assert (out / "detections.json").is_file()

@@ -84,6 +84,7 @@ def test_localize_video_detections_sorted_and_flat_score():
     rng = np.random.default_rng(0)
     dets = localize_video(rng.random((50, 3)), np.array([0.4, 0.3, 0.3]), 100.0, InferenceConfig())
     scores = [d[3] for d in dets]
+    assert len(dets) > 1 and {c for _, _, c, _ in dets} <= {0, 1, 2}
     assert scores == sorted(scores, reverse=True)
     assert all(0 <= s < e <= 100.0 for s, e, _, _ in dets)
     # a flat score has no boundary: one whole-video proposal

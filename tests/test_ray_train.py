@@ -120,9 +120,18 @@ def test_copl_run_workers_default(monkeypatch, tmp_path):
         workers()
 
 
-def test_default_train_fn_in_process_unless_workers():
+def test_default_train_fn_in_process_unless_workers(monkeypatch, tmp_path):
+    from copl_dist.distributed import train as ray_train
+
     assert default_train_fn(_cfg()) is engine.train_loop_per_worker
-    assert default_train_fn(_cfg(workers=2)) is not engine.train_loop_per_worker  # builds, starts nothing
+    built = []
+    monkeypatch.setattr(ray_train, "make_ray_train_fn", lambda cfg, storage: built.append((cfg.distributed.workers, storage)) or "ray")
+    assert default_train_fn(_cfg(workers=2), tmp_path) == "ray"
+    assert default_train_fn(_cfg(workers=-1)) == "ray"
+    assert built == [(2, str(tmp_path / "ray_storage")), (-1, None)]
+    monkeypatch.undo()
+    fn = default_train_fn(_cfg(workers=2))  # the real one builds a Ray trainer and starts nothing
+    assert fn is not engine.train_loop_per_worker and fn.__module__ == ray_train.__name__
 
 
 def test_worker_failures_become_one_clear_error():

@@ -4,6 +4,7 @@ post-processing search on cached predictions (no training)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +197,19 @@ def test_val_subset_must_exist_and_be_labelled(data, tmp_path, capsys):
             "--objective", "map", "--val-subset", "nope", *TINY]
     assert main(argv) == 2
     assert "nope" in capsys.readouterr().err
+    # A subset that exists but carries no annotation (videos delivered without labels).
+    unlabelled = tmp_path / "unlabelled"
+    shutil.copytree(data, unlabelled)
+    ann = json.loads((unlabelled / "annotations.json").read_text())
+    for rec in ann["database"].values():
+        if rec["subset"] == "val_holdout":
+            rec["annotations"] = []
+    (unlabelled / "annotations.json").write_text(json.dumps(ann))
+    argv = ["tune", "--space", str(space), "--data", str(unlabelled), "--out", str(tmp_path / "o2"),
+            "--objective", "map", "--val-subset", "val_holdout", *TINY]
+    assert main(argv) == 2
+    assert "--val-subset val_holdout: the subset has no annotations" in capsys.readouterr().err
+    assert not (tmp_path / "o2" / "best_config.yaml").exists()
 
 
 def test_searched_key_cannot_also_be_set(tmp_path, capsys):
@@ -216,7 +230,22 @@ def test_label_free_objectives_on_an_untrained_teacher(data, tmp_path):
     teacher = IOCNet(3, cfg.model.feature_dim, cfg.model.hidden_dim, cfg.model.dropout).eval()
     ids = corpus.video_ids("validation")
     s = silhouette_objective(cfg, corpus, ids, teacher, 3, 0)
-    assert -1.0 <= s <= 1.0
+    # By hand from the parts: the teacher's HAS features of each video (Eq. 5), the exact path's
+    # affinity, spectral clustering with the next iteration's seed, the mean PLRI score (Eq. 8).
+    from copl_dist import cluster, has
+    from copl_dist.engine import infer_video
+    from copl_dist.seeding import STREAM_CLUSTER, derive_seed
+
+    feats = []
+    for vid in ids:
+        x = corpus.features(vid)
+        out = infer_video(teacher, x, cfg.train.beta, cfg.train.topl_ratio)
+        attention = has.top_k_attention(has.consistent_actionness(out.a_cs, out.a_ca), cfg.has.gamma)  # Eqs. 1-3
+        feats.append(has.global_feature(x, attention, cfg.has.centre))
+    W = cluster.gaussian_affinity(np.stack(feats))
+    labels = cluster.spectral_clustering(W, 3, derive_seed(cfg.seed, STREAM_CLUSTER, 1))
+    expected = float(cluster.plri_scores(W, labels).mean())
+    assert expected != 0.0 and s == pytest.approx(expected, abs=1e-9)
     a = agreement_objective(cfg, corpus, ids, teacher, 0)
     assert -1.0 <= a < 1.0
     assert a == agreement_objective(cfg, corpus, ids, teacher, 0)  # seeded shift: deterministic
@@ -314,7 +343,12 @@ def test_postprocess_search_reads_the_cache_and_never_trains(map_tune, data, mon
     assert calls == [] and len(result["candidates"]) == 5
     # The tuned values are inside the space, so they are the first candidate and nothing is worse.
     assert result["candidates"][0]["values"]["inference.nms_iou"] == cfg.inference.nms_iou
-    assert result["best_objective"] >= result["candidates"][0]["objective"]
+    objectives = [c["objective"] for c in result["candidates"]]
+    assert objectives[0] == pytest.approx(result["default_objective"], abs=1e-12)
+    # Each candidate is scored with its own values (the same values everywhere would tie them all).
+    assert len(set(objectives)) > 1
+    assert result["best_objective"] == max(objectives)
+    assert result["best_values"] == result["candidates"][objectives.index(max(objectives))]["values"]
 
 
 @pytest.mark.ray
