@@ -42,3 +42,37 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+@contextmanager
+def output_folder(folder: str | Path, keep: tuple[str, ...] = ()) -> Iterator[Path]:
+    """A command's output folder (created if missing). When the command fails on bad input
+    (InputError), what it added to the folder is removed again (the entries named in `keep` stay,
+    e.g. `state`, which --resume needs), and so is the folder if the command created it: a
+    corrected re-run starts from what was there. Any other failure (a crash, Ctrl-C) removes only a
+    folder it left empty, so that partial progress (metrics so far, the tracking store) remains."""
+    import shutil
+
+    from copl_dist.errors import InputError
+
+    path = Path(folder)
+    existed = path.exists()
+    before = set(path.iterdir()) if existed else set()
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except InputError:
+        for entry in set(path.iterdir()) - before:
+            if entry.name in keep:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        if not existed and not any(path.iterdir()):
+            path.rmdir()
+        raise
+    except BaseException:
+        if not existed and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        raise

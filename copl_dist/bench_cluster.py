@@ -64,6 +64,7 @@ from typing import Any
 
 import numpy as np
 
+from copl_dist.arg_types import OneLineParser, finite_float, nonnegative_int, positive_float, positive_int
 from copl_dist.errors import InputError
 
 PATHS = ("exact", "nystrom", "knn")
@@ -265,18 +266,18 @@ def _run_worker(spec: dict[str, Any], threads: int | None) -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", default="1000,10000,100000", help="comma-separated numbers of videos")
-    parser.add_argument("--dim", type=int, default=2048, help="feature dimension")
-    parser.add_argument("--clusters", type=int, default=20)
-    parser.add_argument("--knn", type=int, default=30, help="neighbours of the kNN path")
-    parser.add_argument("--knn-pca", type=int, default=256, help="principal components the kNN graph is built on (0: raw)")
+    parser.add_argument("--dim", type=positive_int, default=2048, help="feature dimension")
+    parser.add_argument("--clusters", type=positive_int, default=20)
+    parser.add_argument("--knn", type=positive_int, default=30, help="neighbours of the kNN path")
+    parser.add_argument("--knn-pca", type=nonnegative_int, default=256, help="principal components the kNN graph is built on (0: raw)")
     parser.add_argument("--backend", default="auto", choices=["auto", "faiss", "torch", "numpy"], help="kNN back end")
     parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
-    parser.add_argument("--separation", type=float, default=1.0, help="latent cluster separation (smaller: more overlap)")
-    parser.add_argument("--delta", type=float, default=0.0, help="PLRI threshold")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--exact-max-gb", type=float, default=12.0,
+    parser.add_argument("--separation", type=positive_float, default=1.0, help="latent cluster separation (smaller: more overlap)")
+    parser.add_argument("--delta", type=finite_float, default=0.0, help="PLRI threshold")
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
+    parser.add_argument("--exact-max-gb", type=positive_float, default=12.0,
                         help="run the exact path only if its estimated peak is below this and 60%% of free memory")
-    parser.add_argument("--threads", type=int, default=0, help="BLAS/OpenMP threads per worker (0: library default)")
+    parser.add_argument("--threads", type=nonnegative_int, default=0, help="BLAS/OpenMP threads per worker (0: library default)")
     parser.add_argument("--out", default="runs/bench-cluster")
 
 
@@ -437,6 +438,6 @@ def _worker_main(argv: list[str]) -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--worker":
         sys.exit(_worker_main(sys.argv[1:]))
-    parser = argparse.ArgumentParser(prog="copl bench cluster")
+    parser = OneLineParser(prog="copl bench cluster")
     add_arguments(parser)
     sys.exit(run(parser.parse_args()))

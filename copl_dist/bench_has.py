@@ -34,22 +34,23 @@ from pathlib import Path
 from typing import Any
 
 from copl_dist.atomic import write_json
+from copl_dist.arg_types import nonnegative_int, positive_float, positive_int
 from copl_dist.errors import InputError
 
 MB = 1 << 20
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--videos", type=int, default=100, help="videos per subset of the synthetic corpus")
+    parser.add_argument("--videos", type=positive_int, default=100, help="videos per subset of the synthetic corpus")
     parser.add_argument(
         "--actors", default="1,2",
         help="comma-separated actor counts; N:T = N actors with T torch threads each; 0:T = in-process with T threads",
     )
-    parser.add_argument("--epochs", type=int, default=2, help="voting epochs per configuration (the first is reported apart)")
-    parser.add_argument("--classes", type=int, default=20)
-    parser.add_argument("--hidden-dim", type=int, default=512, help="IOCNet width of the teacher (paper: 512)")
-    parser.add_argument("--duration-scale", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=positive_int, default=2, help="voting epochs per configuration (the first is reported apart)")
+    parser.add_argument("--classes", type=positive_int, default=20)
+    parser.add_argument("--hidden-dim", type=positive_int, default=512, help="IOCNet width of the teacher (paper: 512)")
+    parser.add_argument("--duration-scale", type=positive_float, default=1.0)
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument("--out", default="runs/bench-has")
 
 

@@ -57,6 +57,8 @@ def run_quality_bench(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.merge:
         return merge_quality(args.merge, out)
+    for sets in [[]] + [s for _, s in VARIANTS.values()]:  # a bad --set fails before any corpus is made
+        resolve("thumos14", sets=["has.vote_last=6", *args.sets, *sets, "tracking.enabled=false"])
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
     started = time.perf_counter()
@@ -93,6 +95,22 @@ def run_quality_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_output(path: Path) -> dict[str, Any]:
+    """A `copl bench quality` quality.json with its settings and at least one seed of every run."""
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    runs = doc.get("runs") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or not isinstance(doc.get("args"), dict) or not isinstance(runs, dict):
+        raise InputError(f"{path}: not a `copl bench quality` output (expected 'args' and 'runs')")
+    for name in VARIANTS:
+        rows = runs.get(name)
+        if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) and "seed" in r and "final" in r for r in rows):
+            raise InputError(f"{path}: no complete result of '{name}' (an interrupted or older benchmark?)")
+    return doc
+
+
 def merge_quality(folders: list[str], out: Path) -> int:
     """One table from several `copl bench quality` outputs (seeds split over processes or machines):
     the same settings are required, the seeds must not repeat."""
@@ -101,7 +119,7 @@ def merge_quality(folders: list[str], out: Path) -> int:
         path = Path(folder) / "quality.json"
         if not path.is_file():
             raise InputError(f"{path}: not found (expected a `copl bench quality` output)")
-        docs.append(json.loads(path.read_text()))
+        docs.append(_read_output(path))
     keys = ("videos", "classes", "epochs", "snippets", "iterations", "duration_scale", "sets")
     first = docs[0]["args"]
     for folder, doc in zip(folders, docs):

@@ -26,14 +26,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from copl_dist.arg_types import positive_int
+
 MODES = {"in-process": 0, "ray-1": 1, "ray-2": 2}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--videos", type=int, default=48, help="training videos (synthetic THUMOS-like corpus)")
-    p.add_argument("--classes", type=int, default=6)
-    p.add_argument("--epochs", type=int, default=3, help="at least 2: the first epoch is warm-up")
-    p.add_argument("--snippets", type=int, default=128, help="snippets sampled per training video")
+    p.add_argument("--videos", type=positive_int, default=48, help="training videos (synthetic THUMOS-like corpus)")
+    p.add_argument("--classes", type=positive_int, default=6)
+    p.add_argument("--epochs", type=positive_int, default=3, help="at least 2: the first epoch is warm-up")
+    p.add_argument("--snippets", type=positive_int, default=128, help="snippets sampled per training video")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
     p.add_argument("--out", default="runs/bench-train")
 

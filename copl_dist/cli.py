@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from copl_dist.arg_types import OneLineParser, nonnegative_int, positive_float, positive_int
 from copl_dist.errors import InputError
 
 # With no --data, `copl run` sizes a synthetic THUMOS-like corpus and the schedule to finish within
@@ -52,7 +53,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="copl", description="Unsupervised temporal action localization (COPL) at scale")
+    parser = OneLineParser(prog="copl", description="Unsupervised temporal action localization (COPL) at scale")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -61,10 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="write a synthetic corpus (ActivityNet JSON + .npy)")
     p.add_argument("out")
     p.add_argument("--preset", default="thumos14", choices=["thumos14", "anet12"])
-    p.add_argument("--videos", type=int, help="videos per subset (default: the real dataset's counts)")
-    p.add_argument("--classes", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--duration-scale", type=float, default=1.0, help="shrink video durations (quick runs)")
+    p.add_argument("--videos", type=positive_int, help="videos per subset (default: the real dataset's counts)")
+    p.add_argument("--classes", type=positive_int)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--duration-scale", type=positive_float, default=1.0, help="shrink video durations (quick runs)")
 
     p = sub.add_parser("import", help="convert a dataset into a corpus (Arrow IPC features, Parquet tables)")
     p.add_argument("src")
@@ -90,18 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="bench", required=True)
     q = bench.add_parser("quality", help="the paper's ablations on a synthetic THUMOS-like corpus")
-    q.add_argument("--seeds", type=int, default=3)
-    q.add_argument("--first-seed", type=int, default=0, help="seeds run: first-seed ... first-seed + seeds - 1")
+    q.add_argument("--seeds", type=positive_int, default=3)
+    q.add_argument("--first-seed", type=nonnegative_int, default=0, help="seeds run: first-seed ... first-seed + seeds - 1")
     q.add_argument("--merge", nargs="+", metavar="DIR", help="only merge earlier outputs (seeds split over processes) into --out")
     q.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="a config override for every variant (repeatable), e.g. train.device=cpu")
     q.add_argument("--out", default="runs/bench-quality")
-    q.add_argument("--videos", type=int, default=48)
-    q.add_argument("--classes", type=int, default=6)
-    q.add_argument("--epochs", type=int, default=12)
-    q.add_argument("--snippets", type=int, default=128)
-    q.add_argument("--iterations", type=int, default=3)
-    q.add_argument("--duration-scale", type=float, default=0.5)
+    q.add_argument("--videos", type=positive_int, default=48)
+    q.add_argument("--classes", type=positive_int, default=6)
+    q.add_argument("--epochs", type=positive_int, default=12)
+    q.add_argument("--snippets", type=positive_int, default=128)
+    q.add_argument("--iterations", type=positive_int, default=3)
+    q.add_argument("--duration-scale", type=positive_float, default=0.5)
     from copl_dist import bench_cluster, bench_has, bench_train
 
     bench_cluster.add_arguments(bench.add_parser("cluster", help="exact vs FAISS clustering: seconds and peak memory per N"))
@@ -126,14 +127,13 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_tracking_uri(value: str | None) -> str | None:
-    """--tracking-uri as a URI; a new .db file is created by the run, so only its folder must exist."""
+    """--tracking-uri as a URI (checked with the rest of the store before the run writes anything)."""
     if value is None:
         return None
-    from copl_dist.tracking import normalize_tracking_uri
+    from copl_dist.tracking import check_sqlite_store, normalize_tracking_uri
 
     uri = normalize_tracking_uri(value, "--tracking-uri")
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).parent.is_dir():
-        raise InputError(f"--tracking-uri {value}: the folder of the database does not exist")
+    check_sqlite_store(uri, "--tracking-uri", must_exist=False)
     return uri
 
 
@@ -167,7 +167,7 @@ def _config_sets(args: argparse.Namespace, key: str) -> bool:
 
     try:
         node: Any = yaml.safe_load(Path(args.config).read_text())
-    except yaml.YAMLError:
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
         return False  # resolve() reports it
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
@@ -192,6 +192,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/{cfg.preset}-{cfg.mode}-seed{cfg.seed}")
     if args.data is not None and not Path(args.data).exists():
         raise InputError(f"{args.data}: data folder not found")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    if cfg.tracking.enabled:
+        from copl_dist.registry import check_registry_names
+        from copl_dist.tracking import resolve_tracking_uri
+
+        from copl_dist.tracking import check_tracking_server
+
+        # The store's checks, before anything is written.
+        check_tracking_server(resolve_tracking_uri(cfg.tracking, out), "tracking store")
+        if cfg.tracking.log_model:
+            check_registry_names(cfg.tracking.registered_model, source="tracking.registered_model")
     init_ckpt = None
     if args.init_from:
         from copl_dist.registry import load_teacher_checkpoint
@@ -204,9 +216,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         init_ckpt = load_teacher_checkpoint(args.init_from, resolve_tracking_uri(cfg.tracking, out))
         check_init_mode(init_ckpt, args.init_from, cfg.mode)  # before anything is written
 
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    from copl_dist.atomic import output_folder
+
+    with output_folder(out, keep=("state",)):
         if synthetic:
             src = out / "synthetic-data"
             print(
@@ -227,6 +239,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 corpus = import_dataset(src, corpus_dir, allow_pickle=args.allow_pickle, min_snippets=cfg.data.min_snippets)
             for w in caught:
                 print(f"copl: warning: {w.message}", file=sys.stderr)
+        check_subsets(corpus, src, cfg)
         init_state = None
         if init_ckpt is not None:
             from copl_dist.registry import init_state_for
@@ -236,10 +249,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         # What the registry tags as the dataset: what the user named, not the run's converted copy.
         dataset = f"synthetic:{cfg.preset}:seed{cfg.seed}" if synthetic else str(Path(args.data).resolve())
         return _execute(cfg, corpus, out, dataset, progress=not args.no_progress, init_state=init_state, resume=args.resume)
-    except BaseException:
-        if created and not any(out.iterdir()):
-            out.rmdir()
-        raise
+
+
+def check_subsets(corpus: Any, src: Path, cfg: Any) -> None:
+    """The subsets the run trains and tests on exist in the data (named by the flag that sets them)."""
+    have = corpus.subsets()
+    for flag, key, subset in (("--train-subset", "data.train_subset", cfg.data.train_subset),
+                              ("--test-subset", "data.test_subset", cfg.data.test_subset)):
+        if subset not in have:
+            raise InputError(f"{flag} {subset} ({key}): no such subset in {src} (it has: {', '.join(have) or 'none'})")
 
 
 def _execute(
@@ -303,7 +321,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from copl_dist.formats import import_dataset
 
-    corpus = import_dataset(args.src, args.out, allow_pickle=args.allow_pickle)
+    corpus = import_dataset(args.src, args.out, allow_pickle=args.allow_pickle, open_corpus=False)
     print(f"corpus: {corpus.root} ({sum(len(corpus.video_ids(s)) for s in corpus.subsets())} videos, {len(corpus.classes)} classes)")
     return 0
 
@@ -325,6 +343,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return runners[args.bench](args)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "message", "") or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _os_error_line(exc: OSError) -> str:
+    if exc.filename is not None:
+        target = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else str(exc.filename)
+        return f"{target}: {exc.strerror or _first_line(exc)}"
+    return _first_line(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -342,6 +372,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"copl: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # The file system or the network refused (an output path that is a file, no permission, a
+        # full disk, a server that is down): the user's environment, not a bug, so one line too.
+        if args.debug:
+            raise
+        print(f"copl: error: {_os_error_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        # MLflow refusing a store, a name or an alias (checked by MLflow itself): one line, naming it.
+        if args.debug or not type(exc).__module__.startswith("mlflow"):
+            raise
+        print(f"copl: error: MLflow: {_first_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("copl: interrupted", file=sys.stderr)

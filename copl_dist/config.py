@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -28,7 +29,7 @@ class DataConfig:
     # Snippets sampled per training video (paper: 750 THUMOS, 50 ActivityNet). HAS and inference
     # read every snippet of a video.
     snippets: int = 750
-    # Videos shorter than this many snippets are rejected as too short.
+    # Videos shorter than this many snippets are rejected as too short (>= 1).
     min_snippets: int = 4
 
 
@@ -118,7 +119,7 @@ class InferenceConfig:
     nms_iou: float = 0.6
     outer_ratio: float = 0.25  # outer margin = this share of the proposal length
     class_score_weight: float = 0.25  # share of the video class score in a proposal's score
-    max_detections: int = 200  # per video, after NMS
+    max_detections: int = 200  # per video, after NMS; 0: no cap (localize.detect)
 
 
 @dataclass
@@ -139,14 +140,14 @@ class DistributedConfig:
     # this machine, before Ray starts) has GPUs; "true"/"false" force it (e.g. "true" on an autoscaling
     # cluster whose GPU nodes are not up yet).
     use_gpu: str = "auto"
-    has_actors: int = 0  # Ray actors for HAS voting / global features; 0: in this process
+    has_actors: int = 0  # Ray actors for HAS voting / global features; 0: in this process (no -1: no auto count)
     has_actor_cpus: float = 1.0  # CPUs each HAS actor holds for the run
     # torch threads in each HAS actor; 0: the driver's count, which keeps the votes bit-for-bit equal
     # to the in-process path (distributed/has_actors.py) at the price of oversubscribed cores.
     has_actor_threads: int = 0
     ray_address: str = ""  # "": $RAY_ADDRESS, else a local in-process Ray
     storage_path: str = ""  # Ray Train checkpoints; "": OUT/ray_storage
-    max_failures: int = 1  # worker-group restarts from the last epoch checkpoint
+    max_failures: int = 1  # worker-group restarts from the last epoch checkpoint; -1: unlimited (Ray)
 
 
 @dataclass
@@ -249,7 +250,35 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     raise InputError(f"{source}: config key '{key}' expects {getattr(hint, '__name__', hint)}, got {value!r}")
 
 
-def _merge(obj: Any, updates: dict[str, Any], source: str, prefix: str = "") -> None:
+# Where each key's value came from ({'train.lr': '--set', ...}), kept on the config instance beside
+# its fields (not a field: to_dict, ==, the hash and the YAML ignore it), so that validate() blames
+# the preset, file, --set or flag that set a bad value last rather than whatever its caller names.
+_SOURCES_ATTR = "_copl_sources"
+
+
+def _sources(cfg: Any) -> dict[str, str]:
+    found = cfg.__dict__.get(_SOURCES_ATTR)
+    if found is None:
+        found = {}
+        cfg.__dict__[_SOURCES_ATTR] = found
+    return found
+
+
+def source_of(cfg: CoplConfig, key: str, default: str) -> str:
+    """The source that last set the dotted `key`, or `default` if none was recorded."""
+    return (cfg.__dict__.get(_SOURCES_ATTR) or {}).get(key, default)
+
+
+def inherit_sources(dst: CoplConfig, src: CoplConfig) -> None:
+    """Give `dst` (a copy of `src`, e.g. through to_dict / from_dict) the sources recorded on `src`."""
+    recorded = src.__dict__.get(_SOURCES_ATTR)
+    if recorded:
+        dst.__dict__[_SOURCES_ATTR] = dict(recorded)
+
+
+def _merge(obj: Any, updates: dict[str, Any], source: str, prefix: str = "", sources: dict[str, str] | None = None) -> None:
+    if sources is None:  # the top-level call: obj is the CoplConfig whose sources are recorded
+        sources = _sources(obj)
     hints = _type_hints(type(obj))
     names = {f.name for f in fields(obj)}
     for key, value in updates.items():
@@ -260,9 +289,10 @@ def _merge(obj: Any, updates: dict[str, Any], source: str, prefix: str = "") -> 
         if is_dataclass(current):
             if not isinstance(value, dict):
                 raise InputError(f"{source}: config key '{path}' expects a mapping, got {value!r}")
-            _merge(current, value, source, prefix=f"{path}.")
+            _merge(current, value, source, prefix=f"{path}.", sources=sources)
         else:
             setattr(obj, key, _coerce(value, hints[key], path, source))
+            sources[path] = source
 
 
 def _dotted_to_nested(key: str, value: Any) -> dict[str, Any]:
@@ -290,42 +320,74 @@ def parse_set(items: list[str]) -> list[tuple[str, Any]]:
     return pairs
 
 
+# (key, check, rule) for one value each; float checks reject NaN and inf (NaN fails every comparison,
+# but inf passes a one-sided bound, and an infinite weight or rate only surfaces mid-run as NaN).
+_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("iterations", lambda v: v >= 1, ">= 1"),
+    ("num_classes", lambda v: v >= 0, ">= 0"),
+    ("seed", lambda v: v >= 0, ">= 0"),  # numpy's SeedSequence (seeding.derive_seed) refuses negatives
+    ("data.snippets", lambda v: v >= 4, ">= 4"),
+    ("data.min_snippets", lambda v: v >= 1, ">= 1"),
+    ("model.feature_dim", lambda v: v >= 2 and v % 2 == 0, ">= 2 and even (RGB | Flow)"),
+    ("model.hidden_dim", lambda v: v >= 1, ">= 1"),
+    ("model.dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("has.vote_last", lambda v: v >= 0, ">= 0"),
+    ("has.gamma", lambda v: math.isfinite(v) and v >= 1, ">= 1 and finite"),
+    ("has.alpha", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("cluster.delta", lambda v: -1 <= v <= 1, "in [-1, 1]"),
+    ("cluster.exact_max_n", lambda v: v >= 0, ">= 0"),
+    ("cluster.knn", lambda v: v >= 1, ">= 1"),
+    ("cluster.knn_pca", lambda v: v >= 0, ">= 0"),
+    ("loss.q", lambda v: 0 < v <= 1, "in (0, 1]"),  # Eq. 16 divides by q
+    ("loss.mu1", lambda v: math.isfinite(v) and v >= 0, ">= 0 and finite"),
+    ("loss.mu2", lambda v: math.isfinite(v) and v >= 0, ">= 0 and finite"),
+    ("loss.lambda1", lambda v: math.isfinite(v) and v >= 0, ">= 0 and finite"),
+    ("loss.lambda2", lambda v: math.isfinite(v) and v >= 0, ">= 0 and finite"),
+    ("loss.temperature", lambda v: math.isfinite(v) and v > 0, "> 0 and finite"),
+    ("loss.contrast_ratio", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("train.epochs", lambda v: v >= 1, ">= 1"),
+    ("train.batch_size", lambda v: v >= 1, ">= 1"),
+    # lr 0 freezes the weights: a run that starts from a registered model and keeps it (tests/test_registry.py)
+    ("train.lr", lambda v: math.isfinite(v) and v >= 0, ">= 0 and finite"),
+    ("train.weight_decay", lambda v: math.isfinite(v) and v >= 0, ">= 0 and finite"),
+    ("train.ema_decay", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("train.beta", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("train.topl_ratio", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("train.shift_channels", lambda v: v >= 0, ">= 0"),
+    ("train.max_grad_norm", lambda v: math.isfinite(v) and v > 0, "> 0 and finite"),
+    ("train.device", lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None, "auto, cpu, cuda or cuda:N"),
+    ("inference.class_threshold", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("inference.thetas", lambda v: len(v) > 0 and all(0 < t < 1 for t in v), "a non-empty list of values in (0, 1)"),
+    ("inference.nms_iou", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("inference.outer_ratio", lambda v: math.isfinite(v) and v > 0, "> 0 and finite"),
+    ("inference.class_score_weight", lambda v: math.isfinite(v) and v >= 0, ">= 0 and finite"),
+    ("inference.max_detections", lambda v: v >= 0, ">= 0 (0: no cap)"),
+    ("distributed.workers", lambda v: v >= -1, ">= -1 (-1: fit the machine)"),
+    ("distributed.has_actors", lambda v: v >= 0, ">= 0"),
+    ("distributed.has_actor_cpus", lambda v: math.isfinite(v) and v > 0, "> 0 and finite"),
+    ("distributed.has_actor_threads", lambda v: v >= 0, ">= 0"),
+    ("distributed.max_failures", lambda v: v >= -1, ">= -1 (-1: unlimited)"),
+)
+
+
+def _get(cfg: CoplConfig, key: str) -> Any:
+    obj: Any = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def validate(cfg: CoplConfig, source: str = "config") -> None:
-    """Value checks that types alone cannot express; the message quotes the bad value."""
+    """Value checks that types alone cannot express; the message quotes the bad value and names where
+    it came from: the source `_merge` recorded for the key, else `source` (a config built otherwise)."""
     for key, allowed in _CHOICES.items():
-        obj: Any = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            obj = getattr(obj, p)
-        value = getattr(obj, leaf)
+        value = _get(cfg, key)
         if value not in allowed:
-            raise InputError(f"{source}: config key '{key}' must be one of {list(allowed)}, got '{value}'")
-    checks = [
-        (cfg.iterations >= 1, "iterations", cfg.iterations, ">= 1"),
-        (cfg.num_classes >= 0, "num_classes", cfg.num_classes, ">= 0"),
-        (cfg.train.epochs >= 1, "train.epochs", cfg.train.epochs, ">= 1"),
-        (cfg.train.batch_size >= 1, "train.batch_size", cfg.train.batch_size, ">= 1"),
-        (cfg.data.snippets >= 4, "data.snippets", cfg.data.snippets, ">= 4"),
-        (cfg.has.vote_last >= 0, "has.vote_last", cfg.has.vote_last, ">= 0"),
-        (cfg.has.gamma >= 1, "has.gamma", cfg.has.gamma, ">= 1"),
-        (0 <= cfg.has.alpha < 1, "has.alpha", cfg.has.alpha, "in [0, 1)"),
-        (-1 <= cfg.cluster.delta <= 1, "cluster.delta", cfg.cluster.delta, "in [-1, 1]"),
-        (cfg.cluster.knn >= 1, "cluster.knn", cfg.cluster.knn, ">= 1"),
-        (cfg.distributed.has_actor_cpus > 0, "distributed.has_actor_cpus", cfg.distributed.has_actor_cpus, "> 0"),
-        (cfg.distributed.has_actor_threads >= 0, "distributed.has_actor_threads", cfg.distributed.has_actor_threads,
-         ">= 0"),
-        (cfg.cluster.knn_pca >= 0, "cluster.knn_pca", cfg.cluster.knn_pca, ">= 0"),
-        (0 <= cfg.train.beta <= 1, "train.beta", cfg.train.beta, "in [0, 1]"),
-        (0 < cfg.train.topl_ratio <= 1, "train.topl_ratio", cfg.train.topl_ratio, "in (0, 1]"),
-        (0 <= cfg.train.ema_decay < 1, "train.ema_decay", cfg.train.ema_decay, "in [0, 1)"),
-        (cfg.model.feature_dim % 2 == 0, "model.feature_dim", cfg.model.feature_dim, "even (RGB | Flow)"),
-        (0 < cfg.inference.nms_iou <= 1, "inference.nms_iou", cfg.inference.nms_iou, "in (0, 1]"),
-        (re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.train.device) is not None, "train.device", cfg.train.device,
-         "auto, cpu, cuda or cuda:N"),
-    ]
-    for ok, key, value, rule in checks:
-        if not ok:
-            raise InputError(f"{source}: config key '{key}' must be {rule}, got {value!r}")
+            raise InputError(f"{source_of(cfg, key, source)}: config key '{key}' must be one of {list(allowed)}, got '{value}'")
+    for key, ok, rule in _RULES:
+        value = _get(cfg, key)
+        if not ok(value):
+            raise InputError(f"{source_of(cfg, key, source)}: config key '{key}' must be {rule}, got {value!r}")
 
 
 def read_yaml_mapping(path: Path, what: str, expected: str) -> dict[str, Any]:
@@ -333,7 +395,13 @@ def read_yaml_mapping(path: Path, what: str, expected: str) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{path}: {what} not found")
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the {what} ({exc.strerror})") from None
+    try:
+        loaded = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(loaded, dict):
@@ -357,8 +425,8 @@ def resolve(
         loaded = read_yaml_mapping(path, "config file", "a mapping of config keys at the top level")
         file_preset = loaded.get("preset")
         if file_preset is not None and file_preset != preset:
-            if file_preset not in PRESETS:
-                raise InputError(f"{path}: unknown preset '{file_preset}'")
+            if not isinstance(file_preset, str) or file_preset not in PRESETS:  # a list is no dict key
+                raise InputError(f"{path}: unknown preset {file_preset!r} (choose from {sorted(PRESETS)})")
             cfg = CoplConfig()
             _merge(cfg, PRESETS[file_preset], source=f"preset {file_preset}")
         _merge(cfg, loaded, source=str(path))
@@ -366,9 +434,14 @@ def resolve(
         _merge(cfg, _dotted_to_nested(key, value), source="--set")
     for key, value in (overrides or {}).items():
         if value is not None:
-            _merge(cfg, _dotted_to_nested(key, value), source=f"--{key.split('.')[-1]}")
-    validate(cfg, source=str(config_file) if config_file else "config")
+            _merge(cfg, _dotted_to_nested(key, value), source=flag_name(key))
+    validate(cfg)  # each bad value is blamed on the preset, file, --set item or flag that set it
     return cfg
+
+
+def flag_name(key: str) -> str:
+    """The command-line flag that sets a dotted key: 'data.train_subset' -> '--train-subset'."""
+    return "--" + key.split(".")[-1].replace("_", "-")
 
 
 def to_dict(cfg: CoplConfig) -> dict[str, Any]:

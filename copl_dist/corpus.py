@@ -266,6 +266,9 @@ def write_corpus(
     """
     out_dir = Path(out_dir)
     _check_replaceable(out_dir)
+    if not records:
+        # It would open, then fail in whatever reads it (no feature width, no subsets).
+        raise InputError(f"{out_dir}: no videos to write")
     records = sorted(records, key=lambda r: r.video_id)
     ids = [r.video_id for r in records]
     if len(set(ids)) != len(ids):

@@ -56,11 +56,14 @@ def import_dataset(
     allow_pickle: bool = False,
     min_snippets: int = 4,
     snippets_per_second: float = 25 / 16,
+    open_corpus: bool = True,
 ) -> Corpus:
     """Convert `src` into a corpus at `out_dir` (or open `src` if it already is a corpus).
 
     `snippets_per_second` gives a video's duration as T / rate where its annotation file has no
     duration (gt.json of ASL/AICL/UM); 25/16 is I3D on 16-frame snippets of 25 fps video.
+    `open_corpus`: where `src` already is a corpus, return it as it is (`copl run --data`, resume)
+    or, False, refuse it: `copl import` promises a corpus at `out_dir` and would write nothing there.
     """
     src = Path(src)
     if not src.exists():
@@ -73,6 +76,11 @@ def import_dataset(
     if src.is_file() and src.suffix == ".json":
         videos, parts = _activitynet_inputs(src.parent, src, allow_pickle=allow_pickle)
     elif (src / MANIFEST).is_file():
+        if not open_corpus:
+            raise InputError(
+                f"{src}: already a corpus (made by `copl import`), nothing to import; "
+                f"`copl run --data {src}` takes it as it is"
+            )
         return Corpus.open(src)
     elif (bundle := _find_wtalc(src)) is not None:
         videos, parts = _wtalc_inputs(*bundle, allow_pickle=allow_pickle)
@@ -222,6 +230,8 @@ def _activitynet_inputs(
     root: Path, json_path: Path, allow_pickle: bool = False
 ) -> tuple[list[AnnotatedVideo], dict[str, list[_FeaturePart]]]:
     videos = _parse_database(_read_json(json_path), json_path)
+    if not videos:
+        raise InputError(f"{json_path}: 'database' has no videos; nothing to import")
     if (root / "features").is_dir():
         dirs = [root / "features"]
     elif (root / "rgb").is_dir() or (root / "flow").is_dir():
@@ -286,9 +296,7 @@ def _parse_database(obj: Any, path: Path) -> list[AnnotatedVideo]:
             raise InputError(f"{where}: no 'subset' string")
         duration = None
         if entry.get("duration") is not None:
-            duration = _number(entry["duration"], f"{where}: duration")
-            if duration <= 0:
-                raise InputError(f"{where}: duration {duration} is not positive")
+            duration = _duration(entry["duration"], where)
         annotations = entry.get("annotations", [])
         if not isinstance(annotations, list):
             raise InputError(f"{where}: 'annotations' is not a list")
@@ -304,6 +312,25 @@ def _parse_database(obj: Any, path: Path) -> list[AnnotatedVideo]:
             segments.append(Segment(str(vid), start, end, label))
         videos.append(AnnotatedVideo(str(vid), subset, duration, tuple(segments)))
     return videos
+
+
+def _duration(value: Any, where: str) -> float:
+    duration = _number(value, f"{where}: duration")
+    # NaN fails every comparison and Inf passes `> 0`: either would reach training as a time scale.
+    if not math.isfinite(duration):
+        raise InputError(f"{where}: duration {duration} is not finite")
+    if duration <= 0:
+        raise InputError(f"{where}: duration {duration} is not positive")
+    return duration
+
+
+def _scalar(value: Any) -> Any:
+    """A numpy element as a plain Python value (bytes decoded), for _number and for messages."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return value
 
 
 def _number(value: Any, what: str) -> float:
@@ -346,11 +373,17 @@ def load_wtalc_annotations(
     """The videos of a W-TALC annotation folder, in file (index) order."""
     ann_dir = Path(ann_dir)
     arrays = {name: load_npy(ann_dir / f"{name}.npy", allow_pickle) for name in WTALC_FILES}
+    for name, a in arrays.items():
+        if a.ndim == 0:  # len() of a 0-d array is a TypeError
+            raise InputError(f"{ann_dir / name}.npy: a single value, expected one entry per video")
     names = _texts(arrays["videoname"])
     n = len(names)
+    if n == 0:
+        raise InputError(f"{ann_dir / 'videoname.npy'}: no videos; nothing to import")
     if len(set(names)) != n:
         raise InputError(f"{ann_dir / 'videoname.npy'}: video names repeat")
-    durations = np.asarray(arrays["duration"], dtype=np.float64).reshape(-1)
+    # Converted one by one below, so that a bad value is named with its video.
+    durations = arrays["duration"].reshape(-1)
     subsets = _texts(arrays["subset"])
     lengths = {"subset": len(subsets), "duration": len(durations)}
     lengths |= {name: len(arrays[name]) for name in ("segments", "labels")}
@@ -362,21 +395,26 @@ def load_wtalc_annotations(
     videos = []
     for i, vid in enumerate(names):
         where = f"{ann_dir}: video '{vid}'"
-        segs, labels = list(arrays["segments"][i]), _texts(np.asarray(arrays["labels"][i]))
+        entry = arrays["segments"][i]
+        if not isinstance(entry, (list, tuple, np.ndarray)) or getattr(entry, "ndim", 1) == 0:
+            raise InputError(
+                f"{ann_dir / 'segments.npy'}: video '{vid}': entry {_scalar(entry)!r} is not a list "
+                "of [start, end] segments"
+            )
+        # dtype=object: ragged contents are reported below rather than failing in numpy.
+        segs, labels = list(entry), _texts(np.asarray(arrays["labels"][i], dtype=object))
         if len(segs) != len(labels):
             raise InputError(f"{where}: {len(segs)} segments but {len(labels)} labels")
         segments = []
         for seg, label in zip(segs, labels):
             if classes is not None and label not in classes:
                 raise InputError(f"{where}: label '{label}' is not in classlist.npy")
-            values = np.asarray(seg).reshape(-1)
+            values = np.asarray(seg, dtype=object).reshape(-1)
             if values.size != 2:
                 raise InputError(f"{where}: segment {seg!r} is not [start, end]")
-            start, end = (_number(x.item(), f"{where}: segment value") for x in values)
+            start, end = (_number(_scalar(x), f"{where}: segment value") for x in values)
             segments.append(Segment(vid, start, end, label))
-        duration = float(durations[i])
-        if not duration > 0:
-            raise InputError(f"{where}: duration {duration} is not positive")
+        duration = _duration(_scalar(durations[i]), f"{ann_dir / 'duration.npy'}: video '{vid}'")
         videos.append(AnnotatedVideo(vid, subsets[i], duration, tuple(segments)))
     return videos
 
@@ -386,12 +424,17 @@ def _wtalc_inputs(
 ) -> tuple[list[AnnotatedVideo], dict[str, list[_FeaturePart]]]:
     videos = load_wtalc_annotations(ann_dir, allow_pickle)
     features = load_npy(features_path, allow_pickle)
+    if features.ndim == 0:  # len() of a 0-d array is a TypeError
+        raise InputError(f"{features_path}: a single value, expected one feature array per video")
     if len(features) != len(videos):
         names_path = ann_dir / "videoname.npy"
         raise InputError(f"{features_path}: {len(features)} videos, {names_path} has {len(videos)}")
     parts: dict[str, list[_FeaturePart]] = {}
     for i, video in enumerate(videos):
-        x = np.asarray(features[i])
+        try:
+            x = np.asarray(features[i])
+        except ValueError:  # ragged nested lists
+            raise InputError(f"{features_path}[{i}]: not an array (video '{video.video_id}')") from None
         parts[video.video_id] = [_FeaturePart(f"{features_path}[{i}]", lambda x=x: x)]
     return videos, parts
 

@@ -14,6 +14,8 @@ penalise a detections file that covers several subsets), and tied scores keep th
 from __future__ import annotations
 
 import json
+import math
+import sys
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -136,14 +138,34 @@ def _parse_thresholds(tiou_thresholds: Iterable[str | float]) -> list[tuple[str,
     return parsed
 
 
-def _segment(value: Any, where: str) -> tuple[float, float]:
-    """[start, end] (numbers or numeric strings) -> floats; InputError naming `where` otherwise."""
+def _number(value: Any, what: str) -> float:
+    # As the importer (formats._number): numbers, or numeric strings as in THUMOS gt.json.
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InputError(f"{what} {value!r} is not a number")
     try:
-        start, end = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise InputError(f"{where}: malformed segment {value!r}") from None
-    if not (np.isfinite(start) and np.isfinite(end)) or end < start:
-        raise InputError(f"{where}: invalid segment {value!r}")
+        return float(value)
+    except ValueError:
+        raise InputError(f"{what} {value!r} is not a number") from None
+
+
+def _segment(value: Any, label: str, where: str, ground_truth: bool) -> tuple[float, float]:
+    """[start, end] (numbers or numeric strings) -> floats; InputError naming `where` otherwise.
+
+    Ground truth is checked as the importer checks it (formats.clip_segments, strict). A prediction
+    may start before 0 s (a regressed boundary; tIoU is still defined, the official script takes it)
+    but must end after it starts: an empty one can match nothing and hints at swapped columns.
+    """
+    # A list or tuple only: iterating the string "12" would read it as [1, 2].
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise InputError(f"{where}: segment {value!r} ({label}) is not [start, end]")
+    start, end = (_number(v, f"{where}: segment value") for v in value)
+    seg = f"{where}: segment [{start}, {end}] ({label})"
+    if not (math.isfinite(start) and math.isfinite(end)):
+        raise InputError(f"{seg} is not finite")
+    if end <= start:
+        raise InputError(f"{seg} ends {'before' if end < start else 'where'} it starts")
+    if ground_truth and start < 0:
+        raise InputError(f"{seg} starts before 0 s")
     return start, end
 
 
@@ -162,7 +184,8 @@ def _detection_map(
     subset: str | None,
     gt_name: str,
     pred_name: str,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], int]:
+    """(detection_map's result, how many of the predicted videos are among the evaluated ones)."""
     thresholds = _parse_thresholds(tiou_thresholds)
     database = _require_dict(ground_truth, "database", gt_name)
     results = _require_dict(detections, "results", pred_name)
@@ -176,43 +199,49 @@ def _detection_map(
     videos: set[str] = set()
     gt: dict[str, tuple[list[tuple[float, float]], list[str]]] = {}  # label -> (segments, video ids)
     for vid, info in database.items():
+        where = f"{gt_name}: video '{vid}'"
         if not isinstance(info, Mapping):
-            raise InputError(f"{gt_name}: video {vid!r} is not an object")
+            raise InputError(f"{where}: entry is not an object")
         if subset is not None and info.get("subset") != subset:
             continue
         videos.add(vid)
-        for ann in info.get("annotations", []):
+        annotations = info.get("annotations", [])
+        if not isinstance(annotations, list):  # null included, as the importer has it
+            raise InputError(f"{where}: 'annotations' is not a list")
+        for ann in annotations:
             if not isinstance(ann, Mapping) or "label" not in ann or "segment" not in ann:
-                raise InputError(f"{gt_name}: video {vid!r} has an annotation without 'segment' and 'label'")
-            segs, vids = gt.setdefault(str(ann["label"]), ([], []))
-            segs.append(_segment(ann["segment"], f"{gt_name}: video {vid!r}"))
+                raise InputError(f"{where}: annotation {ann!r} lacks 'segment': [start, end] or 'label'")
+            label = str(ann["label"])
+            segment = _segment(ann["segment"], label, where, ground_truth=True)
+            segs, vids = gt.setdefault(label, ([], []))
+            segs.append(segment)
             vids.append(vid)
     if not gt:
         where = f" in subset {subset!r}" if subset is not None else ""
         raise InputError(f"{gt_name}: no annotated segments{where}")
 
     preds: dict[str, tuple[list[tuple[float, float]], list[str], list[float]]] = {c: ([], [], []) for c in gt}
+    covered = 0
     for vid, dets in results.items():
         if vid not in videos:
             continue  # outside the evaluated ground truth (see module docstring)
+        covered += 1
+        where = f"{pred_name}: video '{vid}'"
         if not isinstance(dets, list):
-            raise InputError(f"{pred_name}: video {vid!r}: detections are not a list")
+            raise InputError(f"{where}: detections are not a list")
         for det in dets:
             if not isinstance(det, Mapping) or not {"segment", "label", "score"} <= det.keys():
-                raise InputError(
-                    f"{pred_name}: video {vid!r} has a detection without 'segment', 'label' and 'score'"
-                )
+                raise InputError(f"{where}: detection {det!r} lacks 'segment', 'label' or 'score'")
             label = str(det["label"])
+            # Checked before the label is looked at: a bad line is an error whatever its class.
+            segment = _segment(det["segment"], label, where, ground_truth=False)
+            score = _number(det["score"], f"{where}: score")
+            if not math.isfinite(score):
+                raise InputError(f"{where}: score {det['score']!r} is not finite")
             if label not in preds:
                 continue  # a class without ground truth cannot change any counted AP
-            try:
-                score = float(det["score"])
-            except (TypeError, ValueError):
-                score = float("nan")
-            if not np.isfinite(score):
-                raise InputError(f"{pred_name}: video {vid!r}: score {det['score']!r} is not a finite number")
             segs, vids, scores = preds[label]
-            segs.append(_segment(det["segment"], f"{pred_name}: video {vid!r}"))
+            segs.append(segment)
             vids.append(vid)
             scores.append(score)
 
@@ -221,7 +250,7 @@ def _detection_map(
     map_pct = 100.0 * ap.mean(axis=0)
     out = {key: float(m) for (key, _), m in zip(thresholds, map_pct)}
     out["avg"] = float(map_pct.mean())
-    return out
+    return out, covered
 
 
 def detection_map(
@@ -236,7 +265,7 @@ def detection_map(
     detections: {"results": {vid: [{"segment", "label", "score"}]}}. Only videos of `subset` (all if
     None) count; keys are the thresholds as given (strings kept, numbers as f"{t:g}").
     """
-    return _detection_map(ground_truth, detections, tiou_thresholds, subset, "ground truth", "detections")
+    return _detection_map(ground_truth, detections, tiou_thresholds, subset, "ground truth", "detections")[0]
 
 
 def _load_json(path: Path) -> Any:
@@ -254,10 +283,19 @@ def _load_json(path: Path) -> Any:
 def evaluate_files(
     gt_path: str | Path, pred_path: str | Path, subset: str | None, tious: Sequence[str | float]
 ) -> dict[str, float]:
-    """`copl eval`: mAP of a detections JSON against an ActivityNet ground-truth JSON."""
+    """`copl eval`: mAP of a detections JSON against an ActivityNet ground-truth JSON.
+
+    A detections file with no video of the evaluated ground truth scores 0 and is not an error (a
+    detector may find nothing), but it is more often the wrong file or subset: one line on stderr.
+    """
     thresholds = [key for key, _ in _parse_thresholds(tious)]  # bad arguments before file errors
     gt, pred = _load_json(Path(gt_path)), _load_json(Path(pred_path))
-    return _detection_map(gt, pred, thresholds, subset, str(gt_path), str(pred_path))
+    result, covered = _detection_map(gt, pred, thresholds, subset, str(gt_path), str(pred_path))
+    if not covered:
+        scope = f"subset {subset!r} of {gt_path}" if subset is not None else str(gt_path)
+        print(f"copl: warning: {pred_path}: no predicted video is in {scope}; mAP is 0",
+              file=sys.stderr)
+    return result
 
 
 def format_table(result: Mapping[str, float]) -> str:

@@ -68,25 +68,25 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.data).exists():
         raise InputError(f"{args.data}: data folder not found")
     out = Path(args.out)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    from copl_dist.atomic import output_folder
+
+    with output_folder(out):
         min_snippets = int(ckpt["config"].get("data", {}).get("min_snippets", 4))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             corpus = import_dataset(args.data, out / "corpus", allow_pickle=args.allow_pickle, min_snippets=min_snippets)
         for w in caught:
             print(f"copl: warning: {w.message}", file=sys.stderr)
+        if args.subset is not None and args.subset not in corpus.subsets():
+            raise InputError(f"--subset {args.subset}: no such subset in {args.data} (it has: {', '.join(corpus.subsets()) or 'none'})")
         video_ids = corpus.video_ids(args.subset)
         if not video_ids:
             raise InputError(f"{args.data}: no videos to predict")
         results = predict_corpus(ckpt, corpus, video_ids, source=args.model)
         path = out / "detections.json"
         write_detections(path, results)
-    except BaseException:
-        if created and not any(out.iterdir()):
-            out.rmdir()
-        raise
     count = sum(len(d) for d in results.values())
     print(f"{count} detections for {len(results)} videos: {path.resolve()}")
     return 0

@@ -18,12 +18,13 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from copl_dist.errors import InputError
-from copl_dist.tracking import mlflow_key, normalize_tracking_uri
+from copl_dist.tracking import check_sqlite_store, check_tracking_server, mlflow_key, normalize_tracking_uri
 
 CHECKPOINT_ARTIFACT = "checkpoint/teacher.pt"
 CHECKPOINT_KEYS = ("state_dict", "config", "num_classes", "class_names", "cluster_to_class")
@@ -72,15 +73,30 @@ def resolve_registry_uri(tracking_uri: str | None) -> str:
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri:
         raise InputError("no tracking store: pass --tracking-uri (a URI, a run folder or an mlflow.db) or set MLFLOW_TRACKING_URI")
-    uri = normalize_tracking_uri(uri, "--tracking-uri" if tracking_uri else "$MLFLOW_TRACKING_URI")
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        if not db.is_file():
-            raise InputError(
-                f"{uri}: no such tracking database ({db} does not exist): point --tracking-uri or "
-                "MLFLOW_TRACKING_URI at the store that holds the registry"
-            )
+    source = "--tracking-uri" if tracking_uri else "$MLFLOW_TRACKING_URI"
+    uri = normalize_tracking_uri(uri, source)
+    check_sqlite_store(uri, source, must_exist=True)
+    check_tracking_server(uri, source)
     return uri
+
+
+def check_registry_names(model_name: str | None = None, alias: str | None = None, source: str = "") -> None:
+    """MLflow's own rules for a registered model's name and an alias (no '/' in a name; an alias of
+    letters, digits, '_' and '-', neither 'latest' nor 'v<digits>'), checked before anything runs."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils import validation
+
+    checks = []
+    if model_name is not None:
+        checks.append((validation._validate_model_name, model_name, "model name"))
+    if alias is not None:
+        checks += [(validation._validate_model_alias_name, alias, "alias"),
+                   (validation._validate_model_alias_name_reserved, alias, "alias")]
+    for check, value, what in checks:
+        try:
+            check(value)
+        except MlflowException as exc:
+            raise InputError(f"{source or what} {value!r}: {_first_line(exc)}") from None
 
 
 def _client(tracking_uri: str) -> Any:
@@ -203,9 +219,50 @@ def _source_run_id(client: Any, ref: ModelRef) -> str:
 
 
 def check_checkpoint(ckpt: Any, where: str) -> dict[str, Any]:
+    """A teacher checkpoint whose parts agree: a valid config, num_classes outputs with a class
+    mapping for each, and IOCNet's parameters in the config's shapes (a file that merely has the
+    keys failed later inside torch or at indexing)."""
+    from copl_dist.config import from_dict
+
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
         raise InputError(f"{where}: not a COPL teacher checkpoint (expected keys {', '.join(CHECKPOINT_KEYS)})")
+    if not isinstance(ckpt["config"], dict):
+        raise InputError(f"{where}: the checkpoint's config is not a mapping")
+    cfg = from_dict(ckpt["config"], source=f"{where}: config")
+    n = ckpt["num_classes"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InputError(f"{where}: num_classes must be a positive integer, got {n!r}")
+    names, mapping = ckpt["class_names"], ckpt["cluster_to_class"]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(c, str) for c in names):
+        raise InputError(f"{where}: class_names must be a list of names")
+    if not isinstance(mapping, (list, tuple)) or len(mapping) != n or not all(
+        isinstance(k, int) and not isinstance(k, bool) for k in mapping
+    ):
+        raise InputError(f"{where}: cluster_to_class must list one class index per output ({n}), got {mapping!r}"[:300])
+    check_state_shapes(ckpt["state_dict"], n, cfg, where)
     return ckpt
+
+
+def check_state_shapes(state: Any, num_classes: int, cfg: Any, source: str, trained: Any = None) -> None:
+    """`state` has exactly IOCNet(num_classes, cfg.model...)'s parameters, in their shapes.
+    `trained`: the config the state was trained with, named in a shape mismatch."""
+    import torch
+
+    from copl_dist.model import IOCNet
+
+    expected = IOCNet(num_classes, cfg.model.feature_dim, cfg.model.hidden_dim, cfg.model.dropout).state_dict()
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"{source}: the teacher's state_dict is not a mapping of tensors")
+    if set(state) != set(expected):
+        raise InputError(f"{source}: the teacher's parameters do not match IOCNet's ({sorted(set(state) ^ set(expected))[:3]})")
+    for key, value in expected.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            made = trained.model if trained is not None else cfg.model
+            raise InputError(
+                f"{source}: parameter '{key}' has shape {tuple(state[key].shape)}, this run's IOCNet "
+                f"{tuple(value.shape)} (the teacher was trained with model.feature_dim="
+                f"{made.feature_dim}, model.hidden_dim={made.hidden_dim})"
+            )
 
 
 def load_registered_teacher(uri: str, tracking_uri: str | None = None) -> dict[str, Any]:
@@ -227,7 +284,9 @@ def _load(load_checkpoint: Any, path: str | Path, where: str) -> Any:
     import pickle
 
     try:
-        return load_checkpoint(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's multi-line advice on weights_only; the error says it
+            return load_checkpoint(path)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
         raise InputError(f"{where}: not a loadable teacher checkpoint ({_first_line(exc)})") from None
 
@@ -257,7 +316,7 @@ def check_init_mode(ckpt: dict[str, Any], source: str, mode: str) -> None:
 
 def init_state_for(ckpt: dict[str, Any], source: str, num_classes: int, cfg: Any) -> dict[str, Any]:
     """The checkpoint's state dict if it fits this run's IOCNet and mode; InputError naming `source` if not."""
-    from copl_dist.model import IOCNet
+    from copl_dist.config import from_dict
 
     check_init_mode(ckpt, source, cfg.mode)
     have = int(ckpt["num_classes"])
@@ -265,18 +324,9 @@ def init_state_for(ckpt: dict[str, Any], source: str, num_classes: int, cfg: Any
         raise InputError(
             f"{source}: the teacher's classifier has {have} outputs but this run trains {num_classes} clusters"
         )
-    expected = IOCNet(num_classes, cfg.model.feature_dim, cfg.model.hidden_dim, cfg.model.dropout).state_dict()
-    state = ckpt["state_dict"]
-    if set(state) != set(expected):
-        raise InputError(f"{source}: the teacher's parameters do not match IOCNet's ({sorted(set(state) ^ set(expected))[:3]})")
-    for key, value in expected.items():
-        if tuple(state[key].shape) != tuple(value.shape):
-            raise InputError(
-                f"{source}: parameter '{key}' has shape {tuple(state[key].shape)}, this run's IOCNet "
-                f"{tuple(value.shape)} (the teacher was trained with model.feature_dim="
-                f"{ckpt['config']['model']['feature_dim']}, model.hidden_dim={ckpt['config']['model']['hidden_dim']})"
-            )
-    return state
+    trained = from_dict(ckpt["config"], source=f"{source}: config")
+    check_state_shapes(ckpt["state_dict"], num_classes, cfg, source, trained=trained)
+    return ckpt["state_dict"]
 
 
 # -- promoting and listing -------------------------------------------------------------------------
@@ -415,6 +465,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_registry_names(args.model, getattr(args, "alias", None) if args.registry_command == "promote" else None)
     if args.registry_command == "promote":
         p = promote(
             args.model, args.metric, args.alias, higher_is_better=not args.lower_is_better, tracking_uri=args.tracking_uri,

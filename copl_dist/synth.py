@@ -62,10 +62,11 @@ PRESETS = {
     "thumos14": {
         "subsets": (("validation", 200), ("test", 210)), "classes": 20, "layout": "count",
         "two_class_p": 0.13, "action_median_s": 3.0,
+        "duration_range_s": (20.0, 1200.0),  # also bounds duration_scale (make_synthetic)
     },
     "anet12": {
         "subsets": (("training", 4819), ("validation", 2383)), "classes": 100, "layout": "fraction",
-        "two_class_p": 0.0014, "action_median_s": 28.0,
+        "two_class_p": 0.0014, "action_median_s": 28.0, "duration_range_s": (6.0, 236.0),
     },
 }
 GROUP_SIZE = 4
@@ -84,6 +85,8 @@ MOTION_EVERY_S = 40.0  # one unrelated-motion interval per this much background 
 SIGMA_N = 0.3  # per-dimension noise: low enough that a video's action mean is clean, see XI_SHAPE
 PHI = 0.5  # temporal correlation of the noise (neighbouring snippets look alike)
 XI_SHAPE = 2.5  # per-snippet action strength ~ Gamma(XI_SHAPE, 1 / XI_SHAPE), mean 1: weak snippets
+# Longest video make_synthetic writes: 10^6 snippets of 2048 float32 are 8 GB (one array in memory).
+MAX_SNIPPETS = 1_000_000
 
 
 def make_synthetic(out_dir, preset: str = "thumos14", videos: int | None = None,
@@ -99,17 +102,28 @@ def make_synthetic(out_dir, preset: str = "thumos14", videos: int | None = None,
     if preset not in PRESETS:
         raise InputError(f"unknown synthetic preset '{preset}' (known: {', '.join(PRESETS)})")
     p = PRESETS[preset]
-    n_classes = p["classes"] if classes is None else int(classes)
-    if n_classes < 1:
-        raise InputError(f"synthetic classes must be >= 1, got {classes}")
-    if videos is not None and int(videos) < 1:
-        raise InputError(f"synthetic videos per subset must be >= 1, got {videos}")
-    if feature_dim < 2 or feature_dim % 2:
+    # Checked here, not only by the command line's argparse types: benchmarks and tests call this.
+    n_classes = p["classes"] if classes is None else _count(classes, "classes", 1)
+    if videos is not None:
+        _count(videos, "videos per subset", 1)
+    _count(feature_dim, "feature_dim", 2)
+    if feature_dim % 2:
         raise InputError(f"synthetic feature_dim must be even and >= 2 ([RGB | Flow]), got {feature_dim}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"synthetic seed must be an integer >= 0, got {seed!r}")
-    if not snippets_per_second > 0 or not duration_scale > 0:
-        raise InputError("synthetic snippets_per_second and duration_scale must be > 0")
+    _count(seed, "seed", 0)
+    _positive(snippets_per_second, "snippets_per_second")
+    _positive(duration_scale, "duration_scale")
+    shortest, longest = (d * duration_scale for d in p["duration_range_s"])
+    if round(shortest, 2) <= 0:
+        # Durations are rounded to 0.01 s; a 0 s video has no time axis (and fails import).
+        raise InputError(
+            f"synthetic duration_scale {duration_scale:g} is too small: the shortest {preset} video "
+            f"({p['duration_range_s'][0]:g} s) would last {shortest:.2g} s, under 0.01 s"
+        )
+    if longest * snippets_per_second > MAX_SNIPPETS:
+        raise InputError(
+            f"synthetic duration_scale {duration_scale:g} is too large: the longest {preset} video "
+            f"would have {longest * snippets_per_second:.3g} snippets (at most {MAX_SNIPPETS:,})"
+        )
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{out}: already exists and is not an empty directory")
@@ -158,6 +172,22 @@ def make_synthetic(out_dir, preset: str = "thumos14", videos: int | None = None,
     return out
 
 
+def _count(value, name, least):
+    """An integer argument >= least (bool refused: True is not a count)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+        raise InputError(f"synthetic {name} must be an integer >= {least}, got {value!r}")
+    return int(value)
+
+
+def _positive(value, name):
+    """A finite number > 0 (Inf overflows the durations, NaN compares false with everything)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not (
+        math.isfinite(value) and value > 0
+    ):
+        raise InputError(f"synthetic {name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
 def _balanced(rng, n, n_classes):
     """Primary classes as even as the count allows (each class about n / C videos), shuffled."""
     return rng.permutation(np.resize(np.arange(n_classes), n))
@@ -182,7 +212,7 @@ def _corpus_vectors(rng, n_classes, d):
 def _layout(rng, p, primary, n_classes, scale):
     """(duration_s, [(start_s, end_s, class)]) for one video, rounded to 0.01 s; see the docstring."""
     if p["layout"] == "count":
-        dur = float(np.clip(rng.lognormal(math.log(155.0), 0.85), 20.0, 1200.0))
+        dur = float(np.clip(rng.lognormal(math.log(155.0), 0.85), *p["duration_range_s"]))
         mean_dur = 155.0 * math.exp(0.85**2 / 2)
         mu, r = 14.4 * dur / mean_dur, 1.2
         n = 1 + int(rng.negative_binomial(r, r / (r + mu)))
@@ -191,7 +221,8 @@ def _layout(rng, p, primary, n_classes, scale):
         lengths = lengths[:keep]
         lengths[0] = min(lengths[0], 0.85 * dur)
     else:
-        dur = 6.0 + 230.0 * float(rng.beta(1.1, 1.2))
+        lo, hi = p["duration_range_s"]
+        dur = lo + (hi - lo) * float(rng.beta(1.1, 1.2))
         r, mu = 0.3, 0.49
         n = 1 + int(rng.negative_binomial(r, r / (r + mu)))
         n = min(n, int(dur // 2))

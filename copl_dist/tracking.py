@@ -35,6 +35,9 @@ def normalize_tracking_uri(value: str, source: str) -> str:
     A path that names neither (no such folder, not ending in .db) is an InputError naming `source`:
     passed on, MLflow would take it for a file store (no model registry) and fail deep inside.
     """
+    if not value.strip():
+        # An empty path would be read as the current folder: a store nobody asked for.
+        raise InputError(f"{source}: empty (give a URI, a run folder or an mlflow.db, or leave it out for the default)")
     if value == "databricks" or re.match(r"[A-Za-z][A-Za-z0-9+.-]+:", value):  # 2+ letters: a drive C: is a path
         return value
     path = Path(value)
@@ -48,14 +51,73 @@ def normalize_tracking_uri(value: str, source: str) -> str:
     return f"sqlite:///{path.resolve()}"
 
 
+def check_sqlite_store(uri: str, source: str, must_exist: bool) -> None:
+    """A sqlite:/// store must be MLflow's own: MLflow would add its tables to any SQLite file it is
+    pointed at (a user's other database), and reads of a missing file would create an empty store.
+    must_exist: reading (the registry) needs the file; a run creates it (its folder must exist).
+    An empty file is taken as new (MLflow creates the schema in it), unless it must exist."""
+    if not uri.startswith("sqlite:///"):
+        return
+    import sqlite3
+
+    db = Path(uri[len("sqlite:///"):])
+    if not db.exists():
+        if must_exist:
+            raise InputError(
+                f"{source} {uri}: no such tracking database ({db} does not exist): point --tracking-uri or "
+                "MLFLOW_TRACKING_URI at the store that holds the registry"
+            )
+        if not db.parent.is_dir():
+            raise InputError(f"{source} {uri}: the folder of the database does not exist")
+        return
+    if not db.is_file():
+        raise InputError(f"{source} {uri}: {db} is not a file")
+    if db.stat().st_size == 0 and not must_exist:
+        return
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as exc:
+        raise InputError(f"{source} {uri}: not an SQLite database ({exc})") from None
+    if not {"experiments", "runs"} <= tables:
+        raise InputError(f"{source} {uri}: not an MLflow tracking database (no MLflow tables in {db})")
+
+
+SERVER_CHECK_TIMEOUT_S = 10.0
+
+
+def check_tracking_server(uri: str, source: str) -> None:
+    """An http(s) store must answer before a run starts: MLflow's client retries a refused
+    connection for about four minutes (measured) and then fails after the data has been converted.
+    Any HTTP answer counts (a server behind a login answers 401); no answer is an InputError."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=SERVER_CHECK_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise InputError(f"{source} {uri}: the tracking server does not answer ({reason})") from None
+
+
 def resolve_tracking_uri(cfg: TrackingConfig, out_dir: Path) -> str:
     """tracking.tracking_uri (`copl run --tracking-uri`), else $MLFLOW_TRACKING_URI, else OUT/mlflow.db;
     a path in either is read as `normalize_tracking_uri` reads it."""
     if cfg.tracking_uri:
-        return normalize_tracking_uri(cfg.tracking_uri, "tracking.tracking_uri")
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return normalize_tracking_uri(os.environ["MLFLOW_TRACKING_URI"], "$MLFLOW_TRACKING_URI")
-    return f"sqlite:///{(out_dir / 'mlflow.db').resolve()}"
+        uri, source = normalize_tracking_uri(cfg.tracking_uri, "tracking.tracking_uri"), "tracking.tracking_uri"
+    elif os.environ.get("MLFLOW_TRACKING_URI"):
+        uri, source = normalize_tracking_uri(os.environ["MLFLOW_TRACKING_URI"], "$MLFLOW_TRACKING_URI"), "$MLFLOW_TRACKING_URI"
+    else:
+        uri = f"sqlite:///{(out_dir / 'mlflow.db').resolve()}"
+        if (out_dir / "mlflow.db").exists():  # else the run creates it, and OUT with it
+            check_sqlite_store(uri, f"{out_dir}:", must_exist=False)
+        return uri
+    check_sqlite_store(uri, source, must_exist=False)
+    return uri
 
 
 class Tracker:

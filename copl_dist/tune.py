@@ -53,7 +53,7 @@ from typing import Any
 import yaml
 
 from copl_dist import config as config_lib
-from copl_dist.atomic import atomic_path, write_json, write_text
+from copl_dist.atomic import atomic_path, output_folder, write_json, write_text
 from copl_dist.config import CoplConfig, flatten, resolve, to_dict, validate
 from copl_dist.errors import InputError
 from copl_dist.tune_objectives import agreement_objective, silhouette_objective
@@ -102,18 +102,21 @@ def user_config(
         config_lib._merge(cfg, config_lib._dotted_to_nested(key, value), source="--set")
     for key, value in flags.items():
         if value is not None:
-            config_lib._merge(cfg, config_lib._dotted_to_nested(key, value), source=f"--{key.split('.')[-1]}")
-    validate(cfg, source=space.path)
+            config_lib._merge(cfg, config_lib._dotted_to_nested(key, value), source=config_lib.flag_name(key))
+    validate(cfg, source=space.path)  # a bad value is blamed on the file, base, --set or flag that set it
     if cfg.mode != "utal":
         raise InputError(f"{space.path}: copl tune searches the unsupervised mode (mode: utal), got mode '{cfg.mode}'")
-    # Every extreme value of the space must make a valid config, so no trial fails on a bound.
+    # Every extreme value of the space must make a valid config, so no trial fails on a bound (the
+    # checks are intervals, so a range's two ends stand for the values between them).
     for section, specs in (("search", space.search), ("postprocess", space.postprocess)):
+        where = f"{space.path}: {section}"
         for key, spec in specs.items():
             for value in spec_values(spec):
                 try:
-                    with_values(cfg, {key: value}, source=f"{space.path}: {section}")
+                    with_values(cfg, {key: value}, source=where)
                 except InputError as exc:
-                    raise InputError(f"{space.path}: {section} '{key}': value {value!r} is not allowed ({exc})") from None
+                    detail = str(exc).removeprefix(f"{where}: ")  # the file is named once
+                    raise InputError(f"{where} '{key}': value {value!r} is not allowed ({detail})") from None
     return cfg
 
 
@@ -372,9 +375,12 @@ class _RaySession:
             ray.shutdown()
 
 
-def _select_best(records: dict[str, dict[str, Any]], max_iterations: int) -> dict[str, Any]:
+def _select_best(
+    records: dict[str, dict[str, Any]], max_iterations: int, out: Path | str = "", error_files: list[str] | tuple = ()
+) -> dict[str, Any]:
     """The best last objective among trials that ran every iteration (ASHA lets at least one through);
-    the reported model is the last iteration's, so a stopped trial's score is not comparable."""
+    the reported model is the last iteration's, so a stopped trial's score is not comparable.
+    No usable trial: an InputError naming `out` and the first of Tune's `error_files` (the tracebacks)."""
     def finite(rec: dict[str, Any]) -> bool:
         return bool(rec["history"]) and math.isfinite(rec["history"][-1]["objective"])
 
@@ -382,9 +388,16 @@ def _select_best(records: dict[str, dict[str, Any]], max_iterations: int) -> dic
     if not pool:
         pool = [r for r in records.values() if r["status"] != "error" and finite(r)]
     if not pool:
+        # A space or data every trial fails on is the user's to fix: one line, exit 2, no traceback.
+        failed = sum(r["status"] == "error" for r in records.values())
         errors = [r["error"] for r in records.values() if r["error"]]
-        first = f"; first error: {errors[0]}" if errors else ""
-        raise RuntimeError(f"copl tune: no trial produced a finite objective ({len(records)} trials){first}")
+        msg = f"{out}: no trial produced a finite objective ({len(records)} trials, {failed} failed)"
+        if errors:
+            msg += f"; first error: {' '.join(str(errors[0]).split())}"
+        if error_files:
+            more = f" (and {len(error_files) - 1} more)" if len(error_files) > 1 else ""
+            msg += f"; tracebacks in {error_files[0]}{more}"
+        raise InputError(msg)
     return max(pool, key=lambda r: r["history"][-1]["objective"])
 
 
@@ -403,8 +416,6 @@ def _summary(records: dict[str, dict[str, Any]], best_id: str, keys: list[str]) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from copl_dist.tracking import Tracker
-
     space = load_space(args.space)
     flags = {
         "iterations": args.iterations, "train.epochs": args.epochs, "data.snippets": args.snippets, "seed": args.seed,
@@ -430,7 +441,21 @@ def run(args: argparse.Namespace) -> int:
     _check_val_subset(args.objective, args.val_subset, cfg)
 
     out = Path(args.out or f"runs/tune-{Path(space.path).stem}").resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    if cfg.tracking.enabled:
+        from copl_dist.tracking import check_tracking_server, resolve_tracking_uri
+
+        check_tracking_server(resolve_tracking_uri(cfg.tracking, out), "tracking store")
+    # On bad input what this command added to OUT goes again, but Ray Tune's trial logs stay: they
+    # hold the errors of trials that all failed (the message points at them).
+    with output_folder(out, keep=("ray_results",)):
+        return _run_in(args, space, cfg, out)
+
+
+def _run_in(args: argparse.Namespace, space: Space, cfg: CoplConfig, out: Path) -> int:
+    from copl_dist.tracking import Tracker
+
     corpus = _open_corpus(args, cfg, out)
     if args.val_subset:
         _check_val_in_corpus(args.val_subset, corpus)
@@ -511,14 +536,17 @@ def _search(
     )
     grid = tuner.fit()
     results = {}
+    error_files = []  # Tune's copies in the storage folder (the driver's staging copy dies with the Ray session)
     for result in grid:
         trial_id = Path(result.path).name
         results[trial_id] = result
         if result.error is not None and trial_id in log.records:
             log.records[trial_id]["status"] = "error"
             log.records[trial_id]["error"] = str(result.error).strip().splitlines()[-1][:500]
+        if result.error is not None and (Path(result.path) / "error.txt").is_file():
+            error_files.append(str(Path(result.path) / "error.txt"))
     records = log.records
-    best = _select_best(records, cfg.iterations)
+    best = _select_best(records, cfg.iterations, out, error_files)
     best_params = dict(best["params"])
 
     # Post-processing on cached raw predictions of the best trial (labels needed: objective map only).

@@ -83,8 +83,8 @@ def load_space(path: str | Path) -> Space:
         if key not in SPACE_KEYS:
             raise InputError(f"{p}: unknown section '{key}' (expected {', '.join(SPACE_KEYS)})")
     preset = raw.get("preset")
-    if preset is not None and preset not in PRESETS:
-        raise InputError(f"{p}: unknown preset '{preset}' (choose from {sorted(PRESETS)})")
+    if preset is not None and (not isinstance(preset, str) or preset not in PRESETS):  # a list is no dict key
+        raise InputError(f"{p}: unknown preset {preset!r} (choose from {sorted(PRESETS)})")
     types = leaf_types()
     sections: dict[str, dict[str, Any]] = {}
     for name in ("base", "search", "postprocess"):
@@ -166,6 +166,8 @@ def get_key(cfg: CoplConfig, key: str) -> Any:
 def with_values(cfg: CoplConfig | dict[str, Any], values: dict[str, Any], source: str) -> CoplConfig:
     """A validated copy of `cfg` with dotted `values` set; `cfg` is not touched."""
     out = from_dict(to_dict(cfg) if isinstance(cfg, CoplConfig) else copy.deepcopy(cfg), source=source)
+    if isinstance(cfg, CoplConfig):  # keep blaming a bad value on whoever set it in `cfg`
+        config_lib.inherit_sources(out, cfg)
     for key, value in values.items():
         config_lib._merge(out, config_lib._dotted_to_nested(key, _plain(value)), source=source)
     validate(out, source=source)

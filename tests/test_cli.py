@@ -207,9 +207,12 @@ def test_rgb_flow_length_mismatch(tiny_data, tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra, fragment",
     [
-        (["--test-subset", "nosuch"], "unknown subset 'nosuch'"),
+        (["--test-subset", "nosuch"], "--test-subset nosuch (data.test_subset): no such subset in"),
+        (["--train-subset", "nosuch"], "--train-subset nosuch (data.train_subset): no such subset in"),
         (["--set", "num_classes=50"], "fewer than the 50 clusters"),
         (["--set", "train.epochz=3"], "unknown config key 'train.epochz'"),
+        (["--set", "tracking.registered_model=bad/name"], "tracking.registered_model 'bad/name'"),
+        (["--tracking-uri", ""], "--tracking-uri: empty"),
     ],
 )
 def test_bad_arguments(extra, fragment, tiny_data, tmp_path, capsys):
@@ -217,7 +220,88 @@ def test_bad_arguments(extra, fragment, tiny_data, tmp_path, capsys):
     assert main(["run", "--data", str(tiny_data), "--out", str(out), *TINY, *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert fragment in err and "\n" not in err
-    assert not (out / "metrics.json").exists() and not (out / "detections.json").exists()
+    # Nothing is left: not the converted corpus, not the tracking store (the folder did not exist).
+    assert not out.exists()
+
+
+def test_bad_input_keeps_what_the_folder_held(tiny_data, tmp_path, capsys):
+    """An --out that held files before: a run failing on bad input removes only what it added."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["run", "--data", str(tiny_data), "--out", str(out), *TINY, "--test-subset", "nosuch"]) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    capsys.readouterr()
+
+
+def _one_line(capsys, *fragments: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("copl") and "\n" not in err and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+def test_file_system_refusals_are_one_line(tiny_data, tmp_path, capsys):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    assert main(["run", "--data", str(tiny_data), "--out", str(a_file), *TINY]) == 2
+    _one_line(capsys, f"--out {a_file}: exists and is not a folder")
+    # An OSError from deep inside (here: a folder under a file) is reported by the top level.
+    assert main(["synth", str(a_file / "sub"), "--videos", "2", "--classes", "1"]) == 2
+    _one_line(capsys, f"copl: error: {a_file}: File exists")
+    assert a_file.read_text() == "x"
+
+
+def test_tracking_stores_that_are_not_mlflow_are_never_touched(tiny_data, tmp_path, capsys):
+    import sqlite3
+
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as con:
+        con.execute("CREATE TABLE mine (x INTEGER)")
+    before = other.read_bytes()
+    assert main(["run", "--data", str(tiny_data), "--out", str(tmp_path / "o"), *TINY, "--tracking-uri", str(other)]) == 2
+    _one_line(capsys, "not an MLflow tracking database")
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    not_sqlite = tmp_path / "ann.db"
+    not_sqlite.write_text("{}")
+    for store, fragment in ((other, "not an MLflow tracking database"), (empty, "not an MLflow tracking database"),
+                            (not_sqlite, "not an SQLite database")):
+        assert main(["registry", "list", "--tracking-uri", str(store)]) == 2
+        _one_line(capsys, fragment)
+    # MLflow would have added its tables to each of them.
+    assert other.read_bytes() == before and empty.stat().st_size == 0 and not_sqlite.read_text() == "{}"
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["bench", "quality", "--seeds", "0"], "argument --seeds: must be >= 1, got 0"),
+    (["bench", "cluster", "--separation", "nan"], "argument --separation: expected a finite number"),
+    (["bench", "cluster", "--knn", "0"], "argument --knn: must be >= 1"),
+    (["synth", "x", "--duration-scale", "inf"], "argument --duration-scale: expected a finite number"),
+    (["run", "--iterations", "abc"], "argument --iterations: invalid int value"),
+])
+def test_argument_errors_are_one_line(argv, fragment, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    _one_line(capsys, fragment)
+
+
+def test_bench_quality_checks_its_sets_and_merge_inputs_first(tmp_path, capsys):
+    out = tmp_path / "bq"
+    assert main(["bench", "quality", "--set", "nokey=1", "--out", str(out)]) == 2
+    _one_line(capsys, "unknown config key 'nokey'")
+    assert not out.exists()  # no corpus was generated before the check
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for text, fragment in (("{", "not valid JSON"), ('{"args": {}}', "expected 'args' and 'runs'"),
+                           ('{"args": {}, "runs": {}}', "no complete result of")):
+        (broken / "quality.json").write_text(text)
+        assert main(["bench", "quality", "--merge", str(broken), "--out", str(tmp_path / "m")]) == 2
+        _one_line(capsys, str(broken / "quality.json"), fragment)
+    assert not (tmp_path / "m").exists()
 
 
 def test_console_script_exit_status_and_no_traceback(tmp_path):

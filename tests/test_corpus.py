@@ -220,6 +220,12 @@ def test_bad_records_are_refused(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_no_videos_is_refused(tmp_path):
+    with pytest.raises(InputError, match=r"c: no videos to write$"):
+        write_corpus(tmp_path / "c", [], [], FEATURES.__getitem__)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_open_refuses_what_is_not_a_corpus(tmp_path):
     with pytest.raises(InputError, match="not a corpus"):
         Corpus.open(tmp_path)

@@ -263,6 +263,27 @@ def test_src_may_be_the_json_file_or_a_corpus(tmp_path):
     assert isinstance(again, Corpus) and again.root == corpus.root and not (tmp_path / "unused").exists()
 
 
+def test_a_corpus_is_refused_where_a_new_one_is_promised(tmp_path):
+    # `copl import CORPUS OUT` would otherwise succeed and leave OUT empty.
+    import_dataset(_dataset(tmp_path / "src"), tmp_path / "c")
+    with pytest.raises(InputError) as e:
+        import_dataset(tmp_path / "c", tmp_path / "out", open_corpus=False)
+    assert str(e.value) == (
+        f"{tmp_path / 'c'}: already a corpus (made by `copl import`), nothing to import; "
+        f"`copl run --data {tmp_path / 'c'}` takes it as it is"
+    )
+    assert _nothing_written(tmp_path, tmp_path / "out")
+
+
+def test_non_finite_duration_is_named_with_file_and_video(tmp_path):
+    videos = {**VIDEOS, "v2": {**VIDEOS["v2"], "duration": "nan"}}
+    src = _dataset(tmp_path / "src", videos=videos)
+    with pytest.raises(InputError) as e:
+        import_dataset(src, tmp_path / "c")
+    assert str(e.value) == f"{src / 'annotations.json'}: video 'v2': duration nan is not finite"
+    assert _nothing_written(tmp_path, tmp_path / "c")
+
+
 def test_half_and_double_precision_become_float32(tmp_path):
     f16, f64 = _features("v1", 10, dtype=np.float16), _features("v2", 10, dtype=np.float64)
     corpus = import_dataset(_dataset(tmp_path / "src", features={"v1": f16, "v2": f64}), tmp_path / "c")
@@ -384,6 +405,11 @@ def test_bad_segments(tmp_path, segment, match):
         ('{"database": {"v1": {"annotations": []}}}', "video 'v1': no 'subset' string"),
         ('{"database": {"v1": {"subset": "a", "duration": "long"}}}', "duration 'long' is not a number"),
         ('{"database": {"v1": {"subset": "a", "duration": 0}}}', "duration 0.0 is not positive"),
+        ('{"database": {"v1": {"subset": "a", "duration": -2.5}}}', "duration -2.5 is not positive"),
+        ('{"database": {"v1": {"subset": "a", "duration": "nan"}}}', "video 'v1': duration nan is not finite"),
+        ('{"database": {"v1": {"subset": "a", "duration": "inf"}}}', "video 'v1': duration inf is not finite"),
+        ('{"database": {"v1": {"subset": "a", "duration": "-inf"}}}', "video 'v1': duration -inf is not finite"),
+        ('{"database": {}}', "annotations.json: 'database' has no videos; nothing to import"),
         ('{"database": {"v1": {"subset": "a", "annotations": {}}}}', "'annotations' is not a list"),
         ('{"database": {"v1": {"subset": "a", "annotations": [{"segment": [1, 2]}]}}}', "or 'label'"),
     ],
@@ -443,6 +469,72 @@ def test_wtalc_bundle_errors(tmp_path):
     _bad(tmp_path / "src", tmp_path, "video 'a': label 'jump' is not in classlist.npy", allow_pickle=True)
     np.save(ann / "duration.npy", np.array([9.0]))
     _bad(tmp_path / "src", tmp_path, "duration.npy: 1 entries, videoname.npy has 2", allow_pickle=True)
+
+
+def _objects(*entries) -> np.ndarray:
+    a = np.empty(len(entries), dtype=object)
+    a[:] = list(entries)
+    return a
+
+
+def _mini_wtalc(root: Path, **arrays) -> Path:
+    """A W-TALC bundle of videos 'a' (segment [1, 2] jump) and 'b' (none), 9 s, 10 snippets each;
+    `arrays` replaces annotation files by name."""
+    ann = root / "Mini-Annotations"
+    ann.mkdir(parents=True)
+    files = {
+        "videoname": np.array([b"a", b"b"]),
+        "subset": np.array([b"test", b"test"]),
+        "duration": np.array([[9.0], [9.0]]),
+        "segments": _objects([[1.0, 2.0]], []),
+        "labels": _objects(["jump"], []),
+    } | arrays
+    for name, a in files.items():
+        np.save(ann / f"{name}.npy", a)
+    n = len(files["videoname"].reshape(-1))
+    np.save(root / "Mini-I3D-JOINTFeatures.npy", _objects(*(_features(f"{i}", 10, 4) for i in range(n))))
+    return root
+
+
+def test_mini_wtalc_bundle_imports_numeric_strings_as_numbers(tmp_path):
+    src = _mini_wtalc(tmp_path / "src", duration=np.array([b"9.0", b"7.5"]))
+    corpus = import_dataset(src, tmp_path / "c", allow_pickle=True)
+    assert [corpus.record(v).duration_s for v in ("a", "b")] == [9.0, 7.5]
+    assert corpus.segments("a") == [Segment("a", 1.0, 2.0, "jump")]
+
+
+@pytest.mark.parametrize(
+    "arrays, match",
+    [
+        # A scalar where a video's list of segments belongs: was a TypeError from list().
+        ({"segments": _objects([[1.0, 2.0]], 5.0)},
+         "segments.npy: video 'b': entry 5.0 is not a list of [start, end] segments"),
+        ({"segments": np.array([1.0, 2.0])},
+         "segments.npy: video 'a': entry 1.0 is not a list of [start, end] segments"),
+        ({"segments": np.array(3.0)}, "segments.npy: a single value, expected one entry per video"),
+        # Text durations: was a ValueError from numpy.
+        ({"duration": np.array(["9.0", "long"])}, "duration.npy: video 'b': duration 'long' is not a number"),
+        ({"duration": np.array([9.0, np.inf])}, "duration.npy: video 'b': duration inf is not finite"),
+        ({"duration": np.array([np.nan, 9.0])}, "duration.npy: video 'a': duration nan is not finite"),
+        ({"duration": np.array([9.0, 0.0])}, "duration.npy: video 'b': duration 0.0 is not positive"),
+        ({"segments": _objects([[1.0, [2.0, 3.0]]], [])}, "video 'a': segment value [2.0, 3.0] is not a number"),
+    ],
+)
+def test_wtalc_bad_entries(tmp_path, arrays, match):
+    src = _mini_wtalc(tmp_path / "src", **arrays)
+    with pytest.raises(InputError) as e:
+        import_dataset(src, tmp_path / "c", allow_pickle=True)
+    message = str(e.value)
+    assert match in message and "\n" not in message
+    assert message.startswith(str(src / "Mini-Annotations"))
+    assert _nothing_written(tmp_path, tmp_path / "c")
+
+
+def test_wtalc_without_videos(tmp_path):
+    empty = {name: np.array([], dtype="S1") for name in ("videoname", "subset")}
+    src = _mini_wtalc(tmp_path / "src", **empty, duration=np.zeros(0), segments=_objects(), labels=_objects())
+    _bad(src, tmp_path, f"^{src / 'Mini-Annotations' / 'videoname.npy'}: no videos; nothing to import$",
+         allow_pickle=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -440,6 +440,91 @@ def test_evaluate_files_errors(tmp_path):
         assert "\n" not in str(info.value)
 
 
+def _files(tmp_path, gt, pred):
+    return _write(tmp_path / "gt.json", gt), _write(tmp_path / "pred.json", pred)
+
+
+@pytest.mark.parametrize("annotations", [None, 5, "x", {}])
+def test_gt_annotations_not_a_list(tmp_path, annotations):
+    gt, perfect = _toy()
+    gt["database"]["v2"]["annotations"] = annotations
+    g, p = _files(tmp_path, gt, perfect)
+    with pytest.raises(InputError) as info:
+        evaluate_files(g, p, "test", ["0.5"])
+    assert str(info.value) == f"{g}: video 'v2': 'annotations' is not a list"
+
+
+GT_SEGMENT_ERRORS = [
+    ("12", "segment '12' (Jump) is not [start, end]"),  # was read as [1, 2]
+    ([1, 2, 3], "segment [1, 2, 3] (Jump) is not [start, end]"),
+    ({"start": 1}, "segment {'start': 1} (Jump) is not [start, end]"),
+    ([True, 3], "segment value True is not a number"),
+    (["1.x", 3], "segment value '1.x' is not a number"),
+    (["nan", 3], "segment [nan, 3.0] (Jump) is not finite"),
+    ([-1, 3], "segment [-1.0, 3.0] (Jump) starts before 0 s"),
+    ([3, 3], "segment [3.0, 3.0] (Jump) ends where it starts"),
+    ([4, 3], "segment [4.0, 3.0] (Jump) ends before it starts"),
+]
+
+
+@pytest.mark.parametrize("segment, message", GT_SEGMENT_ERRORS)
+def test_bad_gt_segment_names_gt_file_and_video(tmp_path, segment, message):
+    gt, perfect = _toy()
+    gt["database"]["v2"]["annotations"][0]["segment"] = segment
+    g, p = _files(tmp_path, gt, perfect)
+    with pytest.raises(InputError) as info:
+        evaluate_files(g, p, "test", ["0.5"])
+    assert str(info.value) == f"{g}: video 'v2': {message}"
+
+
+@pytest.mark.parametrize(
+    "segment, message",
+    [
+        ("12", "segment '12' (Jump) is not [start, end]"),
+        ([5], "segment [5] (Jump) is not [start, end]"),
+        (["inf", 3], "segment [inf, 3.0] (Jump) is not finite"),
+        ([3, 3], "segment [3.0, 3.0] (Jump) ends where it starts"),
+        ([40, 30], "segment [40.0, 30.0] (Jump) ends before it starts"),
+    ],
+)
+def test_bad_predicted_segment_names_prediction_file_and_video(tmp_path, segment, message):
+    gt, perfect = _toy()
+    perfect["results"]["v2"][0]["segment"] = segment
+    g, p = _files(tmp_path, gt, perfect)
+    with pytest.raises(InputError) as info:
+        evaluate_files(g, p, "test", ["0.5"])
+    assert str(info.value) == f"{p}: video 'v2': {message}"
+
+
+def test_bad_prediction_of_a_class_without_ground_truth_is_still_an_error(tmp_path):
+    gt, perfect = _toy()
+    perfect["results"]["v2"].append({"segment": [5, 1], "label": "Swim", "score": 0.5})  # no test Swim
+    g, p = _files(tmp_path, gt, perfect)
+    with pytest.raises(InputError, match=r"pred.json: video 'v2': segment \[5.0, 1.0\] \(Swim\) ends before"):
+        evaluate_files(g, p, "test", ["0.5"])
+
+
+def test_prediction_may_start_before_zero(tmp_path, capsys):
+    gt, perfect = _toy()
+    perfect["results"]["v1"][0]["segment"] = ["-1", 5]  # Jump [1, 5]: tIoU 4 / 6
+    g, p = _files(tmp_path, gt, perfect)
+    result = evaluate_files(g, p, "test", ["0.5", "0.7"])
+    # 0.5: everything matches. 0.7: Jump ranks v1 (miss) then v2 (hit): precision 1/2 at recall
+    # 1/2, AP 1/4; Run AP 1; mean 62.5.
+    assert result == {"0.5": pytest.approx(100.0), "0.7": pytest.approx(62.5), "avg": pytest.approx(81.25)}
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("results", [{}, {"t1": [{"segment": [0, 9], "label": "Swim", "score": 1.0}]}])
+def test_predictions_outside_the_subset_warn_once(tmp_path, capsys, results):
+    gt, _ = _toy()
+    g, p = _files(tmp_path, gt, {"results": results})
+    assert evaluate_files(g, p, "test", ["0.5"]) == {"0.5": 0.0, "avg": 0.0}
+    assert capsys.readouterr().err == (
+        f"copl: warning: {p}: no predicted video is in subset 'test' of {g}; mAP is 0\n"
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Clustering metrics and Hungarian matching
 # ---------------------------------------------------------------------------------------------

@@ -230,11 +230,18 @@ def test_predict_new_videos_without_annotations(runs, champion, data, tmp_path):
         # Neither a URI nor an existing folder nor a .db file: MLflow would take it for a file store.
         (["registry", "promote", "--tracking-uri", "no/such/dir"], ["--tracking-uri no/such/dir", "no such run folder or .db file"]),
         (["run", "--tracking-uri", "no/such/dir"], ["--tracking-uri no/such/dir", "no such run folder or .db file"]),
-        (["run", "--tracking-uri", "/nowhere/mlflow.db"], ["--tracking-uri /nowhere/mlflow.db", "folder of the database does not exist"]),
+        (["run", "--tracking-uri", "/nowhere/mlflow.db"], ["--tracking-uri sqlite:////nowhere/mlflow.db", "folder of the database does not exist"]),
+        # MLflow's alias rules, checked before the registry is touched
+        (["registry", "promote", "--alias", "bad alias"], ["alias 'bad alias'", "Invalid alias name"]),
+        (["registry", "promote", "--alias", "latest"], ["alias 'latest'", "reserved"]),
+        (["registry", "promote", "--alias", "v3"], ["alias 'v3'", "reserved"]),
+        (["registry", "promote", "--alias", ""], ["alias ''", "cannot be empty"]),
+        (["predict", "--model", "teacher.pt", "--subset", "nosuch"], ["--subset nosuch: no such subset in"]),
     ],
 )
 def test_bad_model_references(argv, fragments, runs, champion, data, tmp_path, capsys):
     out = tmp_path / "o"
+    argv = [str(runs["0"] / "teacher.pt") if a == "teacher.pt" else a for a in argv]
     if argv[0] in ("predict", "run"):
         argv = [*argv, "--data", str(data), "--out", str(out)]
     assert main(argv) == 2
@@ -250,6 +257,34 @@ def test_not_a_checkpoint(tmp_path, data, capsys):
     bad.write_bytes(b"not a zip")
     assert main(["predict", "--model", str(bad), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
     _one_line_error(capsys, str(bad), "not a loadable teacher checkpoint")
+    import pickle
+
+    bad.write_bytes(pickle.dumps({"a": 1}))  # a plain pickle: torch refuses it (weights_only), with no warning text
+    assert main(["predict", "--model", str(bad), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    _one_line_error(capsys, str(bad), "not a loadable teacher checkpoint")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"num_classes": 7}, "cluster_to_class must list one class index per output (7)"),
+    ({"num_classes": 7, "cluster_to_class": list(range(7))}, "parameter 'cs_classifier.weight' has shape (3, 32, 1)"),
+    ({"num_classes": 0}, "num_classes must be a positive integer"),
+    ({"state_dict": {}}, "the teacher's parameters do not match IOCNet's"),
+    ({"cluster_to_class": []}, "cluster_to_class must list one class index per output (3)"),
+    ({"class_names": "abc"}, "class_names must be a list of names"),
+    ({"config": None}, "the checkpoint's config is not a mapping"),
+    ({"config": {"model": {"hidden_dim": 0}}}, "model.hidden_dim"),
+])
+def test_inconsistent_checkpoints_are_refused_before_any_output(change, fragment, runs, data, tmp_path, capsys):
+    """A checkpoint with every key but parts that disagree failed inside torch or at indexing."""
+    ckpt = torch.load(runs["0"] / "teacher.pt", weights_only=True)
+    assert ckpt["num_classes"] == 3
+    bad = tmp_path / "teacher.pt"
+    torch.save({**ckpt, **change}, bad)
+    out = tmp_path / "o"
+    assert main(["predict", "--model", str(bad), "--data", str(data), "--out", str(out)]) == 2
+    _one_line_error(capsys, str(bad), fragment)
+    assert not out.exists()
 
 
 def test_init_from_a_wtal_teacher_into_utal_is_refused(runs, data, tmp_path, capsys):

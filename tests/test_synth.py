@@ -207,6 +207,46 @@ def test_bad_input(tmp_path):
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"duration_scale": float("inf")}, "duration_scale must be a finite number > 0, got inf"),
+        ({"duration_scale": float("nan")}, "duration_scale must be a finite number > 0, got nan"),
+        ({"duration_scale": 0.0}, "duration_scale must be a finite number > 0, got 0.0"),
+        ({"duration_scale": -1.0}, "duration_scale must be a finite number > 0, got -1.0"),
+        ({"duration_scale": "1"}, "duration_scale must be a finite number > 0, got '1'"),
+        # The shortest THUMOS video is 20 s: 20 * 1e-4 = 0.002 s rounds to a 0 s duration.
+        ({"duration_scale": 1e-4}, "the shortest thumos14 video (20 s) would last 0.002 s, under 0.01 s"),
+        # The longest is 1200 s: 1200 * 1e4 s * 25/16 snippets/s = 1.875e7 snippets.
+        ({"duration_scale": 1e4}, "would have 1.88e+07 snippets (at most 1,000,000)"),
+        ({"duration_scale": 1e300}, "too large"),
+        ({"snippets_per_second": float("inf")}, "snippets_per_second must be a finite number > 0"),
+        ({"videos": 1.5}, "videos per subset must be an integer >= 1, got 1.5"),
+        ({"videos": True}, "videos per subset must be an integer >= 1, got True"),
+        ({"classes": 0}, "classes must be an integer >= 1, got 0"),
+        ({"classes": "3"}, "classes must be an integer >= 1, got '3'"),
+        ({"feature_dim": 0}, "feature_dim must be an integer >= 2, got 0"),
+        ({"seed": 1.0}, "seed must be an integer >= 0, got 1.0"),
+    ],
+)
+def test_bad_numbers_are_input_errors(tmp_path, kwargs, match):
+    with pytest.raises(InputError) as e:
+        make_synthetic(tmp_path / "x", **{"videos": 1, **kwargs})
+    assert match in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_smallest_scales_still_give_importable_corpora(tmp_path):
+    # 20 s * 0.0005 = 0.01 s, the shortest duration rounding keeps; anet12's shortest is 6 s.
+    from copl_dist.formats import import_dataset
+
+    for preset, scale in (("thumos14", 0.0005), ("anet12", 0.002)):
+        root = make_synthetic(tmp_path / preset, preset=preset, videos=2, classes=2, feature_dim=8,
+                              duration_scale=scale)
+        assert all(v["duration"] >= 0.01 for v in _load(root).values())
+        assert len(import_dataset(root, tmp_path / f"{preset}-corpus")) == 4
+
+
 def test_failure_leaves_nothing_behind(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")

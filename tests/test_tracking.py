@@ -1,5 +1,7 @@
 import os
 
+import pytest
+
 from copl_dist.config import resolve
 from copl_dist.tracking import Tracker, mlflow_key
 
@@ -71,3 +73,29 @@ def test_a_sqlite_store_elsewhere_keeps_artifacts_beside_its_database(tmp_path):
         pass
     exp = mlflow.MlflowClient(tracking_uri=cfg.tracking.tracking_uri).get_experiment_by_name("copl")
     assert exp.artifact_location == (tmp_path / "store" / "mlartifacts").as_uri()
+
+
+def test_tracking_server_must_answer_before_a_run_starts():
+    """A refused connection is one clear error at once (MLflow's client retried it for ~4 minutes);
+    any HTTP answer, even an error status (a login in front of the server), counts as reachable."""
+    import http.server
+    import socket
+    import threading
+
+    from copl_dist.errors import InputError
+    from copl_dist.tracking import check_tracking_server
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    with pytest.raises(InputError, match=rf"^--tracking-uri http://127.0.0.1:{closed_port}: the tracking server does not answer"):
+        check_tracking_server(f"http://127.0.0.1:{closed_port}", "--tracking-uri")
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)  # answers 501 to GET
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        check_tracking_server(f"http://127.0.0.1:{server.server_address[1]}/", "--tracking-uri")
+    finally:
+        server.shutdown()
+        server.server_close()
+    check_tracking_server("sqlite:////nowhere/mlflow.db", "x")  # not a server: nothing to ask

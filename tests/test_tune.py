@@ -108,6 +108,93 @@ def test_bad_specs_are_rejected(tmp_path, capsys, search, words):
     assert "s.yaml" in err and all(w in err for w in words)
 
 
+class _NoRay:
+    def __init__(self, cfg):
+        raise AssertionError("Ray must not start for a bad space")
+
+
+@pytest.mark.parametrize("section, key, spec, words", [
+    ("search", "model.hidden_dim", {"choice": [0]}, ["value 0", "'model.hidden_dim' must be >= 1"]),
+    ("search", "train.lr", {"uniform": [-1, 0.1]}, ["value -1", "'train.lr' must be >= 0 and finite"]),
+    ("search", "loss.temperature", {"choice": [0.0]}, ["value 0.0", "'loss.temperature' must be > 0"]),
+    ("search", "loss.q", {"uniform": [0.5, 1.5]}, ["value 1.5", "'loss.q' must be in (0, 1]"]),  # the upper end
+    ("search", "model.dropout", {"choice": [0.0, 0.5, 1.0]}, ["value 1.0", "'model.dropout' must be in [0, 1)"]),
+    ("search", "train.shift_channels", {"randint": [-2, 64]}, ["value -2", "'train.shift_channels' must be >= 0"]),
+    ("postprocess", "inference.thetas", {"choice": [[0.5], []]}, ["value []", "'inference.thetas' must be a non-empty"]),
+    ("postprocess", "inference.outer_ratio", {"uniform": [0.0, 0.5]}, ["value 0.0", "'inference.outer_ratio' must be > 0"]),
+    ("postprocess", "inference.max_detections", {"randint": [-1, 10]}, ["value -1", "'inference.max_detections' must be >= 0"]),
+])
+def test_space_values_the_config_rejects_fail_before_ray(tmp_path, capsys, monkeypatch, section, key, spec, words):
+    from copl_dist import tune
+
+    monkeypatch.setattr(tune, "_RaySession", _NoRay)
+    space = write_space(tmp_path / "s.yaml", {"preset": "thumos14", section: {key: spec}})
+    out = tmp_path / "o"
+    assert main(["tune", "--space", str(space), "--data", str(tmp_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"copl: error: {space}: {section} '{key}': "), err
+    assert all(w in err for w in words), err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, base, source, key", [
+    (["--set", "model.hidden_dim=0"], {}, "--set", "model.hidden_dim"),
+    (["--epochs", "0"], {}, "--epochs", "train.epochs"),
+    (["--seed", "-1"], {}, "--seed", "seed"),
+    ([], {"loss.q": 0.0}, "{space} (base)", "loss.q"),
+    (["--config", "{config}"], {}, "{config}", "train.lr"),
+])
+def test_bad_fixed_value_names_where_it_was_set(tmp_path, capsys, monkeypatch, extra, base, source, key):
+    from copl_dist import tune
+
+    monkeypatch.setattr(tune, "_RaySession", _NoRay)
+    space = write_space(tmp_path / "s.yaml", {**SPACE, "base": base})
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  lr: -0.5\n")
+    extra = [a.format(config=config) for a in extra]
+    assert main(["tune", "--space", str(space), "--data", str(tmp_path), "--out", str(tmp_path / "o"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"copl: error: {source.format(space=space, config=config)}: config key '{key}' must be"), err
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("what, content, fragment", [
+    ("space", b"preset: [1]\nsearch: {}\n", "unknown preset [1]"),
+    ("space", b"search:\n  has.gamma: {choice: [4.0]}  # \xe9t\xe9\n", "not UTF-8 text"),
+    ("config", b"preset: [1]\n", "unknown preset [1]"),
+    ("config", b"has:\n  gamma: 4.0  # \xe9t\xe9\n", "not UTF-8 text"),
+])
+def test_unparseable_space_or_config_file_is_one_line(tmp_path, capsys, monkeypatch, what, content, fragment):
+    from copl_dist import tune
+
+    monkeypatch.setattr(tune, "_RaySession", _NoRay)
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    space = bad if what == "space" else write_space(tmp_path / "s.yaml", SPACE)
+    extra = ["--config", str(bad)] if what == "config" else []
+    assert main(["tune", "--space", str(space), "--data", str(tmp_path), "--out", str(tmp_path / "o"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"copl: error: {bad}: ") and fragment in err, err
+
+
+def test_no_usable_trial_is_an_input_error_naming_the_folder_and_error_files(tmp_path):
+    from copl_dist.errors import InputError
+    from copl_dist.tune import _select_best
+
+    files = [str(tmp_path / "t1" / "error.txt"), str(tmp_path / "t2" / "error.txt")]
+    records = {
+        "t1": {"trial_id": "t1", "history": [], "status": "error", "error": "ValueError: boom\n  at line 3"},
+        "t2": {"trial_id": "t2", "history": [{"iteration": 1, "objective": float("nan")}], "status": "error", "error": None},
+    }
+    with pytest.raises(InputError) as err:
+        _select_best(records, 2, tmp_path / "out", files)
+    assert str(err.value) == (f"{tmp_path / 'out'}: no trial produced a finite objective (2 trials, 2 failed); "
+                              f"first error: ValueError: boom at line 3; tracebacks in {files[0]} (and 1 more)")
+    # A trial that ran to the end with a finite objective is chosen as before.
+    records["t3"] = {"trial_id": "t3", "history": [{"iteration": 2, "objective": 0.25}], "status": "completed", "error": None}
+    assert _select_best(records, 2, tmp_path / "out", files)["trial_id"] == "t3"
+
+
 def test_map_objective_needs_a_validation_subset(tmp_path, capsys):
     space = write_space(tmp_path / "s.yaml", SPACE)
     assert main(["tune", "--space", str(space), "--data", str(tmp_path), "--objective", "map"]) == 2
@@ -368,3 +455,24 @@ def test_label_free_tuning_with_the_shipped_space(data, ray_session, tmp_path):
     assert first["has.gamma"] == 20.0 and first["cluster.delta"] == 0.0 and first["loss.lambda2"] == 10.0
     cfg = config_lib.resolve("thumos14", out / "best_config.yaml")
     assert cfg.inference.class_threshold == 0.2 and cfg.inference.nms_iou == 0.6  # label-free: defaults kept
+
+
+@pytest.mark.ray
+def test_every_trial_failing_is_one_line_naming_the_output_folder(data, ray_session, tmp_path, capsys, monkeypatch):
+    from copl_dist import tune
+
+    def failing_trial(params, ctx):  # a local function: Ray ships it by value to the trial actors
+        raise ValueError("forced trial failure")
+
+    monkeypatch.setattr(tune, "trial_trainable", failing_trial)
+    space = write_space(tmp_path / "s.yaml", SPACE)
+    out = tmp_path / "out"
+    argv = ["tune", "--space", str(space), "--data", str(data), "--out", str(out), "--samples", "2", *TINY]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"copl: error: {out}: no trial produced a finite objective (2 trials, 2 failed)"), err
+    assert "ValueError: forced trial failure" in err
+    named = err.split("tracebacks in ")[1].split(" (and")[0]
+    assert named.startswith(str(out / "ray_results"))  # the kept copy, not the Ray session's staging one
+    assert Path(named).is_file() and "forced trial failure" in Path(named).read_text()
+    assert not (out / "best_config.yaml").exists() and not (out / "tune_results.json").exists()
