@@ -53,12 +53,18 @@ def _mean_std(values: list[float]) -> str:
     return f"{arr.mean():.2f} ± {arr.std(ddof=1) if arr.size > 1 else 0.0:.2f}"
 
 
+def _overrides(args: argparse.Namespace, mode: str, seed: int) -> dict[str, Any]:
+    return {"mode": mode, "seed": seed, "iterations": args.iterations if mode == "utal" else 1,
+            "train.epochs": args.epochs, "data.snippets": args.snippets}
+
+
 def run_quality_bench(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.merge:
         return merge_quality(args.merge, out)
-    for sets in [[]] + [s for _, s in VARIANTS.values()]:  # a bad --set fails before any corpus is made
-        resolve("thumos14", sets=["has.vote_last=6", *args.sets, *sets, "tracking.enabled=false"])
+    for mode, sets in VARIANTS.values():  # a bad --set fails before any corpus is made (as resolved below)
+        resolve("thumos14", sets=["has.vote_last=6", *args.sets, *sets, "tracking.enabled=false"],
+                overrides=_overrides(args, mode, args.first_seed))
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
     started = time.perf_counter()
@@ -72,13 +78,7 @@ def run_quality_bench(args: argparse.Namespace) -> int:
                 "thumos14",
                 # The user's --set first, so that no --set can undo the variant's own switches.
                 sets=["has.vote_last=6", *args.sets, *sets, "tracking.enabled=false"],
-                overrides={
-                    "mode": mode,
-                    "seed": seed,
-                    "iterations": args.iterations if mode == "utal" else 1,
-                    "train.epochs": args.epochs,
-                    "data.snippets": args.snippets,
-                },
+                overrides=_overrides(args, mode, seed),
             )
             t0 = time.perf_counter()
             result = CoplRun(cfg, corpus, tracker=None, progress=False).execute()
@@ -106,7 +106,10 @@ def _read_output(path: Path) -> dict[str, Any]:
         raise InputError(f"{path}: not a `copl bench quality` output (expected 'args' and 'runs')")
     for name in VARIANTS:
         rows = runs.get(name)
-        if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) and "seed" in r and "final" in r for r in rows):
+        if not isinstance(rows, list) or not rows or not all(
+            isinstance(r, dict) and {"seed", "final", "iterations"} <= r.keys() and isinstance(r["iterations"], list)
+            and isinstance(r["final"], dict) for r in rows
+        ):
             raise InputError(f"{path}: no complete result of '{name}' (an interrupted or older benchmark?)")
     return doc
 

@@ -152,9 +152,12 @@ def _default_workers() -> int:
     if not raw:
         return RUN_DEFAULT_WORKERS
     try:
-        return int(raw)
+        workers = int(raw)
     except ValueError:
-        raise InputError(f"$COPL_WORKERS: expected an integer (-1, 0 or a worker count), got '{raw}'") from None
+        workers = -2
+    if workers < -1:  # checked here: the config check would blame --workers, which was not given
+        raise InputError(f"$COPL_WORKERS: expected -1, 0 or a worker count, got '{raw}'")
+    return workers
 
 
 def _config_sets(args: argparse.Namespace, key: str) -> bool:
@@ -217,6 +220,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_init_mode(init_ckpt, args.init_from, cfg.mode)  # before anything is written
 
     from copl_dist.atomic import output_folder
+    from copl_dist.pipeline import check_run_inputs
 
     with output_folder(out, keep=("state",)):
         if synthetic:
@@ -239,25 +243,18 @@ def cmd_run(args: argparse.Namespace) -> int:
                 corpus = import_dataset(src, corpus_dir, allow_pickle=args.allow_pickle, min_snippets=cfg.data.min_snippets)
             for w in caught:
                 print(f"copl: warning: {w.message}", file=sys.stderr)
-        check_subsets(corpus, src, cfg)
+        check_run_inputs(cfg, corpus, where=src)
         init_state = None
         if init_ckpt is not None:
             from copl_dist.registry import init_state_for
 
             clusters = len(corpus.classes) if cfg.mode == "wtal" else (cfg.num_classes or len(corpus.classes))
             init_state = init_state_for(init_ckpt, args.init_from, clusters, cfg)
-        # What the registry tags as the dataset: what the user named, not the run's converted copy.
-        dataset = f"synthetic:{cfg.preset}:seed{cfg.seed}" if synthetic else str(Path(args.data).resolve())
-        return _execute(cfg, corpus, out, dataset, progress=not args.no_progress, init_state=init_state, resume=args.resume)
-
-
-def check_subsets(corpus: Any, src: Path, cfg: Any) -> None:
-    """The subsets the run trains and tests on exist in the data (named by the flag that sets them)."""
-    have = corpus.subsets()
-    for flag, key, subset in (("--train-subset", "data.train_subset", cfg.data.train_subset),
-                              ("--test-subset", "data.test_subset", cfg.data.test_subset)):
-        if subset not in have:
-            raise InputError(f"{flag} {subset} ({key}): no such subset in {src} (it has: {', '.join(have) or 'none'})")
+    # From here the run writes its progress (metrics per iteration, the tracking store, --resume's
+    # state): bad input found later (say, by a Ray worker) leaves it in place, as any other failure.
+    # What the registry tags as the dataset: what the user named, not the run's converted copy.
+    dataset = f"synthetic:{cfg.preset}:seed{cfg.seed}" if synthetic else str(Path(args.data).resolve())
+    return _execute(cfg, corpus, out, dataset, progress=not args.no_progress, init_state=init_state, resume=args.resume)
 
 
 def _execute(

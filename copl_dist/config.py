@@ -354,12 +354,12 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("train.beta", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("train.topl_ratio", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("train.shift_channels", lambda v: v >= 0, ">= 0"),
-    ("train.max_grad_norm", lambda v: math.isfinite(v) and v > 0, "> 0 and finite"),
+    ("train.max_grad_norm", lambda v: v > 0, "> 0 (inf: no clipping)"),  # NaN fails the comparison
     ("train.device", lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None, "auto, cpu, cuda or cuda:N"),
     ("inference.class_threshold", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("inference.thetas", lambda v: len(v) > 0 and all(0 < t < 1 for t in v), "a non-empty list of values in (0, 1)"),
     ("inference.nms_iou", lambda v: 0 < v <= 1, "in (0, 1]"),
-    ("inference.outer_ratio", lambda v: math.isfinite(v) and v > 0, "> 0 and finite"),
+    ("inference.outer_ratio", lambda v: math.isfinite(v) and v >= 0, ">= 0 and finite"),  # 0: a one-snippet margin
     ("inference.class_score_weight", lambda v: math.isfinite(v) and v >= 0, ">= 0 and finite"),
     ("inference.max_detections", lambda v: v >= 0, ">= 0 (0: no cap)"),
     ("distributed.workers", lambda v: v >= -1, ">= -1 (-1: fit the machine)"),

@@ -151,9 +151,11 @@ def _number(value: Any, what: str) -> float:
 def _segment(value: Any, label: str, where: str, ground_truth: bool) -> tuple[float, float]:
     """[start, end] (numbers or numeric strings) -> floats; InputError naming `where` otherwise.
 
-    Ground truth is checked as the importer checks it (formats.clip_segments, strict). A prediction
-    may start before 0 s (a regressed boundary; tIoU is still defined, the official script takes it)
-    but must end after it starts: an empty one can match nothing and hints at swapped columns.
+    Both must not end before they start (swapped columns); a ground-truth segment must not start
+    before 0 s. A zero-length segment is taken, as the official ActivityNet scorer takes it: the
+    ActivityNet 1.2 annotations hold a few ([0, 0]; three in `validation`), which count as
+    instances no detection can match. A prediction may start before 0 s (a regressed boundary; tIoU
+    is still defined, the official script takes it).
     """
     # A list or tuple only: iterating the string "12" would read it as [1, 2].
     if not isinstance(value, (list, tuple)) or len(value) != 2:
@@ -162,8 +164,8 @@ def _segment(value: Any, label: str, where: str, ground_truth: bool) -> tuple[fl
     seg = f"{where}: segment [{start}, {end}] ({label})"
     if not (math.isfinite(start) and math.isfinite(end)):
         raise InputError(f"{seg} is not finite")
-    if end <= start:
-        raise InputError(f"{seg} ends {'before' if end < start else 'where'} it starts")
+    if end < start:
+        raise InputError(f"{seg} ends before it starts")
     if ground_truth and start < 0:
         raise InputError(f"{seg} starts before 0 s")
     return start, end

@@ -235,6 +235,29 @@ def default_train_fn(cfg: CoplConfig, out_dir: Path | None = None) -> TrainFn:
     return make_ray_train_fn(cfg, storage)
 
 
+def check_run_inputs(cfg: CoplConfig, corpus: Corpus, where: str | Path | None = None) -> None:
+    """What a run needs of its data, checked before it starts (`copl run` calls this before it writes
+    anything, CoplRun again): both subsets exist, classes are known, the training subset has at least
+    one video per cluster. A subset is blamed on where it was set (preset, file, --set or flag).
+    `where`: the data as the user named it (default: the corpus folder)."""
+    from copl_dist.config import flag_name, source_of
+
+    place = where if where is not None else corpus.root
+    have = corpus.subsets()
+    for key, subset in (("data.train_subset", cfg.data.train_subset), ("data.test_subset", cfg.data.test_subset)):
+        if subset not in have:
+            raise InputError(
+                f"{source_of(cfg, key, flag_name(key))}: subset '{subset}' ({key}) is not in {place} "
+                f"(it has: {', '.join(have) or 'none'})"
+            )
+    if len(corpus.classes) == 0:
+        raise InputError(f"{place}: the corpus has no annotated classes, so the number of clusters is unknown")
+    clusters = cfg.num_classes or len(corpus.classes)
+    train = len(corpus.video_ids(cfg.data.train_subset))
+    if train < clusters:
+        raise InputError(f"{place}: subset '{cfg.data.train_subset}' has {train} videos, fewer than the {clusters} clusters")
+
+
 class CoplRun:
     """One `copl run`: its config, corpus and tracker; `execute()` runs the mode the config names."""
 
@@ -267,16 +290,10 @@ class CoplRun:
         self.latest: RunResult | None = None
         # HAS voting and global features in Ray actors while _utal runs with distributed.has_actors > 0.
         self._has_pool: Any = None
+        check_run_inputs(cfg, corpus)
         self.train_ids = corpus.video_ids(cfg.data.train_subset)
         self.test_ids = corpus.video_ids(cfg.data.test_subset)
         self.num_classes = cfg.num_classes or len(corpus.classes)
-        if len(corpus.classes) == 0:
-            raise InputError(f"{corpus.root}: the corpus has no annotated classes, so the number of clusters is unknown")
-        if len(self.train_ids) < self.num_classes:
-            raise InputError(
-                f"{corpus.root}: subset '{cfg.data.train_subset}' has {len(self.train_ids)} videos, "
-                f"fewer than the {self.num_classes} clusters"
-            )
         self.tious = PRESET_TIOUS[cfg.preset]
         self.primary = primary_labels(corpus, self.train_ids)
         self.device = resolve_device(cfg.train.device)

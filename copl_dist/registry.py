@@ -70,10 +70,11 @@ def resolve_registry_uri(tracking_uri: str | None) -> str:
 
     A SQLite store must already exist: reading a registry never creates an empty database.
     """
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
-    if not uri:
+    # An explicit --tracking-uri '' is refused below (normalize_tracking_uri), not replaced by the environment's.
+    uri = tracking_uri if tracking_uri is not None else os.environ.get("MLFLOW_TRACKING_URI", "")
+    if tracking_uri is None and not uri:
         raise InputError("no tracking store: pass --tracking-uri (a URI, a run folder or an mlflow.db) or set MLFLOW_TRACKING_URI")
-    source = "--tracking-uri" if tracking_uri else "$MLFLOW_TRACKING_URI"
+    source = "--tracking-uri" if tracking_uri is not None else "$MLFLOW_TRACKING_URI"
     uri = normalize_tracking_uri(uri, source)
     check_sqlite_store(uri, source, must_exist=True)
     check_tracking_server(uri, source)
@@ -254,7 +255,7 @@ def check_state_shapes(state: Any, num_classes: int, cfg: Any, source: str, trai
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f"{source}: the teacher's state_dict is not a mapping of tensors")
     if set(state) != set(expected):
-        raise InputError(f"{source}: the teacher's parameters do not match IOCNet's ({sorted(set(state) ^ set(expected))[:3]})")
+        raise InputError(f"{source}: the teacher's parameters do not match IOCNet's ({sorted(map(str, set(state) ^ set(expected)))[:3]})")
     for key, value in expected.items():
         if tuple(state[key].shape) != tuple(value.shape):
             made = trained.model if trained is not None else cfg.model
@@ -465,7 +466,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_registry_names(args.model, getattr(args, "alias", None) if args.registry_command == "promote" else None)
+    check_registry_names(args.model, source="--model")
+    if args.registry_command == "promote":
+        check_registry_names(alias=args.alias, source="--alias")
     if args.registry_command == "promote":
         p = promote(
             args.model, args.metric, args.alias, higher_is_better=not args.lower_is_better, tracking_uri=args.tracking_uri,

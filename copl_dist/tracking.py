@@ -23,6 +23,11 @@ logging.getLogger("mlflow").setLevel(logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
 def mlflow_key(key: str) -> str:
     """The MLflow spelling of a metric key ('map@0.5' -> 'map_at_0.5')."""
     return key.replace("@", "_at_")
@@ -75,7 +80,8 @@ def check_sqlite_store(uri: str, source: str, must_exist: bool) -> None:
     if db.stat().st_size == 0 and not must_exist:
         return
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        # As a file: URI (escaped: a '#' or '?' in the path would cut it short) so that mode=ro holds.
+        with sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True) as con:
             tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.Error as exc:
         raise InputError(f"{source} {uri}: not an SQLite database ({exc})") from None
@@ -89,19 +95,19 @@ SERVER_CHECK_TIMEOUT_S = 10.0
 def check_tracking_server(uri: str, source: str) -> None:
     """An http(s) store must answer before a run starts: MLflow's client retries a refused
     connection for about four minutes (measured) and then fails after the data has been converted.
-    Any HTTP answer counts (a server behind a login answers 401); no answer is an InputError."""
+    Asked through MLflow's own HTTP client, so credentials in the URI or the environment and its TLS
+    settings (MLFLOW_TRACKING_INSECURE_TLS, certificate paths) apply as for the run itself; any
+    HTTP answer counts (a login in front of the server answers 401), no answer is an InputError."""
     if not uri.startswith(("http://", "https://")):
         return
-    import urllib.error
-    import urllib.request
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
 
     try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=SERVER_CHECK_TIMEOUT_S).close()
-    except urllib.error.HTTPError:
-        return  # it answered
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise InputError(f"{source} {uri}: the tracking server does not answer ({reason})") from None
+        http_request(get_default_host_creds(uri), "/health", "GET", max_retries=0, timeout=SERVER_CHECK_TIMEOUT_S,
+                     raise_on_status=False)
+    except Exception as exc:  # requests' connection errors arrive wrapped by MLflow
+        raise InputError(f"{source} {uri}: the tracking server does not answer ({_first_line(exc)})") from None
 
 
 def resolve_tracking_uri(cfg: TrackingConfig, out_dir: Path) -> str:

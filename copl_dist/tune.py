@@ -447,18 +447,21 @@ def run(args: argparse.Namespace) -> int:
         from copl_dist.tracking import check_tracking_server, resolve_tracking_uri
 
         check_tracking_server(resolve_tracking_uri(cfg.tracking, out), "tracking store")
-    # On bad input what this command added to OUT goes again, but Ray Tune's trial logs stay: they
-    # hold the errors of trials that all failed (the message points at them).
-    with output_folder(out, keep=("ray_results",)):
-        return _run_in(args, space, cfg, out)
+    # Bad input found while the data is prepared removes what this command added to OUT; once the
+    # trials start, their logs and tracking history stay, whatever ends the search.
+    with output_folder(out):
+        corpus = _open_corpus(args, cfg, out)
+        if args.val_subset:
+            _check_val_in_corpus(args.val_subset, corpus)
+        from copl_dist.pipeline import check_run_inputs
+
+        check_run_inputs(cfg, corpus, where=args.data)
+    return _run_in(args, space, cfg, out, corpus)
 
 
-def _run_in(args: argparse.Namespace, space: Space, cfg: CoplConfig, out: Path) -> int:
+def _run_in(args: argparse.Namespace, space: Space, cfg: CoplConfig, out: Path, corpus: Any) -> int:
     from copl_dist.tracking import Tracker
 
-    corpus = _open_corpus(args, cfg, out)
-    if args.val_subset:
-        _check_val_in_corpus(args.val_subset, corpus)
     eval_subset = args.val_subset or cfg.data.train_subset
 
     tracker = Tracker(cfg.tracking, out)

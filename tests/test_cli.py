@@ -207,8 +207,9 @@ def test_rgb_flow_length_mismatch(tiny_data, tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra, fragment",
     [
-        (["--test-subset", "nosuch"], "--test-subset nosuch (data.test_subset): no such subset in"),
-        (["--train-subset", "nosuch"], "--train-subset nosuch (data.train_subset): no such subset in"),
+        (["--test-subset", "nosuch"], "--test-subset: subset 'nosuch' (data.test_subset) is not in"),
+        (["--train-subset", "nosuch"], "--train-subset: subset 'nosuch' (data.train_subset) is not in"),
+        (["--set", "data.test_subset=nosuch"], "--set: subset 'nosuch' (data.test_subset) is not in"),
         (["--set", "num_classes=50"], "fewer than the 50 clusters"),
         (["--set", "train.epochz=3"], "unknown config key 'train.epochz'"),
         (["--set", "tracking.registered_model=bad/name"], "tracking.registered_model 'bad/name'"),
@@ -313,3 +314,34 @@ def test_console_script_exit_status_and_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0
     assert "nowhere" in proc.stderr and not (tmp_path / "o").exists()
+
+
+def test_bad_input_found_once_the_run_is_under_way_keeps_its_progress(tiny_data, tmp_path, capsys, monkeypatch):
+    """Bad input that only shows mid-run (say, on a Ray worker) ends with one line like any other, but
+    what the run had written (metrics so far, the tracking store) stays, as after any failure."""
+    from copl_dist import pipeline
+    from copl_dist.errors import InputError
+
+    def fail_mid_run(self):
+        self.on_iteration([])  # what an iteration writes: metrics.json
+        raise InputError("video 'x': found bad on a worker")
+
+    monkeypatch.setattr(pipeline.CoplRun, "execute", fail_mid_run)
+    out = tmp_path / "out"
+    assert main(["run", "--data", str(tiny_data), "--out", str(out), *TINY]) == 2
+    _one_line(capsys, "found bad on a worker")
+    assert (out / "metrics.json").is_file() and (out / "corpus" / "corpus.json").is_file()
+
+
+def test_mlflow_store_in_a_path_with_uri_characters(tmp_path, capsys):
+    """A "#" or "%" in the store's path: the read-only check must open that file, not a cut-off one."""
+    import mlflow
+
+    from copl_dist.tracking import check_sqlite_store
+
+    folder = tmp_path / "exp#1 %a"
+    folder.mkdir()
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    mlflow.MlflowClient(tracking_uri=uri).search_experiments()  # creates MLflow's tables
+    check_sqlite_store(uri, "--tracking-uri", must_exist=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp#1 %a"]  # no stray file beside it

@@ -462,7 +462,6 @@ GT_SEGMENT_ERRORS = [
     (["1.x", 3], "segment value '1.x' is not a number"),
     (["nan", 3], "segment [nan, 3.0] (Jump) is not finite"),
     ([-1, 3], "segment [-1.0, 3.0] (Jump) starts before 0 s"),
-    ([3, 3], "segment [3.0, 3.0] (Jump) ends where it starts"),
     ([4, 3], "segment [4.0, 3.0] (Jump) ends before it starts"),
 ]
 
@@ -483,7 +482,6 @@ def test_bad_gt_segment_names_gt_file_and_video(tmp_path, segment, message):
         ("12", "segment '12' (Jump) is not [start, end]"),
         ([5], "segment [5] (Jump) is not [start, end]"),
         (["inf", 3], "segment [inf, 3.0] (Jump) is not finite"),
-        ([3, 3], "segment [3.0, 3.0] (Jump) ends where it starts"),
         ([40, 30], "segment [40.0, 30.0] (Jump) ends before it starts"),
     ],
 )
@@ -591,3 +589,14 @@ def test_snippet_mask_and_auc_by_hand():
     assert snippet_auc(np.array([0.1, 0.9, 0.8, 0.2]), mask) == 1.0
     assert snippet_auc(np.array([0.9, 0.1, 0.2, 0.8]), mask) == 0.0  # fires on background
     assert snippet_auc(np.array([0.1, 0.2, 0.3, 0.4]), np.zeros(4)) is None
+
+
+def test_zero_length_segments_count_as_the_official_scorer_counts_them():
+    """ActivityNet 1.2's validation annotations hold [0, 0] segments: an instance that no detection can
+    match (tIoU 0), so with one real instance found the AP is 1/2 (recall 1/2 at precision 1)."""
+    gt = {"database": {"v": {"subset": "validation", "annotations": [
+        {"segment": [1.0, 3.0], "label": "Jump"}, {"segment": [0, 0], "label": "Jump"}]}}}
+    pred = {"results": {"v": [{"segment": [1.0, 3.0], "label": "Jump", "score": 0.9},
+                              {"segment": [0.0, 0.0], "label": "Jump", "score": 0.8}]}}
+    result = detection_map(gt, pred, [0.5], subset="validation")
+    assert result["0.5"] == pytest.approx(50.0)

@@ -115,9 +115,10 @@ def test_copl_run_workers_default(monkeypatch, tmp_path):
     assert workers("--config", str(conf)) is None  # the file decides
     monkeypatch.setenv("COPL_WORKERS", "0")
     assert workers() == 0
-    monkeypatch.setenv("COPL_WORKERS", "two")
-    with pytest.raises(InputError, match="COPL_WORKERS"):
-        workers()
+    for bad in ("two", "-5"):  # blamed on the variable, not on a --workers nobody gave
+        monkeypatch.setenv("COPL_WORKERS", bad)
+        with pytest.raises(InputError, match=rf"^\$COPL_WORKERS: expected -1, 0 or a worker count, got '{bad}'$"):
+            workers()
 
 
 def test_default_train_fn_in_process_unless_workers(monkeypatch, tmp_path):

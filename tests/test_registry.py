@@ -232,11 +232,13 @@ def test_predict_new_videos_without_annotations(runs, champion, data, tmp_path):
         (["run", "--tracking-uri", "no/such/dir"], ["--tracking-uri no/such/dir", "no such run folder or .db file"]),
         (["run", "--tracking-uri", "/nowhere/mlflow.db"], ["--tracking-uri sqlite:////nowhere/mlflow.db", "folder of the database does not exist"]),
         # MLflow's alias rules, checked before the registry is touched
-        (["registry", "promote", "--alias", "bad alias"], ["alias 'bad alias'", "Invalid alias name"]),
-        (["registry", "promote", "--alias", "latest"], ["alias 'latest'", "reserved"]),
-        (["registry", "promote", "--alias", "v3"], ["alias 'v3'", "reserved"]),
-        (["registry", "promote", "--alias", ""], ["alias ''", "cannot be empty"]),
+        (["registry", "promote", "--alias", "bad alias"], ["--alias 'bad alias'", "Invalid alias name"]),
+        (["registry", "promote", "--alias", "latest"], ["--alias 'latest'", "reserved"]),
+        (["registry", "promote", "--alias", "v3"], ["--alias 'v3'", "reserved"]),
+        (["registry", "promote", "--alias", ""], ["--alias ''", "cannot be empty"]),
         (["predict", "--model", "teacher.pt", "--subset", "nosuch"], ["--subset nosuch: no such subset in"]),
+        # An explicit empty store is refused, not replaced by $MLFLOW_TRACKING_URI (the module's store)
+        (["registry", "list", "--tracking-uri", ""], ["--tracking-uri: empty"]),
     ],
 )
 def test_bad_model_references(argv, fragments, runs, champion, data, tmp_path, capsys):
@@ -274,6 +276,7 @@ def test_not_a_checkpoint(tmp_path, data, capsys):
     ({"class_names": "abc"}, "class_names must be a list of names"),
     ({"config": None}, "the checkpoint's config is not a mapping"),
     ({"config": {"model": {"hidden_dim": 0}}}, "model.hidden_dim"),
+    ({"state_dict": {0: torch.zeros(1)}}, "the teacher's parameters do not match IOCNet's (['0',"),
 ])
 def test_inconsistent_checkpoints_are_refused_before_any_output(change, fragment, runs, data, tmp_path, capsys):
     """A checkpoint with every key but parts that disagree failed inside torch or at indexing."""
