@@ -121,7 +121,7 @@ class _NoRay:
     ("search", "model.dropout", {"choice": [0.0, 0.5, 1.0]}, ["value 1.0", "'model.dropout' must be in [0, 1)"]),
     ("search", "train.shift_channels", {"randint": [-2, 64]}, ["value -2", "'train.shift_channels' must be >= 0"]),
     ("postprocess", "inference.thetas", {"choice": [[0.5], []]}, ["value []", "'inference.thetas' must be a non-empty"]),
-    ("postprocess", "inference.outer_ratio", {"uniform": [0.0, 0.5]}, ["value 0.0", "'inference.outer_ratio' must be > 0"]),
+    ("postprocess", "inference.outer_ratio", {"uniform": [-0.1, 0.5]}, ["value -0.1", "'inference.outer_ratio' must be >= 0"]),
     ("postprocess", "inference.max_detections", {"randint": [-1, 10]}, ["value -1", "'inference.max_detections' must be >= 0"]),
 ])
 def test_space_values_the_config_rejects_fail_before_ray(tmp_path, capsys, monkeypatch, section, key, spec, words):
