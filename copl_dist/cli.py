@@ -31,7 +31,7 @@ RUN_DEFAULT_WORKERS = -1
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="dataset root (ActivityNet JSON + .npy, rgb/flow folders, W-TALC bundle) or a converted corpus")
     p.add_argument("--out", help="output folder (default runs/<preset>-<mode>-seed<seed>)")
-    p.add_argument("--preset", default="thumos14", help="thumos14 or anet12 (the paper's settings)")
+    p.add_argument("--preset", help="thumos14 or anet12 (the paper's settings; default: the --config file's, else thumos14)")
     p.add_argument("--config", help="YAML config file (e.g. a tuned config)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. has.gamma=10")
     p.add_argument("--mode", choices=["utal", "wtal", "baseline"])
@@ -160,23 +160,32 @@ def _default_workers() -> int:
     return workers
 
 
+_ABSENT = object()
+
+
 def _config_sets(args: argparse.Namespace, key: str) -> bool:
     """Whether --set or the --config file gives `key` (dotted) a value."""
     if any(s.split("=", 1)[0].strip() == key for s in args.sets):
         return True
+    return _config_file_value(args, key) is not _ABSENT
+
+
+def _config_file_value(args: argparse.Namespace, key: str) -> Any:
+    """The --config file's value of `key` (dotted), or _ABSENT (no file, no such key, or a file
+    resolve() will report as bad)."""
     if not args.config or not Path(args.config).is_file():
-        return False  # resolve() reports a missing file
+        return _ABSENT  # resolve() reports a missing file
     import yaml
 
     try:
         node: Any = yaml.safe_load(Path(args.config).read_text())
     except (yaml.YAMLError, UnicodeDecodeError, OSError):
-        return False  # resolve() reports it
+        return _ABSENT  # resolve() reports it
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            return False
+            return _ABSENT
         node = node[part]
-    return True
+    return node
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -191,7 +200,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         for key, value in EMBEDDED_OVERRIDES.items():
             if overrides.get(key) is None and not any(s.startswith(f"{key}=") for s in args.sets):
                 overrides[key] = value
-    cfg = resolve(args.preset, args.config, args.sets, overrides)
+    file_preset = _config_file_value(args, "preset")
+    if args.preset is not None and file_preset is not _ABSENT and file_preset != args.preset:
+        # resolve() lets the file's preset win: a tuned THUMOS config must not quietly run as ActivityNet.
+        raise InputError(f"--preset {args.preset}: the --config file {args.config} is for preset '{file_preset}'")
+    cfg = resolve(args.preset or "thumos14", args.config, args.sets, overrides)
     out = Path(args.out or f"runs/{cfg.preset}-{cfg.mode}-seed{cfg.seed}")
     if args.data is not None and not Path(args.data).exists():
         raise InputError(f"{args.data}: data folder not found")
@@ -201,12 +214,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         from copl_dist.registry import check_registry_names
         from copl_dist.tracking import resolve_tracking_uri
 
-        from copl_dist.tracking import check_tracking_server
+        from copl_dist.tracking import check_tracking_store
 
         # The store's checks, before anything is written.
-        check_tracking_server(resolve_tracking_uri(cfg.tracking, out), "tracking store")
+        check_tracking_store(resolve_tracking_uri(cfg.tracking, out), "tracking store")
         if cfg.tracking.log_model:
             check_registry_names(cfg.tracking.registered_model, source="tracking.registered_model")
+    if cfg.distributed.workers != 0 or cfg.distributed.has_actors > 0:
+        from copl_dist.distributed.ray_runtime import check_ray_address
+
+        check_ray_address(cfg.distributed)  # before anything is written
     init_ckpt = None
     if args.init_from:
         from copl_dist.registry import load_teacher_checkpoint
@@ -224,7 +241,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     with output_folder(out, keep=("state",)):
         if synthetic:
-            src = out / "synthetic-data"
+            # One folder per preset and seed: the corpus is generated from both, so another seed in the
+            # same --out must not reuse the first one's (its registry tag names the seed).
+            src = out / f"synthetic-data-{cfg.preset}-seed{cfg.seed}"
             print(
                 f"copl: no --data given: running on a synthetic {cfg.preset} corpus "
                 f"({EMBEDDED_SYNTH['videos']} videos per subset, {EMBEDDED_SYNTH['classes']} classes) in {src}",
@@ -327,7 +346,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from copl_dist.config import PRESET_TIOUS
     from copl_dist.metrics import evaluate_files, format_table
 
-    tious = [t.strip() for t in args.tiou.split(",") if t.strip()] if args.tiou else [f"{t:g}" for t in PRESET_TIOUS["thumos14"]]
+    tious = [t.strip() for t in args.tiou.split(",") if t.strip()] if args.tiou is not None else [f"{t:g}" for t in PRESET_TIOUS["thumos14"]]
     result = evaluate_files(args.gt, args.pred, args.subset, tious)
     print(json.dumps(result) if args.json else format_table(result))
     return 0

@@ -271,10 +271,26 @@ def load_ground_truth(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {"database": database}
 
 
+class DuplicateKeyError(ValueError):
+    pass
+
+
+def reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json keeps the last of two equal keys: a video listed twice would silently change subsets.
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKeyError(key)
+        out[key] = value
+    return out
+
+
 def _read_json(path: Path) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            return json.load(f, object_pairs_hook=reject_duplicate_keys)
+    except DuplicateKeyError as e:
+        raise InputError(f"{path}: key '{e}' appears twice in one object (a video listed twice?)") from None
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except json.JSONDecodeError as e:
@@ -289,6 +305,7 @@ def _parse_database(obj: Any, path: Path) -> list[AnnotatedVideo]:
     videos = []
     for vid, entry in obj["database"].items():
         where = f"{path}: video '{vid}'"
+        check_video_id(vid, where)
         if not isinstance(entry, dict):
             raise InputError(f"{where}: entry is not an object")
         subset = entry.get("subset")
@@ -308,10 +325,19 @@ def _parse_database(obj: Any, path: Path) -> list[AnnotatedVideo]:
                 raise InputError(
                     f"{where}: annotation {a!r} lacks 'segment': [start, end] or 'label'"
                 )
+            if not label.strip():
+                raise InputError(f"{where}: annotation {a!r} has an empty label")
             start, end = (_number(x, f"{where}: segment value") for x in seg)
             segments.append(Segment(str(vid), start, end, label))
         videos.append(AnnotatedVideo(str(vid), subset, duration, tuple(segments)))
     return videos
+
+
+def check_video_id(vid: str, where: str) -> None:
+    """A video id names its feature file (`features/ID.npy`): no path separators, no '..', not empty,
+    so that an id cannot point at a file outside the data folder."""
+    if not vid or vid in (".", "..") or "/" in vid or "\\" in vid or "\x00" in vid:
+        raise InputError(f"{where}: not a usable video id (it names a feature file: no '/', '\\' or '..')")
 
 
 def _duration(value: Any, where: str) -> float:
@@ -395,6 +421,7 @@ def load_wtalc_annotations(
     videos = []
     for i, vid in enumerate(names):
         where = f"{ann_dir}: video '{vid}'"
+        check_video_id(vid, f"{ann_dir / 'videoname.npy'}: video '{vid}'")
         entry = arrays["segments"][i]
         if not isinstance(entry, (list, tuple, np.ndarray)) or getattr(entry, "ndim", 1) == 0:
             raise InputError(

@@ -273,9 +273,13 @@ def detection_map(
 def _load_json(path: Path) -> Any:
     if not path.is_file():
         raise InputError(f"{path}: no such file")
+    from copl_dist.formats import DuplicateKeyError, reject_duplicate_keys
+
     try:
         with path.open("r", encoding="utf-8") as f:
-            return json.load(f)
+            return json.load(f, object_pairs_hook=reject_duplicate_keys)
+    except DuplicateKeyError as e:
+        raise InputError(f"{path}: key '{e}' appears twice in one object (a video listed twice?)") from None
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     except UnicodeDecodeError:

@@ -250,6 +250,11 @@ def check_run_inputs(cfg: CoplConfig, corpus: Corpus, where: str | Path | None =
                 f"{source_of(cfg, key, flag_name(key))}: subset '{subset}' ({key}) is not in {place} "
                 f"(it has: {', '.join(have) or 'none'})"
             )
+    if corpus.feature_dim != cfg.model.feature_dim:
+        raise InputError(
+            f"{place}: features have {corpus.feature_dim} dimensions, but model.feature_dim is {cfg.model.feature_dim} "
+            f"({source_of(cfg, 'model.feature_dim', 'default')}); for such features pass --set model.feature_dim={corpus.feature_dim}"
+        )
     if len(corpus.classes) == 0:
         raise InputError(f"{place}: the corpus has no annotated classes, so the number of clusters is unknown")
     clusters = cfg.num_classes or len(corpus.classes)
@@ -372,6 +377,9 @@ class CoplRun:
         state = run_state.load_latest(self.state_dir, config_hash(self.cfg), self._provenance())
         if state is None:
             return 0, None, None, [], None
+        from copl_dist.registry import check_state_shapes
+
+        check_state_shapes(state["teacher"], self.num_classes, self.cfg, f"{self.state_dir}: the saved teacher")
         labels, scores, mask = state["labels"], state["scores"], state["mask"].astype(bool)
         result = RunResult(
             iterations=list(state["iterations"]),

@@ -26,7 +26,9 @@ def cluster_names(ckpt: dict[str, Any]) -> list[str]:
     return labels
 
 
-def predict_corpus(ckpt: dict[str, Any], corpus: Any, video_ids: list[str], source: str = "teacher") -> dict[str, list[dict[str, Any]]]:
+def predict_corpus(
+    ckpt: dict[str, Any], corpus: Any, video_ids: list[str], source: str = "teacher", where: str | None = None
+) -> dict[str, list[dict[str, Any]]]:
     """{video_id: [{"segment": [s, e], "label", "score"}]} for each video, best first."""
     from copl_dist.config import from_dict
     from copl_dist.engine import infer_video
@@ -36,7 +38,7 @@ def predict_corpus(ckpt: dict[str, Any], corpus: Any, video_ids: list[str], sour
     cfg = from_dict(ckpt["config"], source=f"{source}: config")
     if corpus.feature_dim != cfg.model.feature_dim:
         raise InputError(
-            f"{corpus.root}: features have {corpus.feature_dim} dimensions, the teacher {source} expects {cfg.model.feature_dim}"
+            f"{where or corpus.root}: features have {corpus.feature_dim} dimensions, the teacher {source} expects {cfg.model.feature_dim}"
         )
     teacher = load_teacher(ckpt["state_dict"], int(ckpt["num_classes"]), cfg)
     labels = cluster_names(ckpt)
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         video_ids = corpus.video_ids(args.subset)
         if not video_ids:
             raise InputError(f"{args.data}: no videos to predict")
-        results = predict_corpus(ckpt, corpus, video_ids, source=args.model)
+        results = predict_corpus(ckpt, corpus, video_ids, source=args.model, where=args.data)
         path = out / "detections.json"
         write_detections(path, results)
     count = sum(len(d) for d in results.values())

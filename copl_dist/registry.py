@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from copl_dist.errors import InputError
-from copl_dist.tracking import check_sqlite_store, check_tracking_server, mlflow_key, normalize_tracking_uri
+from copl_dist.tracking import check_sqlite_store, check_tracking_store, mlflow_key, normalize_tracking_uri
 
 CHECKPOINT_ARTIFACT = "checkpoint/teacher.pt"
 CHECKPOINT_KEYS = ("state_dict", "config", "num_classes", "class_names", "cluster_to_class")
@@ -77,7 +77,7 @@ def resolve_registry_uri(tracking_uri: str | None) -> str:
     source = "--tracking-uri" if tracking_uri is not None else "$MLFLOW_TRACKING_URI"
     uri = normalize_tracking_uri(uri, source)
     check_sqlite_store(uri, source, must_exist=True)
-    check_tracking_server(uri, source)
+    check_tracking_store(uri, source)
     return uri
 
 
@@ -288,8 +288,12 @@ def _load(load_checkpoint: Any, path: str | Path, where: str) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's multi-line advice on weights_only; the error says it
             return load_checkpoint(path)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise InputError(f"{where}: not a loadable teacher checkpoint ({_first_line(exc)})") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError,
+            AttributeError) as exc:
+        # Arbitrary bytes reach torch's restricted unpickler as opcodes: any of these can come out.
+        # Not torch's advice (load with weights_only=False: it would run code from the file).
+        reason = _first_line(exc).split(" Please ")[0].split(" (1) ")[0]
+        raise InputError(f"{where}: not a loadable teacher checkpoint ({type(exc).__name__}: {reason[:200]})") from None
 
 
 def load_teacher_checkpoint(model: str, tracking_uri: str | None = None) -> dict[str, Any]:

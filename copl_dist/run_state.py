@@ -33,6 +33,11 @@ PROVENANCE = {
 }
 
 
+# What pipeline.CoplRun reads back from a state (checked on load: a damaged file is one clear error).
+STATE_KEYS = ("iterations", "labels", "scores", "mask", "teacher", "votes", "next_features", "detections", "mapping",
+              "traces")
+
+
 def _to_saveable(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(value))
@@ -82,6 +87,8 @@ def load_latest(state_dir: Path, config_hash: str, provenance: dict[str, Any] | 
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: say which
         raise InputError(f"{path}: not a readable copl run state ({type(exc).__name__})") from None
+    if not isinstance(payload, dict):
+        raise InputError(f"{path}: not a copl run state (a {type(payload).__name__}); start the run again in a new --out")
     if payload.get("version") != STATE_VERSION:
         raise InputError(
             f"{path}: a run state of format {payload.get('version')}, this copl reads {STATE_VERSION}; "
@@ -98,7 +105,11 @@ def load_latest(state_dir: Path, config_hash: str, provenance: dict[str, Any] | 
                 f"{path}: saved by a run {PROVENANCE[key]} ({key} {payload.get(key)}, now {now}); "
                 "resume with the same arguments"
             )
+    missing = [k for k in STATE_KEYS if k not in payload]
     teacher = payload.pop("teacher", None)
+    if missing or not isinstance(teacher, dict) or not all(isinstance(v, torch.Tensor) for v in teacher.values()):
+        what = f"lacks {', '.join(missing)}" if missing else "has no teacher state dict"
+        raise InputError(f"{path}: a damaged copl run state ({what}); start the run again in a new --out")
     state = _to_numpy(payload)
     state["teacher"] = teacher
     return state

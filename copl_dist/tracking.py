@@ -110,6 +110,24 @@ def check_tracking_server(uri: str, source: str) -> None:
         raise InputError(f"{source} {uri}: the tracking server does not answer ({_first_line(exc)})") from None
 
 
+def check_tracking_store(uri: str, source: str) -> None:
+    """Before a command writes anything: an http(s) server must answer (check_tracking_server); any
+    other store but SQLite (checked by check_sqlite_store) is opened once through MLflow, which
+    refuses an unknown scheme, a database whose driver is not installed (postgresql:// without
+    psycopg) or the deprecated file store (file:, ./mlruns) at once, instead of after the import."""
+    if uri.startswith(("http://", "https://")):
+        check_tracking_server(uri, source)
+        return
+    if uri.startswith("sqlite:"):
+        return
+    import mlflow
+
+    try:
+        mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
+    except Exception as exc:
+        raise InputError(f"{source} {uri}: MLflow cannot use this tracking store ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
 def resolve_tracking_uri(cfg: TrackingConfig, out_dir: Path) -> str:
     """tracking.tracking_uri (`copl run --tracking-uri`), else $MLFLOW_TRACKING_URI, else OUT/mlflow.db;
     a path in either is read as `normalize_tracking_uri` reads it."""

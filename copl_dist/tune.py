@@ -335,7 +335,7 @@ def _open_corpus(args: argparse.Namespace, cfg: CoplConfig, out: Path) -> Any:
         from copl_dist.cli import EMBEDDED_SYNTH
         from copl_dist.synth import make_synthetic
 
-        src = out / "synthetic-data"
+        src = out / f"synthetic-data-{cfg.preset}-seed{cfg.seed}"  # generated from both (as copl run's)
         print(f"copl tune: no --data given: a synthetic {cfg.preset} corpus in {src}", file=sys.stderr)
         if not (src / "annotations.json").exists():
             make_synthetic(src, preset=cfg.preset, seed=cfg.seed, **EMBEDDED_SYNTH)
@@ -444,9 +444,12 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
     if cfg.tracking.enabled:
-        from copl_dist.tracking import check_tracking_server, resolve_tracking_uri
+        from copl_dist.tracking import check_tracking_store, resolve_tracking_uri
 
-        check_tracking_server(resolve_tracking_uri(cfg.tracking, out), "tracking store")
+        check_tracking_store(resolve_tracking_uri(cfg.tracking, out), "tracking store")
+    from copl_dist.distributed.ray_runtime import check_ray_address
+
+    check_ray_address(cfg.distributed)
     # Bad input found while the data is prepared removes what this command added to OUT; once the
     # trials start, their logs and tracking history stay, whatever ends the search.
     with output_folder(out):

@@ -345,3 +345,41 @@ def test_mlflow_store_in_a_path_with_uri_characters(tmp_path, capsys):
     mlflow.MlflowClient(tracking_uri=uri).search_experiments()  # creates MLflow's tables
     check_sqlite_store(uri, "--tracking-uri", must_exist=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp#1 %a"]  # no stray file beside it
+
+
+def test_features_of_another_width_than_the_config_says(tiny_data, tmp_path, capsys):
+    """Found before training (it failed inside IOCNet's forward with a traceback), naming the data
+    and the setting that fits it."""
+    narrow = _copy(tiny_data, tmp_path / "narrow")
+    for f in (narrow / "features").glob("*.npy"):
+        np.save(f, np.load(f)[:, :512])
+    out = tmp_path / "out"
+    assert main(["run", "--data", str(narrow), "--out", str(out), *TINY]) == 2
+    _one_line(capsys, f"{narrow}: features have 512 dimensions, but model.feature_dim is 2048", "--set model.feature_dim=512")
+    assert not out.exists()
+
+
+def test_preset_flag_and_config_file_must_agree(tiny_data, tmp_path, capsys):
+    conf = tmp_path / "best_config.yaml"
+    conf.write_text("preset: thumos14\n")
+    out = tmp_path / "out"
+    assert main(["run", "--data", str(tiny_data), "--out", str(out), *TINY, "--preset", "anet12", "--config", str(conf)]) == 2
+    _one_line(capsys, f"--preset anet12: the --config file {conf} is for preset 'thumos14'")
+    assert not out.exists()
+
+
+def test_eval_with_an_empty_tiou_list(tiny_run, tiny_data, capsys):
+    gt, pred = str(tiny_data / "annotations.json"), str(tiny_run / "detections.json")
+    assert main(["eval", "--gt", gt, "--pred", pred, "--subset", "test", "--tiou", ""]) == 2
+    _one_line(capsys, "no tIoU thresholds given")
+
+
+@pytest.mark.parametrize("uri, fragment", [
+    ("foo://bar", "unsupported URI 'foo://bar'"),
+    ("file:///nowhere/mlruns", "MLflow cannot use this tracking store"),
+])
+def test_tracking_stores_mlflow_cannot_use_fail_before_anything_is_written(uri, fragment, tiny_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", "--data", str(tiny_data), "--out", str(out), *TINY, "--tracking-uri", uri]) == 2
+    _one_line(capsys, uri, fragment)
+    assert not out.exists()

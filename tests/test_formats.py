@@ -568,3 +568,26 @@ def test_malformed_detections(tmp_path, text, match):
     path.write_text(text)
     with pytest.raises(InputError, match=match):
         read_detections(path)
+
+
+def test_a_video_listed_twice_is_refused(tmp_path):
+    """json keeps the last of two equal keys: the video would silently move to the second subset."""
+    src = _dataset(tmp_path / "src")
+    text = (src / "annotations.json").read_text()
+    entry = json.dumps(VIDEOS["v3"])
+    (src / "annotations.json").write_text(text.replace('"database": {', '"database": {"v3": ' + entry + ", ", 1))
+    _bad(src, tmp_path, r"annotations.json: key 'v3' appears twice in one object")
+
+
+@pytest.mark.parametrize("vid", ["../evil", "a/b", "..", ""])
+def test_video_ids_that_would_name_files_elsewhere_are_refused(tmp_path, vid):
+    src = _dataset(tmp_path / "src")  # features of v1-v3 only: the bad id's file is never written
+    ann = json.loads((src / "annotations.json").read_text())
+    ann["database"][vid] = {"subset": "test", "duration": 6.0, "annotations": []}
+    (src / "annotations.json").write_text(json.dumps(ann))
+    _bad(src, tmp_path, "not a usable video id")
+
+
+def test_an_empty_label_is_refused(tmp_path):
+    videos = {**VIDEOS, "v1": {"subset": "train", "duration": 10.0, "annotations": [{"segment": [1, 3], "label": " "}]}}
+    _bad(_dataset(tmp_path / "src", videos=videos), tmp_path, r"video 'v1': annotation .* has an empty label")

@@ -463,3 +463,28 @@ def test_copl_run_on_the_local_ray_prints_no_preemption_watcher_error(corpus, tm
     assert (tmp_path / "out" / "detections.json").exists()
     log = proc.stdout + proc.stderr
     assert "PreemptionWatcher" not in log and "max_restarts > 0" not in log
+
+
+def test_cluster_address_checked_before_anything_starts(monkeypatch):
+    """A malformed address was a traceback from ray.init, one where nothing listens a retry loop
+    still running after 5 minutes: both are one line at once now."""
+    import socket
+    from types import SimpleNamespace
+
+    from copl_dist.distributed.ray_runtime import check_ray_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    check_ray_address(SimpleNamespace(ray_address=""))  # local: nothing to reach
+    check_ray_address(SimpleNamespace(ray_address="auto"))
+    with pytest.raises(InputError, match=r"^distributed.ray_address: 'garbage' is not an address Ray takes"):
+        check_ray_address(SimpleNamespace(ray_address="garbage"))
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+        check_ray_address(SimpleNamespace(ray_address=""))
+        check_ray_address(SimpleNamespace(ray_address=f"ray://127.0.0.1:{port}"))
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")  # closed now
+    with pytest.raises(InputError, match=rf"^\$RAY_ADDRESS: nothing answers at 127.0.0.1:{port}"):
+        check_ray_address(SimpleNamespace(ray_address=""))

@@ -358,3 +358,14 @@ def test_promote_compares_only_versions_of_one_mode_and_dataset(tmp_path, capsys
     assert (p.version, p.value, p.compared) == ("2", 45.0, 1)
     with pytest.raises(InputError, match="none of its 5 version\\(s\\) has mode 'utal' and dataset 'nosuch'"):
         promote("copl-teacher", tracking_uri=str(db), dataset="nosuch")
+
+
+def test_arbitrary_bytes_as_a_teacher(tmp_path, data, capsys):
+    """Text or random bytes reach torch's restricted unpickler as opcodes (KeyError, IndexError...)."""
+    bad = tmp_path / "g.pt"
+    for payload in (b"hi\n", bytes(range(256)) * 4):
+        bad.write_bytes(payload)
+        assert main(["predict", "--model", str(bad), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+        err = _one_line_error(capsys, str(bad), "not a loadable teacher checkpoint")
+        assert "weights_only=False" not in err  # torch's advice would run code from the file
+    assert not (tmp_path / "o").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -134,20 +135,41 @@ def test_resume_from_another_init_model_is_refused(undisturbed, data, capsys):
     assert "iteration-2.pt: saved by a run from another --init-from model" in err and err.count("\n") == 1
 
 
+def _state(**kw):
+    """A complete state (every key CoplRun reads back), as save_iteration gets it."""
+    from copl_dist.run_state import STATE_KEYS
+
+    return {**{k: [] for k in STATE_KEYS}, "teacher": {"w": torch.zeros(1)}, **kw}
+
+
+def test_damaged_or_foreign_state_files_are_one_clear_error(tmp_path):
+    path = tmp_path / "iteration-0.pt"
+    for payload, fragment in (([1, 2], "not a copl run state (a list)"), (torch.zeros(3), "not a copl run state (a Tensor)")):
+        torch.save(payload, path)
+        with pytest.raises(InputError, match=re.escape(f"{path}: {fragment}")):
+            load_latest(tmp_path, "h")
+    save_iteration(tmp_path, 0, "h", {k: v for k, v in _state().items() if k != "labels"})
+    with pytest.raises(InputError, match=re.escape(f"{path}: a damaged copl run state (lacks labels)")):
+        load_latest(tmp_path, "h")
+    save_iteration(tmp_path, 0, "h", _state(teacher=[1]))
+    with pytest.raises(InputError, match="has no teacher state dict"):
+        load_latest(tmp_path, "h")
+
+
 def test_state_files_are_matched_by_number_only(tmp_path):
     """Stray files beside the states (a hand-made iteration-x.pt, a copy) are not states."""
     assert load_latest(tmp_path / "none", "h") is None
     (tmp_path / "iteration-x.pt").write_text("not a state")
     (tmp_path / "iteration-7-copy.pt").write_text("not a state")
     assert load_latest(tmp_path, "h") is None
-    save_iteration(tmp_path, 1, "h", {"teacher": {}, "labels": np.arange(3)})
-    save_iteration(tmp_path, 10, "h", {"teacher": {}, "labels": np.arange(4)})
+    save_iteration(tmp_path, 1, "h", _state(labels=np.arange(3)))
+    save_iteration(tmp_path, 10, "h", _state(labels=np.arange(4)))
     state = load_latest(tmp_path, "h")
     assert state["iteration"] == 10 and state["labels"].tolist() == [0, 1, 2, 3]  # 10 after 1, not "1" < "10" < "x"
 
 
 def test_state_of_another_corpus_or_init_is_refused(tmp_path):
-    save_iteration(tmp_path, 0, "h", {"teacher": {}, "corpus_digest": "aaa", "data": "/d", "init_digest": None})
+    save_iteration(tmp_path, 0, "h", _state(corpus_digest="aaa", data="/d", init_digest=None))
     same = {"corpus_digest": "aaa", "data": "/d", "init_digest": None}
     assert load_latest(tmp_path, "h", same)["iteration"] == 0
     with pytest.raises(InputError, match=r"^\S*iteration-0.pt: saved by a run on another corpus \(corpus_digest aaa, now bbb\)"):
@@ -159,7 +181,7 @@ def test_state_of_another_corpus_or_init_is_refused(tmp_path):
 def test_state_of_another_format_is_refused(tmp_path):
     """A state saved by another copl version (here: format 1, before the provenance keys) is named,
     not misread as a run on other data."""
-    save_iteration(tmp_path, 0, "h", {"teacher": {}, "labels": np.arange(3)})
+    save_iteration(tmp_path, 0, "h", _state())
     path = tmp_path / "iteration-0.pt"
     payload = torch.load(path, weights_only=True)
     torch.save({**payload, "version": 1}, path)

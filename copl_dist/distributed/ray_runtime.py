@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from copl_dist.errors import InputError
+
 LOCALHOST = "127.0.0.1"
 _SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # false: Ray keeps a loopback node address
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
@@ -17,6 +19,29 @@ PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 def ray_address(cfg_distributed: Any) -> str:
     """The address `ensure_ray` connects to: a cluster's, or "local"."""
     return cfg_distributed.ray_address or os.environ.get("RAY_ADDRESS", "") or "local"
+
+
+ADDRESS_CHECK_TIMEOUT_S = 5.0
+
+
+def check_ray_address(cfg_distributed: Any) -> None:
+    """Before a command writes anything: a cluster address must have the form Ray takes and something
+    must listen there. ray.init raised "Invalid address format" as a traceback for a malformed one
+    and kept retrying an address where nothing listens (still at it after 5 minutes, measured)."""
+    import socket
+
+    address = ray_address(cfg_distributed)
+    if address in ("local", "auto"):
+        return
+    source = "distributed.ray_address" if cfg_distributed.ray_address else "$RAY_ADDRESS"
+    hostport = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise InputError(f"{source}: '{address}' is not an address Ray takes (HOST:PORT, ray://HOST:PORT, auto or local)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=ADDRESS_CHECK_TIMEOUT_S).close()
+    except OSError as exc:
+        raise InputError(f"{source}: nothing answers at {address} ({exc.strerror or exc})") from None
 
 
 def ensure_ray(cfg_distributed: Any, num_cpus: int | None = None) -> None:
