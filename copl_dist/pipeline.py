@@ -256,7 +256,10 @@ def check_run_inputs(cfg: CoplConfig, corpus: Corpus, where: str | Path | None =
             f"({source_of(cfg, 'model.feature_dim', 'default')}); for such features pass --set model.feature_dim={corpus.feature_dim}"
         )
     if len(corpus.classes) == 0:
-        raise InputError(f"{place}: the corpus has no annotated classes, so the number of clusters is unknown")
+        raise InputError(
+            f"{place}: no video has annotations; copl run reads them to evaluate and to name its clusters, so a "
+            "corpus without any is not supported (copl predict runs a trained teacher on videos without annotations)"
+        )
     clusters = cfg.num_classes or len(corpus.classes)
     train = len(corpus.video_ids(cfg.data.train_subset))
     if train < clusters:

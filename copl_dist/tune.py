@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -477,6 +478,10 @@ def _run_in(args: argparse.Namespace, space: Space, cfg: CoplConfig, out: Path, 
     tags = {"dataset": dataset, "dataset_digest": corpus.digest(), "copl.kind": "tune", "objective": args.objective,
             "seed": str(cfg.seed)}
     started = time.perf_counter()
+    # Ctrl-C must stop `copl tune` (exit 130), not end the search early and write a "best" config from
+    # the trials done so far with exit 0, which is what Ray Tune's own SIGINT handler does. A user's
+    # own setting of the variable wins.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     with tracker.parent_run("tune", parent_params, tags), _RaySession(cfg):
         doc = _search(args, space, cfg, corpus, out, eval_subset, tracker)
         doc["seconds"] = time.perf_counter() - started

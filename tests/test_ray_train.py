@@ -465,6 +465,39 @@ def test_copl_run_on_the_local_ray_prints_no_preemption_watcher_error(corpus, tm
     assert "PreemptionWatcher" not in log and "max_restarts > 0" not in log
 
 
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ctrl_c_during_ray_train_is_an_interrupt(corpus, tmp_path):
+    """SIGINT while Ray Train trains: Ray's own handler aborted the run and `copl run` exited 1 with
+    no message; now the run stops as interrupted (exit 130, one line), keeping what it wrote."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "copl_dist.cli", "run", "--data", str(corpus.root), "--out", str(out),
+            "--workers", "1", "--iterations", "1", "--epochs", "2000", "--snippets", "32", "--no-progress",
+            "--set", "train.batch_size=4", "--set", "model.hidden_dim=32", "--set", "train.shift_channels=64",
+            "--set", "tracking.enabled=false"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 240
+        while not list((out / "ray_storage").glob("*/checkpoint_*")) and time.time() < deadline:
+            time.sleep(0.5)  # training is under way once an epoch's checkpoint exists
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == "copl: interrupted" and "Traceback" not in err
+    assert list((out / "ray_storage").glob("*/checkpoint_*"))  # what it had written stays
+
+
 def test_cluster_address_checked_before_anything_starts(monkeypatch):
     """A malformed address was a traceback from ray.init, one where nothing listens a retry loop
     still running after 5 minutes: both are one line at once now."""

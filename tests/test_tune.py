@@ -476,3 +476,35 @@ def test_every_trial_failing_is_one_line_naming_the_output_folder(data, ray_sess
     assert named.startswith(str(out / "ray_results"))  # the kept copy, not the Ray session's staging one
     assert Path(named).is_file() and "forced trial failure" in Path(named).read_text()
     assert not (out / "best_config.yaml").exists() and not (out / "tune_results.json").exists()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ctrl_c_stops_the_search_without_a_best_config(data, tmp_path):
+    """Ray Tune's own SIGINT handler ended the search early and `copl tune` then wrote best_config.yaml
+    from the trials done so far, with exit 0; Ctrl-C is an interrupt now (exit 130, one line)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    space = write_space(tmp_path / "s.yaml", SPACE)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TUNE_DISABLE_SIGINT_HANDLER")}
+    argv = [sys.executable, "-m", "copl_dist.cli", "tune", "--space", str(space), "--data", str(data), "--out", str(out),
+            "--samples", "200", "--objective", "silhouette", *TINY]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 240
+        while not list((out / "ray_results").glob("*/*/params.json")) and time.time() < deadline:
+            time.sleep(0.5)  # a trial has started
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "copl: interrupted" in err and "Traceback" not in err
+    assert not (out / "best_config.yaml").exists() and not (out / "tune_results.json").exists()

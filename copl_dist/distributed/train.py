@@ -291,6 +291,35 @@ def storage_locations(storage_path: str | os.PathLike[str] | None) -> tuple[str 
     return str(local), local
 
 
+def _interrupt_as_keyboard_interrupt(trainer: Any) -> list[bool]:
+    """Ctrl-C during trainer.fit(): Ray Train's own handler aborts the run and fit() then returns or
+    fails like any failed run (measured: `copl run` exited 1 with no message). Ours aborts it the same
+    way but records the interrupt, so that the caller raises KeyboardInterrupt (`copl: interrupted`,
+    exit 130). Returns the record (non-empty once interrupted). Ray versions without the hook keep
+    their own behaviour."""
+    interrupted: list[bool] = []
+    register = getattr(trainer, "_register_sigint_handler", None)
+    if register is None:
+        return interrupted
+
+    def register_recording(controller: Any) -> None:
+        register(controller)
+        ray_handler = signal.getsignal(signal.SIGINT)
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            interrupted.append(True)
+            if callable(ray_handler):
+                try:
+                    ray_handler(signum, frame)
+                except SystemExit:  # Ray's handler exits 0 when the controller is already gone
+                    raise KeyboardInterrupt from None
+
+        signal.signal(signal.SIGINT, on_sigint)
+
+    trainer._register_sigint_handler = register_recording
+    return interrupted
+
+
 def make_ray_train_fn(cfg: Any, storage_path: str | os.PathLike[str] | None = None):
     """A train_fn for `pipeline.CoplRun` that trains on Ray Train with `cfg.distributed` settings.
 
@@ -349,11 +378,19 @@ def make_ray_train_fn(cfg: Any, storage_path: str | os.PathLike[str] | None = No
                 logging_config=LoggingConfig(log_level="WARNING"),  # not a line per epoch and checkpoint
             ),
         )
+        interrupted = _interrupt_as_keyboard_interrupt(trainer)
+        previous_sigint = signal.getsignal(signal.SIGINT)
         try:
             with EpochFeed(feed_path, progress) if progress is not None else contextlib.nullcontext():
                 result = trainer.fit()
         except TrainingFailedError as exc:
+            if interrupted:
+                raise KeyboardInterrupt from None
             _raise_failure(name, num_workers, exc)
+        finally:
+            signal.signal(signal.SIGINT, previous_sigint)  # Ray Train leaves its handler installed
+        if interrupted:
+            raise KeyboardInterrupt
         if result.error is not None:  # fit() raises in Ray 2.60; older versions returned the error
             _raise_failure(name, num_workers, result.error)
         if result.checkpoint is None:
