@@ -273,11 +273,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     # state): bad input found later (say, by a Ray worker) leaves it in place, as any other failure.
     # What the registry tags as the dataset: what the user named, not the run's converted copy.
     dataset = f"synthetic:{cfg.preset}:seed{cfg.seed}" if synthetic else str(Path(args.data).resolve())
-    return _execute(cfg, corpus, out, dataset, progress=not args.no_progress, init_state=init_state, resume=args.resume)
+    from copl_dist.run_state import files_fingerprint
+
+    return _execute(cfg, corpus, out, dataset, progress=not args.no_progress, init_state=init_state, resume=args.resume,
+                    data_files=files_fingerprint(src, exclude=out))
 
 
 def _execute(
-    cfg: Any, corpus: Any, out: Path, dataset: str, progress: bool, init_state: Any = None, resume: bool = False
+    cfg: Any, corpus: Any, out: Path, dataset: str, progress: bool, init_state: Any = None, resume: bool = False,
+    data_files: str | None = None,
 ) -> int:
     from copl_dist.config import config_hash, to_dict
     from copl_dist.outputs import write_metrics, write_run_outputs
@@ -291,6 +295,7 @@ def _execute(
     run = CoplRun(
         cfg, corpus, tracker, progress=progress, on_iteration=lambda its: write_metrics(out / "metrics.json", cfg, its),
         init_state=init_state, state_dir=out / "state", resume=resume, data_source=dataset,  # --resume refuses state saved on other data
+        data_files=data_files,
     )
     registered = None
     tags = {"dataset": dataset, "dataset_digest": corpus.digest(), "seed": str(cfg.seed),

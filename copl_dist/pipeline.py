@@ -281,12 +281,14 @@ class CoplRun:
         state_dir: Path | None = None,
         resume: bool = False,
         data_source: str | None = None,
+        data_files: str | None = None,
     ):
         self.cfg = cfg
         self.init_state = init_state  # the first training starts from these weights (`copl run --init-from`)
         self.state_dir = state_dir  # per-iteration state for `--resume` (run_state.py); None: not kept
         self.resume = resume
         self.data_source = data_source  # what the user named as data (`copl run --data`): --resume checks it
+        self.data_files = data_files  # run_state.files_fingerprint of it: --resume checks it too
         self.corpus = corpus
         self.tracker = tracker
         # None: in-process unless cfg.distributed.workers says Ray Train (default_train_fn).
@@ -402,6 +404,7 @@ class CoplRun:
         return {
             "corpus_digest": self.corpus.digest(),
             "data": self.data_source,
+            "data_files": self.data_files,
             "init_digest": state_digest(self.init_state),
         }
 

@@ -21,7 +21,7 @@ import torch
 from copl_dist.atomic import atomic_path
 from copl_dist.errors import InputError
 
-STATE_VERSION = 2  # 2: PROVENANCE saved with the state
+STATE_VERSION = 3  # 2: PROVENANCE saved with the state; 3: with data_files
 STATE_NAME = re.compile(r"iteration-(\d+)\.pt")  # not a stray iteration-x.pt or an editor's copy
 
 # What a resumed run must share with the one that saved the state, beyond the config: each key is
@@ -30,7 +30,32 @@ PROVENANCE = {
     "corpus_digest": "on another corpus",
     "data": "on another --data",
     "init_digest": "from another --init-from model",
+    # --resume reuses OUT/corpus, converted at the first start: a --data edited since would be ignored.
+    "data_files": "on --data whose files have changed since (names, sizes or modification times)",
 }
+
+
+def files_fingerprint(root: Path, exclude: Path | None = None) -> str:
+    """A digest of every file under `root` (a file: itself) by relative path, size and modification
+    time: what --resume compares to see that --data is as it was (no file is read). `exclude`: a
+    folder left out (the run's own --out, should it lie inside --data)."""
+    import hashlib
+    import os
+
+    root = Path(root)
+    if root.is_file():
+        st = root.stat()
+        return hashlib.sha256(f"{root.name}\t{st.st_size}\t{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    skip = Path(exclude).resolve() if exclude is not None else None
+    lines = []
+    for folder, dirs, files in os.walk(root):
+        if skip is not None:
+            dirs[:] = [d for d in dirs if (Path(folder) / d).resolve() != skip]
+        for name in files:
+            path = Path(folder) / name
+            st = path.stat()
+            lines.append(f"{path.relative_to(root)}\t{st.st_size}\t{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
 
 
 # What pipeline.CoplRun reads back from a state (checked on load: a damaged file is one clear error).

@@ -128,6 +128,22 @@ def test_resume_on_other_data_is_refused(undisturbed, tmp_path, capsys):
     assert _state_files(undisturbed) == before
 
 
+def test_resume_after_the_data_changed_is_refused(undisturbed, data, capsys):
+    """The same --data path, but a file in it changed since the first start: OUT/corpus, converted
+    then, would be used as it was (found in review: a deleted video still got detections)."""
+    feature = sorted((data / "features").glob("*.npy"))[0]
+    st = feature.stat()
+    before = _state_files(undisturbed)
+    try:
+        os.utime(feature, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        assert main(["run", "--data", str(data), "--out", str(undisturbed), "--resume", *ARGS]) == 2
+    finally:
+        os.utime(feature, ns=(st.st_atime_ns, st.st_mtime_ns))  # the module's other tests use it as it was
+    err = capsys.readouterr().err
+    assert "saved by a run on --data whose files have changed since" in err and err.count("\n") == 1
+    assert _state_files(undisturbed) == before
+
+
 def test_resume_from_another_init_model_is_refused(undisturbed, data, capsys):
     assert main(["run", "--data", str(data), "--out", str(undisturbed), "--resume", *ARGS,
                  "--init-from", str(undisturbed / "teacher.pt")]) == 2
@@ -185,5 +201,5 @@ def test_state_of_another_format_is_refused(tmp_path):
     path = tmp_path / "iteration-0.pt"
     payload = torch.load(path, weights_only=True)
     torch.save({**payload, "version": 1}, path)
-    with pytest.raises(InputError, match=r"iteration-0.pt: a run state of format 1, this copl reads 2"):
+    with pytest.raises(InputError, match=r"iteration-0.pt: a run state of format 1, this copl reads 3"):
         load_latest(tmp_path, "h", {"data": "x"})
