@@ -201,7 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             if overrides.get(key) is None and not any(s.startswith(f"{key}=") for s in args.sets):
                 overrides[key] = value
     file_preset = _config_file_value(args, "preset")
-    if args.preset is not None and file_preset is not _ABSENT and file_preset != args.preset:
+    if args.preset is not None and file_preset not in (_ABSENT, None) and file_preset != args.preset:
         # resolve() lets the file's preset win: a tuned THUMOS config must not quietly run as ActivityNet.
         raise InputError(f"--preset {args.preset}: the --config file {args.config} is for preset '{file_preset}'")
     cfg = resolve(args.preset or "thumos14", args.config, args.sets, overrides)
@@ -263,6 +263,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             for w in caught:
                 print(f"copl: warning: {w.message}", file=sys.stderr)
         check_run_inputs(cfg, corpus, where=src)
+        from copl_dist.run_state import files_fingerprint
+
+        data_files = files_fingerprint(src)
         init_state = None
         if init_ckpt is not None:
             from copl_dist.registry import init_state_for
@@ -273,10 +276,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # state): bad input found later (say, by a Ray worker) leaves it in place, as any other failure.
     # What the registry tags as the dataset: what the user named, not the run's converted copy.
     dataset = f"synthetic:{cfg.preset}:seed{cfg.seed}" if synthetic else str(Path(args.data).resolve())
-    from copl_dist.run_state import files_fingerprint
-
     return _execute(cfg, corpus, out, dataset, progress=not args.no_progress, init_state=init_state, resume=args.resume,
-                    data_files=files_fingerprint(src, exclude=out))
+                    data_files=data_files)
 
 
 def _execute(

@@ -35,26 +35,44 @@ PROVENANCE = {
 }
 
 
-def files_fingerprint(root: Path, exclude: Path | None = None) -> str:
-    """A digest of every file under `root` (a file: itself) by relative path, size and modification
-    time: what --resume compares to see that --data is as it was (no file is read). `exclude`: a
-    folder left out (the run's own --out, should it lie inside --data)."""
+# The parts of a --data folder the importers read (formats.py): annotation files at its top level,
+# the feature folders, W-TALC's *-Annotations folder, a corpus' features/ shards.
+_DATA_FOLDERS = ("features", "rgb", "flow")
+
+
+def files_fingerprint(src: Path) -> str:
+    """A digest of what the importers read of `src` (formats.import_dataset), by relative path, size
+    and modification time: what --resume compares to see that --data is as it was (no file is read).
+    Only those parts: other runs' outputs or a tracking database kept in the data folder change
+    nothing. Links are not followed (a broken one is recorded, not an error)."""
     import hashlib
     import os
 
-    root = Path(root)
-    if root.is_file():
-        st = root.stat()
-        return hashlib.sha256(f"{root.name}\t{st.st_size}\t{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    skip = Path(exclude).resolve() if exclude is not None else None
+    src = Path(src)
+    root = src.parent if src.is_file() else src
     lines = []
-    for folder, dirs, files in os.walk(root):
-        if skip is not None:
-            dirs[:] = [d for d in dirs if (Path(folder) / d).resolve() != skip]
-        for name in files:
-            path = Path(folder) / name
-            st = path.stat()
+
+    def add(path: Path) -> None:
+        try:
+            st = os.lstat(path)
             lines.append(f"{path.relative_to(root)}\t{st.st_size}\t{st.st_mtime_ns}")
+        except OSError as exc:  # vanished or unreadable: recorded as such
+            lines.append(f"{path.relative_to(root)}\t{type(exc).__name__}")
+
+    top = [src] if src.is_file() else sorted(root.iterdir()) if root.is_dir() else []
+    for entry in top:
+        if entry.is_dir():  # a data folder may be a link to where the features live; inside, none is followed
+            if entry.name in _DATA_FOLDERS or entry.name.endswith("-Annotations"):
+                for folder, _, files in os.walk(entry):
+                    for name in files:
+                        add(Path(folder) / name)
+        elif entry.suffix != ".db":
+            add(entry)
+    if src.is_file():  # an annotation file named directly: its feature folders beside it count too
+        for name in _DATA_FOLDERS:
+            for folder, _, files in os.walk(root / name):
+                for f in files:
+                    add(Path(folder) / f)
     return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
 
 

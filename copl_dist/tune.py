@@ -481,7 +481,17 @@ def _run_in(args: argparse.Namespace, space: Space, cfg: CoplConfig, out: Path, 
     # Ctrl-C must stop `copl tune` (exit 130), not end the search early and write a "best" config from
     # the trials done so far with exit 0, which is what Ray Tune's own SIGINT handler does. A user's
     # own setting of the variable wins.
+    own_sigint_setting = "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    try:
+        return _search_and_write(args, space, cfg, corpus, out, eval_subset, tracker, parent_params, tags, started)
+    finally:
+        if own_sigint_setting:  # a library caller's process keeps Ray Tune's default afterwards
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+
+
+def _search_and_write(args: argparse.Namespace, space: Space, cfg: CoplConfig, corpus: Any, out: Path, eval_subset: str,
+                      tracker: Any, parent_params: dict[str, Any], tags: dict[str, str], started: float) -> int:
     with tracker.parent_run("tune", parent_params, tags), _RaySession(cfg):
         doc = _search(args, space, cfg, corpus, out, eval_subset, tracker)
         doc["seconds"] = time.perf_counter() - started

@@ -203,3 +203,23 @@ def test_state_of_another_format_is_refused(tmp_path):
     torch.save({**payload, "version": 1}, path)
     with pytest.raises(InputError, match=r"iteration-0.pt: a run state of format 1, this copl reads 3"):
         load_latest(tmp_path, "h", {"data": "x"})
+
+
+def test_data_fingerprint_covers_what_the_importers_read_only(tmp_path):
+    """--resume compares the files the importers read: not other runs' outputs or a tracking database
+    kept in the data folder (they would refuse every resume), and a broken link is no error."""
+    from copl_dist.run_state import files_fingerprint
+
+    root = tiny_synthetic(tmp_path / "d", videos=4, seed=0)
+    first = files_fingerprint(root)
+    (root / "runs" / "seed1").mkdir(parents=True)
+    (root / "runs" / "seed1" / "metrics.json").write_text("{}")
+    (root / "mlflow.db").write_text("")
+    (root / "broken").symlink_to(root / "missing")
+    assert files_fingerprint(root) != first  # the link sits at the top, where annotation files are read
+    (root / "broken").unlink()
+    assert files_fingerprint(root) == first
+    feature = sorted((root / "features").glob("*.npy"))[0]
+    np.save(feature, np.load(feature)[:-1])
+    assert files_fingerprint(root) != first
+    assert files_fingerprint(root / "annotations.json") == files_fingerprint(root)  # the file and its features: the same

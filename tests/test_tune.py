@@ -506,5 +506,6 @@ def test_ctrl_c_stops_the_search_without_a_best_config(data, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err[-2000:]
-    assert "copl: interrupted" in err and "Traceback" not in err
+    assert "copl: interrupted" in err
+    assert not [line for line in err.splitlines() if line.startswith("Traceback")]  # Ray's actors may log theirs
     assert not (out / "best_config.yaml").exists() and not (out / "tune_results.json").exists()

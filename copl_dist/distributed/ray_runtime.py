@@ -34,6 +34,14 @@ def check_ray_address(cfg_distributed: Any) -> None:
     if address in ("local", "auto"):
         return
     source = "distributed.ray_address" if cfg_distributed.ray_address else "$RAY_ADDRESS"
+    scheme, has_scheme, _ = address.partition("://")
+    if has_scheme and scheme in ("http", "https"):
+        raise InputError(
+            f"{source}: '{address}' is a dashboard's address (what `ray job submit` takes); a run joins the "
+            "cluster at its GCS address HOST:6379 or through Ray Client at ray://HOST:10001"
+        )
+    if has_scheme and scheme != "ray":
+        return  # a Ray Client plug-in's scheme (e.g. anyscale://): Ray resolves it, nothing to probe here
     hostport = address[len("ray://"):] if address.startswith("ray://") else address
     host, sep, port = hostport.rpartition(":")
     if not sep or not host or not port.isdigit():

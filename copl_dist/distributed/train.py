@@ -378,8 +378,10 @@ def make_ray_train_fn(cfg: Any, storage_path: str | os.PathLike[str] | None = No
                 logging_config=LoggingConfig(log_level="WARNING"),  # not a line per epoch and checkpoint
             ),
         )
-        interrupted = _interrupt_as_keyboard_interrupt(trainer)
-        previous_sigint = signal.getsignal(signal.SIGINT)
+        # Signal handlers exist on the main thread only (Ray registers its own there only, too).
+        main_thread = threading.current_thread() is threading.main_thread()
+        interrupted = _interrupt_as_keyboard_interrupt(trainer) if main_thread else []
+        previous_sigint = signal.getsignal(signal.SIGINT) if main_thread else None
         try:
             with EpochFeed(feed_path, progress) if progress is not None else contextlib.nullcontext():
                 result = trainer.fit()
@@ -388,7 +390,8 @@ def make_ray_train_fn(cfg: Any, storage_path: str | os.PathLike[str] | None = No
                 raise KeyboardInterrupt from None
             _raise_failure(name, num_workers, exc)
         finally:
-            signal.signal(signal.SIGINT, previous_sigint)  # Ray Train leaves its handler installed
+            if main_thread:
+                signal.signal(signal.SIGINT, previous_sigint)  # Ray Train leaves its handler installed
         if interrupted:
             raise KeyboardInterrupt
         if result.error is not None:  # fit() raises in Ray 2.60; older versions returned the error
