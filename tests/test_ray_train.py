@@ -482,7 +482,10 @@ def test_ctrl_c_during_ray_train_is_an_interrupt(corpus, tmp_path):
             "--workers", "1", "--iterations", "1", "--epochs", "2000", "--snippets", "32", "--no-progress",
             "--set", "train.batch_size=4", "--set", "model.hidden_dim=32", "--set", "train.shift_channels=64",
             "--set", "tracking.enabled=false"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # As from a terminal: SIGINT at its default (a process started with it ignored, as children of
+    # a process that ignores it are, rightly ignores it: seen when run after other tests).
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 240
         while not list((out / "ray_storage").glob("*/checkpoint_*")) and time.time() < deadline:

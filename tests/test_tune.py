@@ -494,7 +494,10 @@ def test_ctrl_c_stops_the_search_without_a_best_config(data, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TUNE_DISABLE_SIGINT_HANDLER")}
     argv = [sys.executable, "-m", "copl_dist.cli", "tune", "--space", str(space), "--data", str(data), "--out", str(out),
             "--samples", "200", "--objective", "silhouette", *TINY]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # As from a terminal: SIGINT at its default (a process started with it ignored, as children of
+    # a process that ignores it are, rightly ignores it: seen when run after other tests).
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 240
         while not list((out / "ray_results").glob("*/*/params.json")) and time.time() < deadline:
