@@ -55,6 +55,7 @@ import yaml
 
 from copl_dist import config as config_lib
 from copl_dist.atomic import atomic_path, output_folder, write_json, write_text
+from copl_dist.distributed.ray_runtime import RaySession
 from copl_dist.config import CoplConfig, flatten, resolve, to_dict, validate
 from copl_dist.errors import InputError
 from copl_dist.tune_objectives import agreement_objective, silhouette_objective
@@ -352,30 +353,6 @@ def _open_corpus(args: argparse.Namespace, cfg: CoplConfig, out: Path) -> Any:
     return corpus
 
 
-class _RaySession:
-    """Use a Ray that is already up (tests, `ray job submit`); else start a local one and stop it after."""
-
-    def __init__(self, cfg: CoplConfig):
-        self.cfg = cfg
-        self.started = False
-
-    def __enter__(self) -> None:
-        import ray
-
-        from copl_dist.distributed.ray_runtime import ensure_ray
-
-        if ray.is_initialized():
-            return
-        ensure_ray(self.cfg.distributed)  # distributed.ray_address, $RAY_ADDRESS, else local on 127.0.0.1
-        self.started = True
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.started:
-            import ray
-
-            ray.shutdown()
-
-
 def _select_best(
     records: dict[str, dict[str, Any]], max_iterations: int, out: Path | str = "", error_files: list[str] | tuple = ()
 ) -> dict[str, Any]:
@@ -492,7 +469,7 @@ def _run_in(args: argparse.Namespace, space: Space, cfg: CoplConfig, out: Path, 
 
 def _search_and_write(args: argparse.Namespace, space: Space, cfg: CoplConfig, corpus: Any, out: Path, eval_subset: str,
                       tracker: Any, parent_params: dict[str, Any], tags: dict[str, str], started: float) -> int:
-    with tracker.parent_run("tune", parent_params, tags), _RaySession(cfg):
+    with tracker.parent_run("tune", parent_params, tags), RaySession(cfg.distributed):
         doc = _search(args, space, cfg, corpus, out, eval_subset, tracker)
         doc["seconds"] = time.perf_counter() - started
         write_json(out / "tune_results.json", doc)

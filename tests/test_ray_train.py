@@ -470,37 +470,17 @@ def test_copl_run_on_the_local_ray_prints_no_preemption_watcher_error(corpus, tm
 def test_ctrl_c_during_ray_train_is_an_interrupt(corpus, tmp_path):
     """SIGINT while Ray Train trains: Ray's own handler aborted the run and `copl run` exited 1 with
     no message; now the run stops as interrupted (exit 130, one line), keeping what it wrote."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
+    from interrupt import interrupt_copl
 
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = tmp_path / "out"
-    argv = [sys.executable, "-m", "copl_dist.cli", "run", "--data", str(corpus.root), "--out", str(out),
+    args = ["run", "--data", str(corpus.root), "--out", str(out),
             "--workers", "1", "--iterations", "1", "--epochs", "2000", "--snippets", "32", "--no-progress",
             "--set", "train.batch_size=4", "--set", "model.hidden_dim=32", "--set", "train.shift_channels=64",
             "--set", "tracking.enabled=false"]
-    # As from a terminal: SIGINT at its default (a process started with it ignored, as children of
-    # a process that ignores it are, rightly ignores it: seen when run after other tests).
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        deadline = time.time() + 240
-        while not list((out / "ray_storage").glob("*/checkpoint_*")) and time.time() < deadline:
-            time.sleep(0.5)  # training is under way once an epoch's checkpoint exists
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err[-2000:]
-    # No traceback of the driver's (Ray's own actors may log theirs while they are torn down,
-    # prefixed with the actor's name, e.g. "(PlacementGroupCleaner pid=...) Traceback").
+    # Training is under way once an epoch's checkpoint exists.
+    code, err = interrupt_copl(args, lambda: bool(list((out / "ray_storage").glob("*/checkpoint_*"))))
+    assert code == 130, err[-2000:]
     assert err.strip().splitlines()[-1] == "copl: interrupted"
-    assert not [line for line in err.splitlines() if line.startswith("Traceback")]
     assert list((out / "ray_storage").glob("*/checkpoint_*"))  # what it had written stays
 
 

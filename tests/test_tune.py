@@ -127,7 +127,7 @@ class _NoRay:
 def test_space_values_the_config_rejects_fail_before_ray(tmp_path, capsys, monkeypatch, section, key, spec, words):
     from copl_dist import tune
 
-    monkeypatch.setattr(tune, "_RaySession", _NoRay)
+    monkeypatch.setattr(tune, "RaySession", _NoRay)
     space = write_space(tmp_path / "s.yaml", {"preset": "thumos14", section: {key: spec}})
     out = tmp_path / "o"
     assert main(["tune", "--space", str(space), "--data", str(tmp_path), "--out", str(out)]) == 2
@@ -147,7 +147,7 @@ def test_space_values_the_config_rejects_fail_before_ray(tmp_path, capsys, monke
 def test_bad_fixed_value_names_where_it_was_set(tmp_path, capsys, monkeypatch, extra, base, source, key):
     from copl_dist import tune
 
-    monkeypatch.setattr(tune, "_RaySession", _NoRay)
+    monkeypatch.setattr(tune, "RaySession", _NoRay)
     space = write_space(tmp_path / "s.yaml", {**SPACE, "base": base})
     config = tmp_path / "c.yaml"
     config.write_text("train:\n  lr: -0.5\n")
@@ -167,7 +167,7 @@ def test_bad_fixed_value_names_where_it_was_set(tmp_path, capsys, monkeypatch, e
 def test_unparseable_space_or_config_file_is_one_line(tmp_path, capsys, monkeypatch, what, content, fragment):
     from copl_dist import tune
 
-    monkeypatch.setattr(tune, "_RaySession", _NoRay)
+    monkeypatch.setattr(tune, "RaySession", _NoRay)
     bad = tmp_path / "bad.yaml"
     bad.write_bytes(content)
     space = bad if what == "space" else write_space(tmp_path / "s.yaml", SPACE)
@@ -241,7 +241,7 @@ def test_bad_tune_arguments_fail_before_ray_and_write_nothing(tmp_path, capsys, 
         def __init__(self, cfg):
             raise AssertionError("Ray must not start for bad arguments")
 
-    monkeypatch.setattr(tune, "_RaySession", NoRay)
+    monkeypatch.setattr(tune, "RaySession", NoRay)
     space = write_space(tmp_path / "s.yaml", SPACE)
     out = tmp_path / "o"
     assert main(["tune", "--space", str(space), "--data", str(tmp_path), "--out", str(out), *extra]) == 2
@@ -483,32 +483,14 @@ def test_every_trial_failing_is_one_line_naming_the_output_folder(data, ray_sess
 def test_ctrl_c_stops_the_search_without_a_best_config(data, tmp_path):
     """Ray Tune's own SIGINT handler ended the search early and `copl tune` then wrote best_config.yaml
     from the trials done so far, with exit 0; Ctrl-C is an interrupt now (exit 130, one line)."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
+    from interrupt import interrupt_copl
 
     out = tmp_path / "out"
     space = write_space(tmp_path / "s.yaml", SPACE)
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TUNE_DISABLE_SIGINT_HANDLER")}
-    argv = [sys.executable, "-m", "copl_dist.cli", "tune", "--space", str(space), "--data", str(data), "--out", str(out),
+    args = ["tune", "--space", str(space), "--data", str(data), "--out", str(out),
             "--samples", "200", "--objective", "silhouette", *TINY]
-    # As from a terminal: SIGINT at its default (a process started with it ignored, as children of
-    # a process that ignores it are, rightly ignores it: seen when run after other tests).
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        deadline = time.time() + 240
-        while not list((out / "ray_results").glob("*/*/params.json")) and time.time() < deadline:
-            time.sleep(0.5)  # a trial has started
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err[-2000:]
+    code, err = interrupt_copl(args, lambda: bool(list((out / "ray_results").glob("*/*/params.json"))),  # a trial started
+                               drop_env=("TUNE_DISABLE_SIGINT_HANDLER",))
+    assert code == 130, err[-2000:]
     assert "copl: interrupted" in err
-    assert not [line for line in err.splitlines() if line.startswith("Traceback")]  # Ray's actors may log theirs
     assert not (out / "best_config.yaml").exists() and not (out / "tune_results.json").exists()

@@ -146,3 +146,26 @@ def _available_gpus_cpus() -> tuple[int, int]:
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return gpus, os.cpu_count() or 1
+
+
+class RaySession:
+    """Use a Ray that is already up (tests, `ray job submit`); else start one as `ensure_ray` does
+    (distributed.ray_address, $RAY_ADDRESS, else local on 127.0.0.1) and stop it afterwards."""
+
+    def __init__(self, cfg_distributed: Any):
+        self.cfg_distributed = cfg_distributed
+        self.started = False
+
+    def __enter__(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        ensure_ray(self.cfg_distributed)
+        self.started = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.started:
+            import ray
+
+            ray.shutdown()
