@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from copl_dist.arg_types import OneLineParser, nonnegative_int, positive_float, positive_int
-from copl_dist.errors import InputError
+from copl_dist.errors import InputError, first_line
 
 # With no --data, `copl run` sizes a synthetic THUMOS-like corpus and the schedule to finish within
 # 10 minutes on two CPU cores (measured: see README). Explicit flags still win.
@@ -365,16 +365,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return runners[args.bench](args)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "message", "") or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _os_error_line(exc: OSError) -> str:
     if exc.filename is not None:
         target = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else str(exc.filename)
-        return f"{target}: {exc.strerror or _first_line(exc)}"
-    return _first_line(exc)
+        return f"{target}: {exc.strerror or first_line(exc)}"
+    return first_line(exc)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -406,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         # MLflow refusing a store, a name or an alias (checked by MLflow itself): one line, naming it.
         if args.debug or not type(exc).__module__.startswith("mlflow"):
             raise
-        print(f"copl: error: MLflow: {_first_line(exc)}", file=sys.stderr)
+        print(f"copl: error: MLflow: {first_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("copl: interrupted", file=sys.stderr)

@@ -8,3 +8,10 @@ Its message must name the file or video at fault and the problem, e.g.
 
 class InputError(Exception):
     """Bad input from the user (data, config, arguments). The message is shown as is."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one line for an error message: its first non-blank line (MLflow's `message`
+    when it has one), else its type's name."""
+    text = str(getattr(exc, "message", "") or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from copl_dist.errors import InputError
+from copl_dist.errors import InputError, first_line
 from copl_dist.tracking import check_sqlite_store, check_tracking_store, mlflow_key, normalize_tracking_uri
 
 CHECKPOINT_ARTIFACT = "checkpoint/teacher.pt"
@@ -97,7 +97,7 @@ def check_registry_names(model_name: str | None = None, alias: str | None = None
         try:
             check(value)
         except MlflowException as exc:
-            raise InputError(f"{source or what} {value!r}: {_first_line(exc)}") from None
+            raise InputError(f"{source or what} {value!r}: {first_line(exc)}") from None
 
 
 def _client(tracking_uri: str) -> Any:
@@ -115,11 +115,6 @@ def _client(tracking_uri: str) -> Any:
 def _not_found(exc: Exception) -> bool:
     code = getattr(exc, "error_code", "")
     return code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(getattr(exc, "message", "") or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # -- registering -----------------------------------------------------------------------------------
@@ -277,7 +272,7 @@ def load_registered_teacher(uri: str, tracking_uri: str | None = None) -> dict[s
         try:
             local = client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, tmp)
         except Exception as exc:
-            raise InputError(f"{uri}: cannot download {CHECKPOINT_ARTIFACT} of run {run_id} ({_first_line(exc)})") from None
+            raise InputError(f"{uri}: cannot download {CHECKPOINT_ARTIFACT} of run {run_id} ({first_line(exc)})") from None
         return check_checkpoint(_load(load_checkpoint, local, uri), uri)
 
 
@@ -292,7 +287,7 @@ def _load(load_checkpoint: Any, path: str | Path, where: str) -> Any:
             AttributeError) as exc:
         # Arbitrary bytes reach torch's restricted unpickler as opcodes: any of these can come out.
         # Not torch's advice (load with weights_only=False: it would run code from the file).
-        reason = _first_line(exc).split(" Please ")[0].split(" (1) ")[0]
+        reason = first_line(exc).split(" Please ")[0].split(" (1) ")[0]
         raise InputError(f"{where}: not a loadable teacher checkpoint ({type(exc).__name__}: {reason[:200]})") from None
 
 

@@ -17,15 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from copl_dist.config import TrackingConfig, flatten
-from copl_dist.errors import InputError
+from copl_dist.errors import InputError, first_line
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def mlflow_key(key: str) -> str:
@@ -107,7 +102,7 @@ def check_tracking_server(uri: str, source: str) -> None:
         http_request(get_default_host_creds(uri), "/health", "GET", max_retries=0, timeout=SERVER_CHECK_TIMEOUT_S,
                      raise_on_status=False)
     except Exception as exc:  # requests' connection errors arrive wrapped by MLflow
-        raise InputError(f"{source} {uri}: the tracking server does not answer ({_first_line(exc)})") from None
+        raise InputError(f"{source} {uri}: the tracking server does not answer ({first_line(exc)})") from None
 
 
 def check_tracking_store(uri: str, source: str) -> None:
@@ -125,7 +120,7 @@ def check_tracking_store(uri: str, source: str) -> None:
     try:
         mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
     except Exception as exc:
-        raise InputError(f"{source} {uri}: MLflow cannot use this tracking store ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise InputError(f"{source} {uri}: MLflow cannot use this tracking store ({type(exc).__name__}: {first_line(exc)})") from None
 
 
 def resolve_tracking_uri(cfg: TrackingConfig, out_dir: Path) -> str:
