@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=positive_int)
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--duration-scale", type=positive_float, default=1.0, help="shrink video durations (quick runs)")
+    p.add_argument("--no-annotations", action="store_true",
+                   help="leave every video's annotation list empty (the same features as without this flag)")
 
     p = sub.add_parser("import", help="convert a dataset into a corpus (Arrow IPC features, Parquet tables)")
     p.add_argument("src")
@@ -237,7 +239,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_init_mode(init_ckpt, args.init_from, cfg.mode)  # before anything is written
 
     from copl_dist.atomic import output_folder
-    from copl_dist.pipeline import check_run_inputs
+    from copl_dist.pipeline import check_run_inputs, naming_note
 
     with output_folder(out, keep=("state",)):
         if synthetic:
@@ -263,6 +265,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             for w in caught:
                 print(f"copl: warning: {w.message}", file=sys.stderr)
         check_run_inputs(cfg, corpus, where=src)
+        note = naming_note(cfg, corpus)
+        if note is not None:
+            print(f"copl: {note}", file=sys.stderr)
         from copl_dist.run_state import files_fingerprint
 
         data_files = files_fingerprint(src)
@@ -303,7 +308,7 @@ def _execute(
             "config_hash": config_hash(cfg), "mode": cfg.mode}
     with tracker.parent_run(f"{cfg.preset}-{cfg.mode}-seed{cfg.seed}", to_dict(cfg), tags):
         result = run.execute()
-        paths = write_run_outputs(out, cfg, result, corpus.classes)
+        paths = write_run_outputs(out, cfg, result, result.class_names)
         tracker.log_metrics({k: v for k, v in result.final.items()})
         for key in ("detections", "metrics", "config", "plot_iterations", "plot_actionness"):
             if key in paths:
@@ -334,7 +339,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     path = make_synthetic(
         args.out, preset=args.preset, videos=args.videos, classes=args.classes, seed=args.seed,
-        duration_scale=args.duration_scale, progress=True,
+        duration_scale=args.duration_scale, progress=True, annotated=not args.no_annotations,
     )
     print(f"synthetic corpus: {path}")
     return 0

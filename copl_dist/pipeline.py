@@ -7,6 +7,12 @@ pseudo-labelled set (cluster.project, projection.py; not in the paper). Each ite
 IOCNet, since cluster ids (and so the classifier's outputs) are not aligned between clusterings.
 The test set is evaluated after every iteration for the record (the paper's Fig. 4); nothing is
 selected on it: the reported model is the last one.
+
+Annotations are only read to name and to score: clusters take the names of the classes of the
+annotated training videos they hold (Hungarian mapping; a cluster holding none keeps its own name,
+cluster_07), and the test subset is scored against its segments. A corpus whose training videos
+carry none (the usual case at scale) runs the same iterations with clusters named cluster_00,
+cluster_01, ... and no mAP, purity or NMI.
 """
 
 from __future__ import annotations
@@ -51,6 +57,36 @@ class RunResult:
     cluster_to_class: dict[int, int]
     traces: list[dict[str, Any]] = field(default_factory=list)
     pseudo_labels: list[dict[str, Any]] = field(default_factory=list)
+    # The detections' labels, indexed by cluster_to_class's values (class_names_for).
+    class_names: list[str] = field(default_factory=list)
+
+
+def cluster_names(count: int) -> list[str]:
+    """Names of `count` clusters that no annotation names: cluster_00, cluster_01, ..."""
+    width = max(2, len(str(count - 1)))
+    return [f"cluster_{c:0{width}d}" for c in range(count)]
+
+
+def name_unheld_clusters(mapping: dict[int, int], held: np.ndarray, num_classes_named: int) -> dict[int, int]:
+    """`mapping` with each cluster that holds no annotated training video (not in `held`, the
+    clusters of those videos) pointed past the classes, at its own name (class_names_for): the
+    Hungarian matching would give it a class without evidence."""
+    held_set = {int(c) for c in np.asarray(held).ravel()}
+    out, extra = {}, 0
+    for c in sorted(mapping):
+        if c in held_set:
+            out[c] = int(mapping[c])
+        else:
+            out[c] = num_classes_named + extra
+            extra += 1
+    return out
+
+
+def class_names_for(mapping: dict[int, int], classes: list[str]) -> list[str]:
+    """The label of each index `mapping` points at: the classes, then the clusters that
+    name_unheld_clusters left to themselves, in cluster order."""
+    own = sorted((k, c) for c, k in mapping.items() if k >= len(classes))
+    return list(classes) + [cluster_names(len(mapping))[c] for _, c in own]
 
 
 def cluster_scale_options(cfg: CoplConfig) -> dict[str, Any]:
@@ -146,8 +182,11 @@ def localize_all(
     cfg: CoplConfig,
     outputs_for: Callable[[str], tuple[np.ndarray, np.ndarray]],
     cluster_to_class: dict[int, int],
+    class_names: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Detections for every video, in the ActivityNet results format, labels after mapping."""
+    """Detections for every video, in the ActivityNet results format, labels after mapping
+    (`class_names`, default the corpus classes)."""
+    names = corpus.classes if class_names is None else class_names
     results: dict[str, list[dict[str, Any]]] = {}
     for vid in video_ids:
         h_cs, class_scores = outputs_for(vid)
@@ -156,7 +195,7 @@ def localize_all(
         results[vid] = [
             {
                 "segment": [round(float(s), 3), round(float(e), 3)],
-                "label": corpus.classes[cluster_to_class[int(c)]],
+                "label": names[cluster_to_class[int(c)]],
                 "score": float(score),
             }
             for s, e, c, score in dets
@@ -194,8 +233,10 @@ def attention_auc(corpus: Corpus, video_ids: list[str], outputs: dict[str, Teach
 def actionness_traces(
     corpus: Corpus, video_ids: list[str], outputs: dict[str, TeacherOutputs], count: int = 3
 ) -> list[dict[str, Any]]:
+    """The first `count` annotated videos' curves (the first videos where none is annotated)."""
     traces = []
-    for vid in [v for v in video_ids if corpus.segments(v)][:count]:
+    shown = [v for v in video_ids if corpus.segments(v)] or video_ids
+    for vid in shown[:count]:
         out = outputs[vid]
         top = int(np.argmax(out.class_scores))
         traces.append(
@@ -255,15 +296,42 @@ def check_run_inputs(cfg: CoplConfig, corpus: Corpus, where: str | Path | None =
             f"{place}: features have {corpus.feature_dim} dimensions, but model.feature_dim is {cfg.model.feature_dim} "
             f"({source_of(cfg, 'model.feature_dim', 'default')}); for such features pass --set model.feature_dim={corpus.feature_dim}"
         )
-    if len(corpus.classes) == 0:
+    if cfg.mode == "wtal" and not any(corpus.record(v).labels for v in corpus.video_ids(cfg.data.train_subset)):
         raise InputError(
-            f"{place}: no video has annotations; copl run reads them to evaluate and to name its clusters, so a "
-            "corpus without any is not supported (copl predict runs a trained teacher on videos without annotations)"
+            f"{place}: mode 'wtal' trains on video-level labels, but no video of subset '{cfg.data.train_subset}' "
+            "has annotations (mode utal needs none)"
+        )
+    if len(corpus.classes) == 0 and cfg.num_classes == 0:
+        raise InputError(
+            f"{place}: no video has annotations, so the number of clusters cannot be read from them: "
+            "pass --set num_classes=K (the number of action classes expected)"
         )
     clusters = cfg.num_classes or len(corpus.classes)
     train = len(corpus.video_ids(cfg.data.train_subset))
     if train < clusters:
         raise InputError(f"{place}: subset '{cfg.data.train_subset}' has {train} videos, fewer than the {clusters} clusters")
+
+
+def naming_note(cfg: CoplConfig, corpus: Corpus) -> str | None:
+    """What a run on training videos without annotations gives instead of named, scored detections
+    (None when they have some). `copl run` prints it before it starts."""
+    if cfg.mode == "wtal" or labels_name_clusters(corpus, corpus.video_ids(cfg.data.train_subset)):
+        return None
+    clusters = cfg.num_classes or len(corpus.classes)
+    names = cluster_names(clusters)
+    counted = "" if cfg.num_classes else " (as many as the classes annotated in other subsets; --set num_classes=K to choose)"
+    note = (
+        f"no video of subset '{cfg.data.train_subset}' has annotations: its {clusters} clusters{counted} are named "
+        f"{names[0]}..{names[-1]}, and there is no purity, NMI or mAP"
+    )
+    if corpus.classes:
+        note += f"; the annotations of subset '{cfg.data.test_subset}' cannot be matched to unnamed clusters"
+    return note
+
+
+def labels_name_clusters(corpus: Corpus, train_ids: list[str]) -> bool:
+    """Whether some training video is annotated, so that clusters can take class names (Hungarian)."""
+    return bool((primary_labels(corpus, train_ids) >= 0).any())
 
 
 class CoplRun:
@@ -306,6 +374,8 @@ class CoplRun:
         self.num_classes = cfg.num_classes or len(corpus.classes)
         self.tious = PRESET_TIOUS[cfg.preset]
         self.primary = primary_labels(corpus, self.train_ids)
+        # Clusters named after classes (and the test subset scored) only through annotated training videos.
+        self.named = cfg.mode == "wtal" or bool((self.primary >= 0).any())
         self.device = resolve_device(cfg.train.device)
 
     # -- helpers -----------------------------------------------------------------------------
@@ -360,13 +430,22 @@ class CoplRun:
             for vid in tqdm(self.test_ids, desc="inference", disable=not self.progress, leave=False)
         }
         dets = localize_all(
-            self.corpus, self.test_ids, self.cfg, lambda v: (outputs[v].h_cs, outputs[v].class_scores), cluster_to_class
+            self.corpus, self.test_ids, self.cfg, lambda v: (outputs[v].h_cs, outputs[v].class_scores), cluster_to_class,
+            class_names_for(cluster_to_class, self.corpus.classes),
         )
         return dets, outputs
 
     def _mapping(self, labels: np.ndarray) -> dict[int, int]:
+        """Cluster -> index into class_names_for(mapping, corpus.classes)."""
         known = self.primary >= 0
-        return hungarian_mapping(labels[known], self.primary[known], self.num_classes)
+        if not known.any():
+            return name_unheld_clusters({c: 0 for c in range(self.num_classes)}, labels[known], len(self.corpus.classes))
+        mapping = hungarian_mapping(labels[known], self.primary[known], self.num_classes)
+        return name_unheld_clusters(mapping, labels[known], len(self.corpus.classes))
+
+    def _evaluate(self, detections: dict[str, Any]) -> dict[str, float]:
+        """The test subset's mAP; none when clusters have no class names to match its labels."""
+        return evaluate(self.corpus, self.cfg.data.test_subset, detections, self.tious) if self.named else {}
 
     # -- modes ---------------------------------------------------------------------------------
     def execute(self) -> RunResult:
@@ -395,6 +474,7 @@ class CoplRun:
             cluster_to_class={int(k): int(v) for k, v in state["mapping"].items()},
             traces=state["traces"],
             pseudo_labels=self._pseudo_table(labels, scores, mask),
+            class_names=class_names_for({int(k): int(v) for k, v in state["mapping"].items()}, self.corpus.classes),
         )
         return int(state["iteration"]) + 1, state["next_features"], (labels, mask), result.iterations, result
 
@@ -473,7 +553,7 @@ class CoplRun:
                 teacher = load_teacher(trained["teacher"], self.num_classes, cfg).to(self.device)
                 mapping = self._mapping(labels)
                 dets, outputs = self._model_detections(teacher, mapping)
-                record.update(evaluate(self.corpus, cfg.data.test_subset, dets, self.tious))
+                record.update(self._evaluate(dets))
                 record.update(attention_auc(self.corpus, self.test_ids, outputs))
                 record["seconds"] = time.perf_counter() - started
                 self._log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "iteration"})
@@ -489,6 +569,7 @@ class CoplRun:
                     cluster_to_class=mapping,
                     traces=actionness_traces(self.corpus, self.test_ids, outputs),
                     pseudo_labels=self._pseudo_table(labels, scores, mask),
+                    class_names=class_names_for(mapping, self.corpus.classes),
                 )
                 self.latest = result
                 # The next clustering's features: HAS (Eq. 5) from this training's votes, or
@@ -535,6 +616,7 @@ class CoplRun:
             num_classes=len(self.corpus.classes),
             cluster_to_class=identity,
             traces=actionness_traces(self.corpus, self.test_ids, outputs),
+            class_names=list(self.corpus.classes),
         )
 
     def _baseline(self) -> RunResult:
@@ -559,9 +641,9 @@ class CoplRun:
             class_scores[assigned[n]] = 1.0
             return np.repeat(actionness[:, None], self.num_classes, axis=1), class_scores
 
-        dets = localize_all(self.corpus, self.test_ids, cfg, outputs_for, mapping)
+        dets = localize_all(self.corpus, self.test_ids, cfg, outputs_for, mapping, class_names_for(mapping, self.corpus.classes))
         record: dict[str, Any] = {"iteration": 0, **cluster_metrics(self.primary, labels)}
-        record.update(evaluate(self.corpus, cfg.data.test_subset, dets, self.tious))
+        record.update(self._evaluate(dets))
         record["seconds"] = time.perf_counter() - started
         self._log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "iteration"})
         return RunResult(
@@ -571,6 +653,7 @@ class CoplRun:
             teacher_state=None,
             num_classes=self.num_classes,
             cluster_to_class=mapping,
+            class_names=class_names_for(mapping, self.corpus.classes),
         )
 
 

@@ -2,7 +2,8 @@
 
 The data is imported as `copl run` imports it (into OUT/corpus); the teacher runs on every snippet of
 each video; localization uses the inference settings the teacher was trained with; cluster ids become
-class names through the checkpoint's cluster_to_class (an unmapped cluster is named `cluster_<k>`).
+class names through the checkpoint's cluster_to_class (an unmapped cluster is named as runs name it,
+`cluster_07`).
 New videos need no annotations: their ground truth, if any, is not read.
 """
 
@@ -17,13 +18,13 @@ from typing import Any
 from copl_dist.errors import InputError
 
 
-def cluster_names(ckpt: dict[str, Any]) -> list[str]:
-    """Label of each of the teacher's outputs."""
+def output_labels(ckpt: dict[str, Any]) -> list[str]:
+    """Label of each of the teacher's outputs (an unmapped one: its name in pipeline.cluster_names)."""
+    from copl_dist.pipeline import cluster_names
+
     names = list(ckpt["class_names"])
-    labels = []
-    for c, k in enumerate(ckpt["cluster_to_class"]):
-        labels.append(names[int(k)] if 0 <= int(k) < len(names) else f"cluster_{c}")
-    return labels
+    own = cluster_names(len(ckpt["cluster_to_class"]))
+    return [names[int(k)] if 0 <= int(k) < len(names) else own[c] for c, k in enumerate(ckpt["cluster_to_class"])]
 
 
 def predict_corpus(
@@ -41,7 +42,7 @@ def predict_corpus(
             f"{where or corpus.root}: features have {corpus.feature_dim} dimensions, the teacher {source} expects {cfg.model.feature_dim}"
         )
     teacher = load_teacher(ckpt["state_dict"], int(ckpt["num_classes"]), cfg)
-    labels = cluster_names(ckpt)
+    labels = output_labels(ckpt)
     results: dict[str, list[dict[str, Any]]] = {}
     for vid in video_ids:
         out = infer_video(teacher, corpus.features(vid), cfg.train.beta, cfg.train.topl_ratio)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from copl_dist.arg_types import positive_int
 from copl_dist.errors import InputError, first_line
 from copl_dist.tracking import check_sqlite_store, check_tracking_store, mlflow_key, normalize_tracking_uri
 
@@ -404,6 +405,20 @@ def promote(
     return Promotion(str(best), value, len(scored))
 
 
+def set_alias(
+    model_name: str, version: str, alias: str = DEFAULT_ALIAS, tracking_uri: str | None = None, mode: str = "utal"
+) -> None:
+    """Point `alias` at `version` as named (`copl registry promote --version`): the way to choose among
+    versions with nothing to rank them by, such as teachers of corpora without annotations (no mAP).
+    The version must have been trained in `mode`, as promote() compares only those."""
+    client = _client(resolve_registry_uri(tracking_uri))
+    ref = ModelRef(f"models:/{model_name}/{version}", name=model_name, version=version)
+    tagged = resolve_version(client, ref).tags.get("mode")
+    if tagged != mode:
+        raise InputError(f"{ref.uri}: trained in mode '{tagged or 'unknown'}', not '{mode}' (--mode)")
+    client.set_registered_model_alias(model_name, alias, version)
+
+
 def list_versions(model_name: str = DEFAULT_MODEL, tracking_uri: str | None = None) -> list[dict[str, Any]]:
     """Every version, newest first: version, aliases, tags, source run."""
     client = _client(resolve_registry_uri(tracking_uri))
@@ -450,7 +465,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="registry_command", required=True)
     p = sub.add_parser("promote", help="point an alias (champion) at the version with the best metric")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"registered model name (default {DEFAULT_MODEL})")
-    p.add_argument("--metric", default="map@avg", help="metric to rank by, e.g. map@avg, map@0.5 (default map@avg)")
+    p.add_argument("--metric", help="metric to rank by, e.g. map@avg, map@0.5 (default map@avg)")
+    p.add_argument("--version", type=positive_int,
+                   help="point the alias at this version instead of ranking (e.g. runs on data without annotations: no mAP)")
     p.add_argument("--alias", default=DEFAULT_ALIAS, help=f"alias to move (default {DEFAULT_ALIAS})")
     p.add_argument("--lower-is-better", action="store_true", help="pick the smallest value instead")
     p.add_argument("--mode", default="utal", choices=["utal", "wtal"],
@@ -468,7 +485,14 @@ def run(args: argparse.Namespace) -> int:
     check_registry_names(args.model, source="--model")
     if args.registry_command == "promote":
         check_registry_names(alias=args.alias, source="--alias")
+    if args.registry_command == "promote" and args.version is not None:
+        if args.metric is not None or args.lower_is_better or args.dataset is not None:
+            raise InputError("--version: names the version itself; --metric, --lower-is-better and --dataset rank versions")
+        set_alias(args.model, str(args.version), args.alias, args.tracking_uri, mode=args.mode)
+        print(f"models:/{args.model}@{args.alias} -> version {args.version} (as named)")
+        return 0
     if args.registry_command == "promote":
+        args.metric = args.metric or "map@avg"
         p = promote(
             args.model, args.metric, args.alias, higher_is_better=not args.lower_is_better, tracking_uri=args.tracking_uri,
             mode=args.mode, dataset=args.dataset,

@@ -46,5 +46,7 @@ def results_table(result: Any, cfg: CoplConfig) -> str:
         keys = [k for k in result.final if k != "map@avg"] + ["map@avg"]
         parts.append(table([k.replace("map@", "mAP@") for k in keys], [[_fmt(result.final.get(k), ".2f") for k in keys]]))
     else:
-        parts.append("(the test subset has no annotations: no mAP)")
+        # The run's note says which: no annotations in the test subset, or none in the training
+        # subset to name the clusters after (pipeline.naming_note).
+        parts.append("(no mAP: the test subset has no annotations, or the clusters no class names)")
     return "\n".join(parts)

@@ -92,12 +92,14 @@ MAX_SNIPPETS = 1_000_000
 def make_synthetic(out_dir, preset: str = "thumos14", videos: int | None = None,
                    classes: int | None = None, seed: int = 0, snippets_per_second: float = 25 / 16,
                    feature_dim: int = 2048, duration_scale: float = 1.0,
-                   progress: bool = False) -> Path:
+                   progress: bool = False, annotated: bool = True) -> Path:
     """Write `out_dir/annotations.json` (ActivityNet "database") and `out_dir/features/VIDEO.npy`.
 
     `videos` is the count per subset (default: the real ones), `classes` the class count (default
     20 / 100). Features are float32 (T, feature_dim) = [RGB | Flow], T = max(8, round(D * sps)).
     The directory appears whole (built in a temporary sibling, then renamed); a seed fixes every byte.
+    `annotated=False` writes every video with an empty annotation list (a corpus as users at scale
+    have it); its features and durations are byte for byte those of the annotated corpus of the seed.
     """
     if preset not in PRESETS:
         raise InputError(f"unknown synthetic preset '{preset}' (known: {', '.join(PRESETS)})")
@@ -159,7 +161,7 @@ def make_synthetic(out_dir, preset: str = "thumos14", videos: int | None = None,
             np.save(tmp / "features" / f"{vid}.npy", x)
             database[vid] = {
                 "subset": sub, "duration": dur_s,
-                "annotations": [{"segment": [s, e], "label": names[c]} for s, e, c in segs],
+                "annotations": [{"segment": [s, e], "label": names[c]} for s, e, c in segs] if annotated else [],
             }
         text = json.dumps({"database": database}, indent=1) + "\n"
         (tmp / "annotations.json").write_text(text)

@@ -59,15 +59,13 @@ from copl_dist.distributed.ray_runtime import RaySession
 from copl_dist.config import CoplConfig, flatten, resolve, to_dict, validate
 from copl_dist.errors import InputError
 from copl_dist.tune_objectives import agreement_objective, silhouette_objective
-from copl_dist.tune_postprocess import RAW_FILE, RawPredictions, load_raw, raw_predictions, save_raw, search_postprocess  # noqa: F401
+from copl_dist.tune_postprocess import RAW_FILE, load_raw, raw_predictions, save_raw, search_postprocess  # noqa: F401
 from copl_dist.tune_space import (  # noqa: F401  (re-exported: callers use copl_dist.tune)
     Space,
     _plain,
     get_key,
     in_space,
-    leaf_types,
     load_space,
-    sample_spec,
     spec_values,
     tune_domain,
     with_values,
@@ -183,7 +181,9 @@ def trial_trainable(params: dict[str, Any], ctx: dict[str, Any]) -> None:
         metrics["objective"] = float(metrics.get({"map": "map@avg"}.get(objective, objective), float("nan")))
         if objective == "map" and len(iterations) == cfg.iterations:
             with tempfile.TemporaryDirectory() as tmp:
-                raw = raw_predictions(cfg, corpus, teacher, latest.cluster_to_class, latest.num_classes, ctx["val_subset"])
+                raw = raw_predictions(
+                    cfg, corpus, teacher, latest.cluster_to_class, latest.num_classes, ctx["val_subset"], latest.class_names
+                )
                 save_raw(Path(tmp) / RAW_FILE, raw)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
         else:
@@ -434,9 +434,14 @@ def run(args: argparse.Namespace) -> int:
         corpus = _open_corpus(args, cfg, out)
         if args.val_subset:
             _check_val_in_corpus(args.val_subset, corpus)
-        from copl_dist.pipeline import check_run_inputs
+        from copl_dist.pipeline import check_run_inputs, labels_name_clusters
 
         check_run_inputs(cfg, corpus, where=args.data)
+        if args.objective == "map" and not labels_name_clusters(corpus, corpus.video_ids(cfg.data.train_subset)):
+            raise InputError(
+                f"--objective map: no video of subset '{cfg.data.train_subset}' has annotations, so clusters have no "
+                f"class names to score against --val-subset {args.val_subset}: use --objective silhouette or agreement"
+            )
     return _run_in(args, space, cfg, out, corpus)
 
 

@@ -37,8 +37,11 @@ class RawPredictions:
 
 
 def raw_predictions(
-    cfg: CoplConfig, corpus: Any, teacher: Any, cluster_to_class: dict[int, int], num_classes: int, subset: str
+    cfg: CoplConfig, corpus: Any, teacher: Any, cluster_to_class: dict[int, int], num_classes: int, subset: str,
+    class_names: list[str] | None = None,
 ) -> RawPredictions:
+    """The teacher's outputs on `subset`; labels are `class_names[cluster_to_class[c]]` (the run's
+    RunResult.class_names; default the corpus classes)."""
     from copl_dist.engine import infer_video
 
     vids = corpus.video_ids(subset)
@@ -50,7 +53,7 @@ def raw_predictions(
         class_scores=np.stack([o.class_scores for o in outs]).astype(np.float32),
         durations_s=np.array([corpus.record(v).duration_s for v in vids], dtype=np.float64),
         cluster_to_class=np.array([cluster_to_class[c] for c in range(num_classes)], dtype=np.int64),
-        classes=list(corpus.classes),
+        classes=list(corpus.classes if class_names is None else class_names),
     )
 
 

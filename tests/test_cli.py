@@ -383,15 +383,3 @@ def test_tracking_stores_mlflow_cannot_use_fail_before_anything_is_written(uri, 
     assert main(["run", "--data", str(tiny_data), "--out", str(out), *TINY, "--tracking-uri", uri]) == 2
     _one_line(capsys, uri, fragment)
     assert not out.exists()
-
-
-def test_a_corpus_without_any_annotation_is_refused_with_the_way_out(tiny_data, tmp_path, capsys):
-    bare = _copy(tiny_data, tmp_path / "bare")
-    ann = json.loads((bare / "annotations.json").read_text())
-    for rec in ann["database"].values():
-        rec["annotations"] = []
-    (bare / "annotations.json").write_text(json.dumps(ann))
-    out = tmp_path / "out"
-    assert main(["run", "--data", str(bare), "--out", str(out), *TINY, "--set", "num_classes=2"]) == 2
-    _one_line(capsys, f"{bare}: no video has annotations", "copl predict")
-    assert not out.exists()

@@ -358,6 +358,15 @@ def test_promote_compares_only_versions_of_one_mode_and_dataset(tmp_path, capsys
     assert (p.version, p.value, p.compared) == ("2", 45.0, 1)
     with pytest.raises(InputError, match="none of its 5 version\\(s\\) has mode 'utal' and dataset 'nosuch'"):
         promote("copl-teacher", tracking_uri=str(db), dataset="nosuch")
+    # Named, not ranked: the version must still be of the mode (a wtal teacher is never the utal champion).
+    assert main(["registry", "promote", "--tracking-uri", str(db), "--version", "2"]) == 2
+    _one_line_error(capsys, "models:/copl-teacher/2: trained in mode 'wtal', not 'utal' (--mode)")
+    assert main(["registry", "promote", "--tracking-uri", str(db), "--version", "5"]) == 2
+    _one_line_error(capsys, "models:/copl-teacher/5: trained in mode 'unknown'")
+    assert main(["registry", "promote", "--tracking-uri", str(db), "--version", "2", "--mode", "wtal", "--alias", "w"]) == 0
+    assert capsys.readouterr().out.strip() == "models:/copl-teacher@w -> version 2 (as named)"
+    assert main(["registry", "promote", "--tracking-uri", str(db), "--version", "1"]) == 0
+    assert str(client.get_model_version_by_alias("copl-teacher", "champion").version) == "1"
 
 
 def test_arbitrary_bytes_as_a_teacher(tmp_path, data, capsys):

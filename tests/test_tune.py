@@ -299,6 +299,29 @@ def test_val_subset_must_exist_and_be_labelled(data, tmp_path, capsys):
     assert not (tmp_path / "o2" / "best_config.yaml").exists()
 
 
+def test_map_objective_needs_annotated_training_videos_to_name_clusters(data, tmp_path, capsys):
+    """A labelled validation subset cannot score clusters that no training annotation names."""
+    space = write_space(tmp_path / "s.yaml", SPACE)
+    bare_train = _without_annotations(data, tmp_path / "bare-train", subsets=("validation",))
+    argv = ["tune", "--space", str(space), "--data", str(bare_train), "--out", str(tmp_path / "o"),
+            "--objective", "map", "--val-subset", "val_holdout", *TINY]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("copl: error: --objective map: no video of subset 'validation' has annotations") and "\n" not in err
+    assert "--objective silhouette or agreement" in err and not (tmp_path / "o").exists()
+
+
+def _without_annotations(data: Path, dst: Path, subsets: tuple[str, ...] | None = None) -> Path:
+    """A copy of `data` whose videos (of `subsets`, default all) have empty annotation lists."""
+    shutil.copytree(data, dst)
+    ann = json.loads((dst / "annotations.json").read_text())
+    for rec in ann["database"].values():
+        if subsets is None or rec["subset"] in subsets:
+            rec["annotations"] = []
+    (dst / "annotations.json").write_text(json.dumps(ann))
+    return dst
+
+
 def test_searched_key_cannot_also_be_set(tmp_path, capsys):
     space = write_space(tmp_path / "s.yaml", SPACE)
     assert main(["tune", "--space", str(space), "--data", str(tmp_path), "--set", "has.gamma=5"]) == 2
@@ -440,21 +463,27 @@ def test_postprocess_search_reads_the_cache_and_never_trains(map_tune, data, mon
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_label_free_tuning_with_the_shipped_space(data, ray_session, tmp_path):
+@pytest.mark.parametrize("annotated", [True, False], ids=["annotated", "bare"])
+def test_label_free_tuning_with_the_shipped_space(annotated, data, ray_session, tmp_path):
+    """On annotated videos the trials report nothing read from labels; on videos without any, as
+    label-free tuning is for, they run (the number of clusters given)."""
     out = tmp_path / "out"
-    argv = ["tune", "--space", str(ROOT / "tune_spaces" / "thumos14.yaml"), "--data", str(data), "--out", str(out),
-            "--samples", "2", "--objective", "silhouette", *TINY]
+    corpus = data if annotated else _without_annotations(data, tmp_path / "bare")
+    argv = ["tune", "--space", str(ROOT / "tune_spaces" / "thumos14.yaml"), "--data", str(corpus), "--out", str(out),
+            "--samples", "2", "--objective", "silhouette", *TINY, "--set", "num_classes=3"]
     assert main(argv) == 0
     doc = json.loads((out / "tune_results.json").read_text())
     assert not doc["postprocess"]["searched"] and not (out / "raw_predictions.npz").exists()
     assert doc["eval_subset"] == "validation" and len(doc["trials"]) == 2
     for t in doc["trials"]:
         assert all(-1.0 <= h["objective"] <= 1.0 and "map@avg" not in h for h in t["history"])
+        assert all(("nmi" in h) == annotated for h in t["history"])  # a diagnostic where labels exist
     # The preset's own values lie inside the shipped space: they are the first trial, a baseline to beat.
     first = doc["trials"][0]["params"]
     assert first["has.gamma"] == 20.0 and first["cluster.delta"] == 0.0 and first["loss.lambda2"] == 10.0
     cfg = config_lib.resolve("thumos14", out / "best_config.yaml")
     assert cfg.inference.class_threshold == 0.2 and cfg.inference.nms_iou == 0.6  # label-free: defaults kept
+    assert cfg.num_classes == 3  # the --set that a run on this corpus needs is in the best config
 
 
 @pytest.mark.ray
