@@ -185,3 +185,24 @@ def _with_annotations_only_in(root: Path, subsets: tuple[str, ...], keep: int = 
             rec["annotations"] = []
     (root / "annotations.json").write_text(json.dumps(ann))
     return root
+
+
+def test_the_least_a_user_must_write(corpora, tmp_path):
+    """Features and a database of subsets only (no durations: T / (25/16) s, no annotations), one
+    subset trained on and detected in: detections for every video."""
+    root = tmp_path / "min"
+    (root / "features").mkdir(parents=True)
+    videos = sorted(p.stem for p in (corpora["bare"] / "features").glob("*.npy"))
+    for vid in videos:
+        (root / "features" / f"{vid}.npy").symlink_to(corpora["bare"] / "features" / f"{vid}.npy")
+    (root / "videos.json").write_text(json.dumps({"database": {vid: {"subset": "all"} for vid in videos}}))
+    out = tmp_path / "out"
+    argv = ["run", "--data", str(root), "--out", str(out), *TINY, "--iterations", "1", "--set", "num_classes=3",
+            "--train-subset", "all", "--test-subset", "all", "--set", "tracking.enabled=false"]
+    assert main(argv) == 0
+    dets = json.loads((out / "detections.json").read_text())["results"]
+    assert sorted(dets) == videos and all(dets.values())
+    for vid in videos[:3]:
+        duration = len(np.load(root / "features" / f"{vid}.npy")) / (25 / 16)
+        assert all(0 <= d["segment"][0] < d["segment"][1] <= duration + 1e-3 for d in dets[vid])
+    assert {d["label"] for v in dets.values() for d in v} <= set(cluster_names(3))
