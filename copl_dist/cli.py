@@ -239,7 +239,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_init_mode(init_ckpt, args.init_from, cfg.mode)  # before anything is written
 
     from copl_dist.atomic import output_folder
-    from copl_dist.pipeline import check_run_inputs, naming_note
+    from copl_dist.cluster_naming import naming_note
+    from copl_dist.pipeline import check_run_inputs
 
     with output_folder(out, keep=("state",)):
         if synthetic:

@@ -33,12 +33,19 @@ from copl_dist import baseline as baseline_lib
 from copl_dist import has as has_lib
 from copl_dist import run_state
 from copl_dist.cluster import cluster_videos
+from copl_dist.cluster_naming import (
+    class_names_for,
+    cluster_metrics,
+    map_clusters_to_classes,
+    label_targets,
+    primary_labels,
+)
 from copl_dist.config import PRESET_TIOUS, CoplConfig, config_hash, to_dict
 from copl_dist.corpus import Corpus
 from copl_dist.engine import TeacherOutputs, infer_video, resolve_device, train_loop_per_worker
 from copl_dist.errors import InputError
 from copl_dist.localize import localize_video
-from copl_dist.metrics import ari, detection_map, hungarian_mapping, nmi, purity, snippet_auc, snippet_mask
+from copl_dist.metrics import detection_map, snippet_auc, snippet_mask
 from copl_dist.model import IOCNet
 from copl_dist.projection import discriminant_projection
 from copl_dist.seeding import STREAM_CLUSTER, derive_seed
@@ -61,34 +68,6 @@ class RunResult:
     class_names: list[str] = field(default_factory=list)
 
 
-def cluster_names(count: int) -> list[str]:
-    """Names of `count` clusters that no annotation names: cluster_00, cluster_01, ..."""
-    width = max(2, len(str(count - 1)))
-    return [f"cluster_{c:0{width}d}" for c in range(count)]
-
-
-def name_unheld_clusters(mapping: dict[int, int], held: np.ndarray, num_classes_named: int) -> dict[int, int]:
-    """`mapping` with each cluster that holds no annotated training video (not in `held`, the
-    clusters of those videos) pointed past the classes, at its own name (class_names_for): the
-    Hungarian matching would give it a class without evidence."""
-    held_set = {int(c) for c in np.asarray(held).ravel()}
-    out, extra = {}, 0
-    for c in sorted(mapping):
-        if c in held_set:
-            out[c] = int(mapping[c])
-        else:
-            out[c] = num_classes_named + extra
-            extra += 1
-    return out
-
-
-def class_names_for(mapping: dict[int, int], classes: list[str]) -> list[str]:
-    """The label of each index `mapping` points at: the classes, then the clusters that
-    name_unheld_clusters left to themselves, in cluster order."""
-    own = sorted((k, c) for c, k in mapping.items() if k >= len(classes))
-    return list(classes) + [cluster_names(len(mapping))[c] for _, c in own]
-
-
 def cluster_scale_options(cfg: CoplConfig) -> dict[str, Any]:
     """How `cluster_videos` picks and runs its large-N path (config `cluster.*`)."""
     return {
@@ -107,38 +86,6 @@ def has_pool_options(cfg: CoplConfig, remote: bool) -> dict[str, Any]:
         "torch_threads": cfg.distributed.has_actor_threads or None,  # None: the driver's count
         "autoscaling": remote,
     }
-
-
-def primary_labels(corpus: Corpus, video_ids: list[str]) -> np.ndarray:
-    """(N,) class index of each video's longest-annotated class; -1 for a video with none."""
-    index = {name: i for i, name in enumerate(corpus.classes)}
-    out = np.full(len(video_ids), -1, dtype=np.int64)
-    for n, vid in enumerate(video_ids):
-        totals: dict[str, float] = {}
-        for seg in corpus.segments(vid):
-            totals[seg.label] = totals.get(seg.label, 0.0) + (seg.end_s - seg.start_s)
-        if totals:
-            out[n] = index[max(sorted(totals), key=lambda k: totals[k])]
-    return out
-
-
-def label_targets(corpus: Corpus, video_ids: list[str]) -> np.ndarray:
-    """(N, C) true video labels as distributions (weakly-supervised mode)."""
-    index = {name: i for i, name in enumerate(corpus.classes)}
-    targets = np.zeros((len(video_ids), len(corpus.classes)), dtype=np.float32)
-    for n, vid in enumerate(video_ids):
-        for name in corpus.record(vid).labels:
-            targets[n, index[name]] = 1.0
-    sums = targets.sum(axis=1, keepdims=True)
-    return np.divide(targets, sums, out=np.zeros_like(targets), where=sums > 0)
-
-
-def cluster_metrics(primary: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    known = primary >= 0
-    if not known.any():
-        return {}
-    t, p = primary[known], labels[known]
-    return {"purity": purity(t, p), "nmi": nmi(t, p), "ari": ari(t, p)}
 
 
 def mean_features(corpus: Corpus, video_ids: list[str]) -> np.ndarray:
@@ -312,28 +259,6 @@ def check_run_inputs(cfg: CoplConfig, corpus: Corpus, where: str | Path | None =
         raise InputError(f"{place}: subset '{cfg.data.train_subset}' has {train} videos, fewer than the {clusters} clusters")
 
 
-def naming_note(cfg: CoplConfig, corpus: Corpus) -> str | None:
-    """What a run on training videos without annotations gives instead of named, scored detections
-    (None when they have some). `copl run` prints it before it starts."""
-    if cfg.mode == "wtal" or labels_name_clusters(corpus, corpus.video_ids(cfg.data.train_subset)):
-        return None
-    clusters = cfg.num_classes or len(corpus.classes)
-    names = cluster_names(clusters)
-    counted = "" if cfg.num_classes else " (as many as the classes annotated in other subsets; --set num_classes=K to choose)"
-    note = (
-        f"no video of subset '{cfg.data.train_subset}' has annotations: its {clusters} clusters{counted} are named "
-        f"{names[0]}..{names[-1]}, and there is no purity, NMI or mAP"
-    )
-    if corpus.classes:
-        note += f"; the annotations of subset '{cfg.data.test_subset}' cannot be matched to unnamed clusters"
-    return note
-
-
-def labels_name_clusters(corpus: Corpus, train_ids: list[str]) -> bool:
-    """Whether some training video is annotated, so that clusters can take class names (Hungarian)."""
-    return bool((primary_labels(corpus, train_ids) >= 0).any())
-
-
 class CoplRun:
     """One `copl run`: its config, corpus and tracker; `execute()` runs the mode the config names."""
 
@@ -437,11 +362,7 @@ class CoplRun:
 
     def _mapping(self, labels: np.ndarray) -> dict[int, int]:
         """Cluster -> index into class_names_for(mapping, corpus.classes)."""
-        known = self.primary >= 0
-        if not known.any():
-            return name_unheld_clusters({c: 0 for c in range(self.num_classes)}, labels[known], len(self.corpus.classes))
-        mapping = hungarian_mapping(labels[known], self.primary[known], self.num_classes)
-        return name_unheld_clusters(mapping, labels[known], len(self.corpus.classes))
+        return map_clusters_to_classes(labels, self.primary, self.num_classes, len(self.corpus.classes))
 
     def _evaluate(self, detections: dict[str, Any]) -> dict[str, float]:
         """The test subset's mAP; none when clusters have no class names to match its labels."""

@@ -19,8 +19,8 @@ from copl_dist.errors import InputError
 
 
 def output_labels(ckpt: dict[str, Any]) -> list[str]:
-    """Label of each of the teacher's outputs (an unmapped one: its name in pipeline.cluster_names)."""
-    from copl_dist.pipeline import cluster_names
+    """Label of each of the teacher's outputs (an unmapped one: its name in cluster_naming.cluster_names)."""
+    from copl_dist.cluster_naming import cluster_names
 
     names = list(ckpt["class_names"])
     own = cluster_names(len(ckpt["cluster_to_class"]))

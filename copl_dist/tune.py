@@ -55,20 +55,14 @@ import yaml
 
 from copl_dist import config as config_lib
 from copl_dist.atomic import atomic_path, output_folder, write_json, write_text
+from copl_dist.cluster_naming import labels_name_clusters
 from copl_dist.distributed.ray_runtime import RaySession
 from copl_dist.config import CoplConfig, flatten, resolve, to_dict, validate
 from copl_dist.errors import InputError
 from copl_dist.tune_objectives import agreement_objective, silhouette_objective
 from copl_dist.tune_postprocess import RAW_FILE, load_raw, raw_predictions, save_raw, search_postprocess  # noqa: F401
 from copl_dist.tune_space import (  # noqa: F401  (re-exported: callers use copl_dist.tune)
-    Space,
-    _plain,
-    get_key,
-    in_space,
-    load_space,
-    spec_values,
-    tune_domain,
-    with_values,
+    Space, _plain, get_key, in_space, load_space, spec_values, tune_domain, with_values,
 )
 
 OBJECTIVES = ("silhouette", "agreement", "map")
@@ -323,11 +317,16 @@ def _check_val_subset(objective: str, val_subset: str | None, cfg: CoplConfig) -
         )
 
 
-def _check_val_in_corpus(val_subset: str, corpus: Any) -> None:
+def _check_val_in_corpus(val_subset: str, corpus: Any, objective: str, train_subset: str) -> None:
     if val_subset not in corpus.subsets():
         raise InputError(f"--val-subset {val_subset}: no such subset in {corpus.root} (it has: {', '.join(corpus.subsets())})")
     if not any(corpus.segments(v) for v in corpus.video_ids(val_subset)):
         raise InputError(f"--val-subset {val_subset}: the subset has no annotations, so mAP cannot be measured on it")
+    if objective == "map" and not labels_name_clusters(corpus, corpus.video_ids(train_subset)):
+        raise InputError(
+            f"--objective map: no video of subset '{train_subset}' has annotations, so clusters have no "
+            f"class names to score against --val-subset {val_subset}: use --objective silhouette or agreement"
+        )
 
 
 def _open_corpus(args: argparse.Namespace, cfg: CoplConfig, out: Path) -> Any:
@@ -432,16 +431,11 @@ def run(args: argparse.Namespace) -> int:
     # trials start, their logs and tracking history stay, whatever ends the search.
     with output_folder(out):
         corpus = _open_corpus(args, cfg, out)
-        if args.val_subset:
-            _check_val_in_corpus(args.val_subset, corpus)
-        from copl_dist.pipeline import check_run_inputs, labels_name_clusters
+        from copl_dist.pipeline import check_run_inputs
 
         check_run_inputs(cfg, corpus, where=args.data)
-        if args.objective == "map" and not labels_name_clusters(corpus, corpus.video_ids(cfg.data.train_subset)):
-            raise InputError(
-                f"--objective map: no video of subset '{cfg.data.train_subset}' has annotations, so clusters have no "
-                f"class names to score against --val-subset {args.val_subset}: use --objective silhouette or agreement"
-            )
+        if args.val_subset:
+            _check_val_in_corpus(args.val_subset, corpus, args.objective, cfg.data.train_subset)
     return _run_in(args, space, cfg, out, corpus)
 
 

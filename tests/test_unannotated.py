@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from copl_dist.cli import main
-from copl_dist.pipeline import class_names_for, cluster_names, name_unheld_clusters
+from copl_dist.cluster_naming import class_names_for, cluster_names, name_unheld_clusters
 from copl_dist.synth import make_synthetic
 from tiny_corpus import TINY
 
