@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", required=True)
     p.add_argument("--tiou", help="comma-separated tIoU thresholds (default THUMOS 0.1-0.7)")
     p.add_argument("--json", action="store_true", help="print one JSON object: tIoU -> mAP (%%) and avg")
+    p.add_argument("--class-agnostic", action="store_true",
+                   help="every label as one class: localization alone (detections of unnamed clusters, cluster_00..)")
 
     from copl_dist import predict, registry
 
@@ -359,7 +361,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from copl_dist.metrics import evaluate_files, format_table
 
     tious = [t.strip() for t in args.tiou.split(",") if t.strip()] if args.tiou is not None else [f"{t:g}" for t in PRESET_TIOUS["thumos14"]]
-    result = evaluate_files(args.gt, args.pred, args.subset, tious)
+    result = evaluate_files(args.gt, args.pred, args.subset, tious, class_agnostic=args.class_agnostic)
     print(json.dumps(result) if args.json else format_table(result))
     return 0
 

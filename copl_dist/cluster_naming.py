@@ -95,7 +95,10 @@ def naming_note(cfg: CoplConfig, corpus: Corpus) -> str | None:
         f"{names[0]}..{names[-1]}, and there is no purity, NMI or mAP"
     )
     if corpus.classes:
-        note += f"; the annotations of subset '{cfg.data.test_subset}' cannot be matched to unnamed clusters"
+        note += (
+            f"; unnamed clusters cannot be matched to the annotations of subset '{cfg.data.test_subset}': "
+            "only its class-agnostic mAP is measured"
+        )
     return note
 
 

@@ -26,6 +26,9 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from copl_dist.errors import InputError
 
+# The one class of class-agnostic mAP (detection_map(class_agnostic=True)).
+AGNOSTIC_LABEL = "action"
+
 __all__ = [
     "tiou",
     "average_precision",
@@ -186,6 +189,7 @@ def _detection_map(
     subset: str | None,
     gt_name: str,
     pred_name: str,
+    class_agnostic: bool = False,
 ) -> tuple[dict[str, float], int]:
     """(detection_map's result, how many of the predicted videos are among the evaluated ones)."""
     thresholds = _parse_thresholds(tiou_thresholds)
@@ -215,6 +219,7 @@ def _detection_map(
                 raise InputError(f"{where}: annotation {ann!r} lacks 'segment': [start, end] or 'label'")
             label = str(ann["label"])
             segment = _segment(ann["segment"], label, where, ground_truth=True)
+            label = AGNOSTIC_LABEL if class_agnostic else label
             segs, vids = gt.setdefault(label, ([], []))
             segs.append(segment)
             vids.append(vid)
@@ -240,6 +245,7 @@ def _detection_map(
             score = _number(det["score"], f"{where}: score")
             if not math.isfinite(score):
                 raise InputError(f"{where}: score {det['score']!r} is not finite")
+            label = AGNOSTIC_LABEL if class_agnostic else label
             if label not in preds:
                 continue  # a class without ground truth cannot change any counted AP
             segs, vids, scores = preds[label]
@@ -260,14 +266,18 @@ def detection_map(
     detections: Mapping[str, Any],
     tiou_thresholds: Iterable[str | float],
     subset: str | None = None,
+    class_agnostic: bool = False,
 ) -> dict[str, float]:
     """Detection mAP in percent per tIoU threshold, plus "avg" (their mean).
 
     ground_truth: {"database": {vid: {"subset", "duration", "annotations": [{"segment", "label"}]}}};
     detections: {"results": {vid: [{"segment", "label", "score"}]}}. Only videos of `subset` (all if
     None) count; keys are the thresholds as given (strings kept, numbers as f"{t:g}").
+    `class_agnostic`: every label, true and predicted, is one class: the AP of localization alone,
+    whatever the clusters are named (two detections of one action under two labels are then a
+    duplicate, a false positive, as any duplicate).
     """
-    return _detection_map(ground_truth, detections, tiou_thresholds, subset, "ground truth", "detections")[0]
+    return _detection_map(ground_truth, detections, tiou_thresholds, subset, "ground truth", "detections", class_agnostic)[0]
 
 
 def _load_json(path: Path) -> Any:
@@ -287,7 +297,7 @@ def _load_json(path: Path) -> Any:
 
 
 def evaluate_files(
-    gt_path: str | Path, pred_path: str | Path, subset: str | None, tious: Sequence[str | float]
+    gt_path: str | Path, pred_path: str | Path, subset: str | None, tious: Sequence[str | float], class_agnostic: bool = False
 ) -> dict[str, float]:
     """`copl eval`: mAP of a detections JSON against an ActivityNet ground-truth JSON.
 
@@ -296,7 +306,7 @@ def evaluate_files(
     """
     thresholds = [key for key, _ in _parse_thresholds(tious)]  # bad arguments before file errors
     gt, pred = _load_json(Path(gt_path)), _load_json(Path(pred_path))
-    result, covered = _detection_map(gt, pred, thresholds, subset, str(gt_path), str(pred_path))
+    result, covered = _detection_map(gt, pred, thresholds, subset, str(gt_path), str(pred_path), class_agnostic)
     if not covered:
         scope = f"subset {subset!r} of {gt_path}" if subset is not None else str(gt_path)
         print(f"copl: warning: {pred_path}: no predicted video is in {scope}; mAP is 0",

@@ -150,13 +150,21 @@ def localize_all(
     return {"version": "copl_dist", "results": results}
 
 
-def evaluate(corpus: Corpus, subset: str, detections: dict[str, Any], tious: list[float]) -> dict[str, float]:
-    """`map@<tIoU>` and `map@avg` in percent; empty if the subset has no annotations."""
+def evaluate(
+    corpus: Corpus, subset: str, detections: dict[str, Any], tious: list[float], by_class: bool = True
+) -> dict[str, float]:
+    """`map@<tIoU>` and `map@avg` in percent (`by_class`: the detections' labels are class names),
+    and the class-agnostic `agnostic_map@...` (localization alone); empty if the subset has no annotations."""
     gt = corpus.ground_truth(subset)
     if not any(v["annotations"] for v in gt["database"].values()):
         return {}
-    maps = detection_map(gt, detections, [f"{t:g}" for t in tious], subset=subset)
-    return {f"map@{k}": float(v) for k, v in maps.items()}
+    keys = [f"{t:g}" for t in tious]
+    out = {}
+    if by_class:
+        out.update({f"map@{k}": float(v) for k, v in detection_map(gt, detections, keys, subset=subset).items()})
+    agnostic = detection_map(gt, detections, keys, subset=subset, class_agnostic=True)
+    out.update({f"agnostic_map@{k}": float(v) for k, v in agnostic.items()})
+    return out
 
 
 def attention_auc(corpus: Corpus, video_ids: list[str], outputs: dict[str, TeacherOutputs]) -> dict[str, float]:
@@ -365,8 +373,8 @@ class CoplRun:
         return map_clusters_to_classes(labels, self.primary, self.num_classes, len(self.corpus.classes))
 
     def _evaluate(self, detections: dict[str, Any]) -> dict[str, float]:
-        """The test subset's mAP; none when clusters have no class names to match its labels."""
-        return evaluate(self.corpus, self.cfg.data.test_subset, detections, self.tious) if self.named else {}
+        """The test subset's mAP, by class only where clusters have class names to match its labels."""
+        return evaluate(self.corpus, self.cfg.data.test_subset, detections, self.tious, by_class=self.named)
 
     # -- modes ---------------------------------------------------------------------------------
     def execute(self) -> RunResult:

@@ -127,3 +127,25 @@ def test_predictions_outside_the_subset_warn_once(tmp_path, capsys, results):
     assert capsys.readouterr().err == (
         f"copl: warning: {p}: no predicted video is in subset 'test' of {g}; mAP is 0\n"
     )
+
+
+def test_class_agnostic_map_by_hand(tmp_path, capsys):
+    """Unnamed clusters against two classes: 0 by class; class-agnostic, localization alone."""
+    gt = {"database": {"v": {"subset": "test", "duration": 60.0, "annotations": [
+        {"segment": [0, 10], "label": "a"}, {"segment": [20, 30], "label": "b"}]}}}
+    dets = [{"segment": [0, 10], "label": "cluster_00", "score": 0.9},
+            {"segment": [20, 30], "label": "cluster_01", "score": 0.8},
+            {"segment": [40, 50], "label": "cluster_00", "score": 0.7}]
+    assert detection_map(gt, {"results": {"v": dets}}, ["0.5"], subset="test")["avg"] == 0.0
+    # TP, TP, FP: precision 1 up to recall 1, AP 1.
+    assert detection_map(gt, {"results": {"v": dets}}, ["0.5"], subset="test", class_agnostic=True)["avg"] == 100.0
+    # One action found under two clusters: the second is a duplicate, a false positive. Ranked TP (0.9),
+    # FP (0.85), TP (0.8): AP = 0.5 * 1 + 0.5 * 2/3.
+    dup = [*dets, {"segment": [0, 10], "label": "cluster_01", "score": 0.85}]
+    got = detection_map(gt, {"results": {"v": dup}}, ["0.5"], subset="test", class_agnostic=True)["avg"]
+    assert got == pytest.approx(100 * (0.5 + 0.5 * 2 / 3))
+    from copl_dist.cli import main
+
+    g, p = _files(tmp_path, gt, {"results": {"v": dup}})
+    assert main(["eval", "--gt", str(g), "--pred", str(p), "--subset", "test", "--tiou", "0.5", "--json", "--class-agnostic"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"0.5": pytest.approx(got), "avg": pytest.approx(got)}
