@@ -3,16 +3,20 @@
 Training never reads them (mode utal). A cluster takes the name of the class its annotated training
 videos mostly have, by Hungarian matching on the videos' primary (longest-annotated) class; a cluster
 holding no annotated training video keeps its own name (cluster_07), and where no training video is
-annotated every cluster does, and nothing is measured against labels.
+annotated every cluster does, and nothing is measured by class.
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 
 from copl_dist.config import CoplConfig
 from copl_dist.corpus import Corpus
+from copl_dist.errors import InputError
 from copl_dist.metrics import ari, hungarian_mapping, nmi, purity
+
 
 def primary_labels(corpus: Corpus, video_ids: list[str]) -> np.ndarray:
     """(N,) class index of each video's longest-annotated class; -1 for a video with none."""
@@ -92,14 +96,25 @@ def naming_note(cfg: CoplConfig, corpus: Corpus) -> str | None:
     counted = "" if cfg.num_classes else " (as many as the classes annotated in other subsets; --set num_classes=K to choose)"
     note = (
         f"no video of subset '{cfg.data.train_subset}' has annotations: its {clusters} clusters{counted} are named "
-        f"{names[0]}..{names[-1]}, and there is no purity, NMI or mAP"
+        f"{names[0]}..{names[-1]}"
     )
     if corpus.classes:
         note += (
-            f"; unnamed clusters cannot be matched to the annotations of subset '{cfg.data.test_subset}': "
-            "only its class-agnostic mAP is measured"
+            ", with no purity, NMI or mAP by class: they cannot be matched to annotations; those of subset "
+            f"'{cfg.data.test_subset}', if any, give the snippet AUC and the class-agnostic mAP"
         )
+    else:
+        note += ", and there is no purity, NMI or mAP"
     return note
+
+
+def check_class_names(classes: list[str], where: object) -> None:
+    """A class may not be named as clusters without one are (cluster_07): the two would be one label."""
+    taken = [c for c in classes if re.fullmatch(r"cluster_\d+", c)]
+    if taken:
+        raise InputError(
+            f"{where}: class '{taken[0]}' is named as copl names clusters that no annotation names; rename the class"
+        )
 
 
 def labels_name_clusters(corpus: Corpus, train_ids: list[str]) -> bool:

@@ -34,6 +34,7 @@ from copl_dist import has as has_lib
 from copl_dist import run_state
 from copl_dist.cluster import cluster_videos
 from copl_dist.cluster_naming import (
+    check_class_names,
     class_names_for,
     cluster_metrics,
     map_clusters_to_classes,
@@ -261,6 +262,7 @@ def check_run_inputs(cfg: CoplConfig, corpus: Corpus, where: str | Path | None =
             f"{place}: no video has annotations, so the number of clusters cannot be read from them: "
             "pass --set num_classes=K (the number of action classes expected)"
         )
+    check_class_names(corpus.classes, place)
     clusters = cfg.num_classes or len(corpus.classes)
     train = len(corpus.video_ids(cfg.data.train_subset))
     if train < clusters:

@@ -151,7 +151,10 @@ def test_the_note_and_the_errors(corpora, tmp_path, capsys):
         "copl: no video of subset 'validation' has annotations: its 3 clusters (as many as the classes annotated in "
         "other subsets; --set num_classes=K to choose) are named cluster_00..cluster_02"
     ) in captured.err
-    assert "cannot be matched to the annotations of subset 'test': only its class-agnostic mAP is measured" in captured.err
+    assert (
+        "with no purity, NMI or mAP by class: they cannot be matched to annotations; those of subset 'test', "
+        "if any, give the snippet AUC and the class-agnostic mAP"
+    ) in captured.err
     assert "class-agnostic mAP (the clusters have no class names to score by class):" in captured.out
     doc = json.loads((out / "metrics.json").read_text())
     record = doc["iterations"][0]
@@ -170,17 +173,36 @@ def test_the_note_and_the_errors(corpora, tmp_path, capsys):
 
 
 def test_one_annotated_training_video_names_one_cluster(tmp_path, capsys):
-    """Baseline (no training): only the cluster holding the one annotated video takes a class name."""
+    """Only the cluster holding the one annotated training video takes a class name; the others keep
+    their own, past the classes in cluster order."""
     data = _with_annotations_only_in(tmp_path / "one", ("test",), keep=1)
     out = tmp_path / "out"
-    argv = ["run", "--data", str(data), "--out", str(out), *TINY, "--mode", "baseline", "--set", "tracking.enabled=false"]
+    argv = ["run", "--data", str(data), "--out", str(out), *TINY, "--iterations", "1", "--set", "tracking.enabled=false"]
     assert main(argv) == 0
     assert "copl: no video" not in capsys.readouterr().err  # named and scored: no note
     doc = json.loads((out / "metrics.json").read_text())
     assert "map@avg" in doc["final"] and "nmi" in doc["iterations"][0]
+    ckpt = torch.load(out / "teacher.pt", weights_only=True)
+    classes, mapping = ckpt["class_names"][:3], ckpt["cluster_to_class"]
+    assert classes == ["class_00", "class_01", "class_02"]
+    named = [c for c, k in enumerate(mapping) if k < 3]
+    assert len(named) == 1
+    assert [mapping[c] for c in range(3) if c not in named] == [3, 4]
+    assert ckpt["class_names"][3:] == [f"cluster_0{c}" for c in range(3) if c not in named]
     labels = {d["label"] for v in json.loads((out / "detections.json").read_text())["results"].values() for d in v}
-    named = {x for x in labels if not x.startswith("cluster_")}
-    assert len(named) <= 1 and len(labels - named) >= 1 and labels - named <= set(cluster_names(3))
+    assert labels <= {classes[mapping[named[0]]], *ckpt["class_names"][3:]} and labels
+
+
+def test_a_class_named_as_clusters_are_is_refused(tmp_path, capsys):
+    data = make_synthetic(tmp_path / "data", **SYNTH)
+    ann = json.loads((data / "annotations.json").read_text())
+    for rec in ann["database"].values():
+        for a in rec["annotations"]:
+            a["label"] = a["label"].replace("class_", "cluster_")
+    (data / "annotations.json").write_text(json.dumps(ann))
+    assert main(["run", "--data", str(data), "--out", str(tmp_path / "out"), *TINY]) == 2
+    _one_line(capsys, f"{data}: class 'cluster_00' is named as copl names clusters")
+    assert not (tmp_path / "out").exists()
 
 
 def _with_annotations_only_in(root: Path, subsets: tuple[str, ...], keep: int = 0) -> Path:
