@@ -237,3 +237,26 @@ def test_the_least_a_user_must_write(corpora, tmp_path):
         duration = len(np.load(root / "features" / f"{vid}.npy")) / (25 / 16)
         assert all(0 <= d["segment"][0] < d["segment"][1] <= duration + 1e-3 for d in dets[vid])
     assert {d["label"] for v in dets.values() for d in v} <= set(cluster_names(3))
+
+
+def test_resume_of_a_finished_run_names_clusters_as_the_run_did(corpora, tmp_path, monkeypatch):
+    """--resume rebuilds the names from the saved cluster mapping (nothing is trained again)."""
+    import shutil
+
+    from copl_dist import pipeline
+
+    first, resumed = tmp_path / "first", tmp_path / "resumed"
+    argv = ["run", "--data", str(corpora["bare"]), *TINY, "--set", "num_classes=3", "--set", "tracking.enabled=false"]
+    assert main([*argv, "--out", str(first)]) == 0
+    shutil.copytree(first, resumed)
+    for name in ("detections.json", "teacher.pt", "pseudo_labels.parquet"):
+        (resumed / name).unlink()
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(pipeline, "train_loop_per_worker", no_training)
+    assert main([*argv, "--out", str(resumed), "--resume"]) == 0
+    for name in ("detections.json", "pseudo_labels.parquet"):
+        assert (resumed / name).read_bytes() == (first / name).read_bytes(), name
+    ckpt = torch.load(resumed / "teacher.pt", weights_only=True)
+    assert ckpt["class_names"] == cluster_names(3) and ckpt["cluster_to_class"] == [0, 1, 2]
