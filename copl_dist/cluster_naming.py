@@ -77,6 +77,7 @@ def class_names_for(mapping: dict[int, int], classes: list[str]) -> list[str]:
     own = sorted((k, c) for c, k in mapping.items() if k >= len(classes))
     return list(classes) + [cluster_names(len(mapping))[c] for _, c in own]
 
+
 def map_clusters_to_classes(labels: np.ndarray, primary: np.ndarray, num_clusters: int, num_classes: int) -> dict[int, int]:
     """Cluster -> index into class_names_for(mapping, classes): Hungarian matching of the clusters
     (`labels`, one per training video) to the annotated videos' `primary` classes (-1: none), with

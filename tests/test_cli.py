@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -15,7 +16,11 @@ import pytest
 import torch
 
 from copl_dist.cli import main
+from one_line import one_line_error
 from tiny_corpus import TINY, tiny_synthetic
+
+# argparse's errors start "copl run: error:", the rest "copl: error:".
+_one_line = functools.partial(one_line_error, prefix="copl")
 
 
 
@@ -233,14 +238,6 @@ def test_bad_input_keeps_what_the_folder_held(tiny_data, tmp_path, capsys):
     assert main(["run", "--data", str(tiny_data), "--out", str(out), *TINY, "--test-subset", "nosuch"]) == 2
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     capsys.readouterr()
-
-
-def _one_line(capsys, *fragments: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("copl") and "\n" not in err and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
 
 
 def test_file_system_refusals_are_one_line(tiny_data, tmp_path, capsys):

@@ -15,6 +15,7 @@ import torch
 
 from copl_dist.cli import main
 from copl_dist.corpus import Corpus
+from one_line import one_line_error
 from tiny_corpus import TINY, tiny_synthetic
 
 
@@ -63,14 +64,6 @@ def _client(store: str):
 
 def _final(run: Path) -> dict:
     return json.loads((run / "metrics.json").read_text())
-
-
-def _one_line_error(capsys, *fragments: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("copl: error: ") and "\n" not in err, err
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
 
 
 def test_each_run_registers_a_tagged_version(runs, store, data):
@@ -173,7 +166,7 @@ def test_init_from_wrong_head_size(runs, data, tmp_path, capsys):
     argv = ["run", "--data", str(data), "--out", str(tmp_path / "o"), *TINY, "--set", "num_classes=4",
             "--init-from", "models:/copl-teacher/1"]
     assert main(argv) == 2
-    _one_line_error(capsys, "models:/copl-teacher/1", "3 outputs", "4 clusters")
+    one_line_error(capsys, "models:/copl-teacher/1", "3 outputs", "4 clusters")
     assert not (tmp_path / "o" / "metrics.json").exists()
 
 
@@ -247,7 +240,7 @@ def test_bad_model_references(argv, fragments, runs, champion, data, tmp_path, c
     if argv[0] in ("predict", "run"):
         argv = [*argv, "--data", str(data), "--out", str(out)]
     assert main(argv) == 2
-    _one_line_error(capsys, *fragments)
+    one_line_error(capsys, *fragments)
     assert not out.exists()
 
 
@@ -255,15 +248,15 @@ def test_not_a_checkpoint(tmp_path, data, capsys):
     bad = tmp_path / "teacher.pt"
     torch.save({"weights": torch.zeros(2)}, bad)
     assert main(["predict", "--model", str(bad), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
-    _one_line_error(capsys, str(bad), "not a COPL teacher checkpoint")
+    one_line_error(capsys, str(bad), "not a COPL teacher checkpoint")
     bad.write_bytes(b"not a zip")
     assert main(["predict", "--model", str(bad), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
-    _one_line_error(capsys, str(bad), "not a loadable teacher checkpoint")
+    one_line_error(capsys, str(bad), "not a loadable teacher checkpoint")
     import pickle
 
     bad.write_bytes(pickle.dumps({"a": 1}))  # a plain pickle: torch refuses it (weights_only), with no warning text
     assert main(["predict", "--model", str(bad), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
-    _one_line_error(capsys, str(bad), "not a loadable teacher checkpoint")
+    one_line_error(capsys, str(bad), "not a loadable teacher checkpoint")
     assert not (tmp_path / "o").exists()
 
 
@@ -286,7 +279,7 @@ def test_inconsistent_checkpoints_are_refused_before_any_output(change, fragment
     torch.save({**ckpt, **change}, bad)
     out = tmp_path / "o"
     assert main(["predict", "--model", str(bad), "--data", str(data), "--out", str(out)]) == 2
-    _one_line_error(capsys, str(bad), fragment)
+    one_line_error(capsys, str(bad), fragment)
     assert not out.exists()
 
 
@@ -303,7 +296,7 @@ def test_init_from_a_wtal_teacher_into_utal_is_refused(runs, data, tmp_path, cap
     torch.save(ckpt, teacher)
     out = tmp_path / "o"
     assert main(["run", "--data", str(data), "--out", str(out), *TINY, "--init-from", str(teacher)]) == 2
-    _one_line_error(capsys, str(teacher), "mode 'wtal'", "utal")
+    one_line_error(capsys, str(teacher), "mode 'wtal'", "utal")
     assert not out.exists()
     sets = ["model.hidden_dim=32"]
     with pytest.raises(InputError, match="mode 'wtal'"):
@@ -318,7 +311,7 @@ def test_run_tracking_uri_is_where_init_from_is_read_and_the_run_logs(runs, cham
             "--set", "tracking.log_model=false", "--init-from", "models:/copl-teacher@champion"]
     # Without it the URI is looked up in the new run's own store, which does not exist yet.
     assert main(argv) == 2
-    _one_line_error(capsys, "newrun/mlflow.db", "no such tracking database", "--tracking-uri", "MLFLOW_TRACKING_URI")
+    one_line_error(capsys, "newrun/mlflow.db", "no such tracking database", "--tracking-uri", "MLFLOW_TRACKING_URI")
     assert not out.exists()
     client = _client(store)
     experiment = client.get_experiment_by_name("copl").experiment_id
@@ -360,9 +353,9 @@ def test_promote_compares_only_versions_of_one_mode_and_dataset(tmp_path, capsys
         promote("copl-teacher", tracking_uri=str(db), dataset="nosuch")
     # Named, not ranked: the version must still be of the mode (a wtal teacher is never the utal champion).
     assert main(["registry", "promote", "--tracking-uri", str(db), "--version", "2"]) == 2
-    _one_line_error(capsys, "models:/copl-teacher/2: trained in mode 'wtal', not 'utal' (--mode)")
+    one_line_error(capsys, "models:/copl-teacher/2: trained in mode 'wtal', not 'utal' (--mode)")
     assert main(["registry", "promote", "--tracking-uri", str(db), "--version", "5"]) == 2
-    _one_line_error(capsys, "models:/copl-teacher/5: trained in mode 'unknown'")
+    one_line_error(capsys, "models:/copl-teacher/5: trained in mode 'unknown'")
     assert main(["registry", "promote", "--tracking-uri", str(db), "--version", "2", "--mode", "wtal", "--alias", "w"]) == 0
     assert capsys.readouterr().out.strip() == "models:/copl-teacher@w -> version 2 (as named)"
     assert main(["registry", "promote", "--tracking-uri", str(db), "--version", "1"]) == 0
@@ -375,6 +368,6 @@ def test_arbitrary_bytes_as_a_teacher(tmp_path, data, capsys):
     for payload in (b"hi\n", bytes(range(256)) * 4):
         bad.write_bytes(payload)
         assert main(["predict", "--model", str(bad), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
-        err = _one_line_error(capsys, str(bad), "not a loadable teacher checkpoint")
+        err = one_line_error(capsys, str(bad), "not a loadable teacher checkpoint")
         assert "weights_only=False" not in err  # torch's advice would run code from the file
     assert not (tmp_path / "o").exists()

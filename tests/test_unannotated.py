@@ -19,17 +19,10 @@ import torch
 from copl_dist.cli import main
 from copl_dist.cluster_naming import class_names_for, cluster_names, name_unheld_clusters
 from copl_dist.synth import make_synthetic
+from one_line import one_line_error
 from tiny_corpus import TINY
 
 SYNTH = {"preset": "thumos14", "videos": 8, "classes": 3, "seed": 0, "duration_scale": 0.15}
-
-
-def _one_line(capsys, *fragments: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("copl: error: ") and "\n" not in err and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -116,11 +109,11 @@ def test_registered_without_map_promoted_by_name_and_predicting(twin_runs, corpo
     rows = json.loads(capsys.readouterr().out)
     assert [r["version"] for r in rows] == ["1"] and not any(k.startswith("map_at") for k in rows[0]["tags"])
     assert main(["registry", "promote", "--tracking-uri", store]) == 2
-    _one_line(capsys, "no version with mode 'utal' has the metric 'map@avg'")
+    one_line_error(capsys, "no version with mode 'utal' has the metric 'map@avg'")
     assert main(["registry", "promote", "--tracking-uri", store, "--version", "2"]) == 2
-    _one_line(capsys, "models:/copl-teacher/2", "no version 2")
+    one_line_error(capsys, "models:/copl-teacher/2", "no version 2")
     assert main(["registry", "promote", "--tracking-uri", store, "--version", "1", "--metric", "map@avg"]) == 2
-    _one_line(capsys, "--version", "--metric")
+    one_line_error(capsys, "--version", "--metric")
     assert main(["registry", "promote", "--tracking-uri", store, "--version", "1"]) == 0
     assert "models:/copl-teacher@champion -> version 1" in capsys.readouterr().out
     out = tmp_path / "pred"
@@ -136,9 +129,9 @@ def test_the_note_and_the_errors(corpora, tmp_path, capsys):
     out = tmp_path / "out"
     # No annotation to count the classes from: the number of clusters must be given.
     assert main(["run", "--data", str(corpora["bare"]), "--out", str(out), *TINY]) == 2
-    _one_line(capsys, f"{corpora['bare']}: no video has annotations", "--set num_classes=K")
+    one_line_error(capsys, f"{corpora['bare']}: no video has annotations", "--set num_classes=K")
     assert main(["run", "--data", str(corpora["bare"]), "--out", str(out), *TINY, "--mode", "wtal", "--set", "num_classes=3"]) == 2
-    _one_line(capsys, "mode 'wtal' trains on video-level labels", "subset 'validation'")
+    one_line_error(capsys, "mode 'wtal' trains on video-level labels", "subset 'validation'")
     assert not out.exists()
     # Training videos without annotations, an annotated test subset: the clusters cannot be matched to
     # the test labels, so nothing is scored by label (the snippet AUC needs none and stays), and the
@@ -201,7 +194,7 @@ def test_a_class_named_as_clusters_are_is_refused(tmp_path, capsys):
             a["label"] = a["label"].replace("class_", "cluster_")
     (data / "annotations.json").write_text(json.dumps(ann))
     assert main(["run", "--data", str(data), "--out", str(tmp_path / "out"), *TINY]) == 2
-    _one_line(capsys, f"{data}: class 'cluster_00' is named as copl names clusters")
+    one_line_error(capsys, f"{data}: class 'cluster_00' is named as copl names clusters")
     assert not (tmp_path / "out").exists()
 
 
