@@ -325,10 +325,12 @@ def _execute(
             example = torch.zeros(1, 16, cfg.model.feature_dim).numpy()
             model_uri = tracker.log_teacher(teacher, example)
             if model_uri is not None and tracker.parent_run_id is not None:
+                from copl_dist.deferred_interrupt import deferred_interrupt
                 from copl_dist.registry import register_teacher
 
                 name = cfg.tracking.registered_model
-                version = register_teacher(model_uri, name, tracker.parent_run_id, paths["teacher"], tags, result.final)
+                with deferred_interrupt():  # the run's end status is written after it (tracking.Tracker._run)
+                    version = register_teacher(model_uri, name, tracker.parent_run_id, paths["teacher"], tags, result.final)
                 registered = f"models:/{name}/{version}"
     print(results_table(result, cfg))
     print(f"outputs: {out.resolve()}" + (f"  (MLflow: {tracker.uri})" if tracker.enabled else ""))

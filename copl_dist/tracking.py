@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from copl_dist.config import TrackingConfig, flatten
+from copl_dist.deferred_interrupt import deferred_interrupt
 from copl_dist.errors import InputError, first_line
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -176,10 +177,12 @@ class Tracker:
         # process would take this run's store for a user's setting.
         previous = os.environ.get("MLFLOW_TRACKING_URI")
         try:
-            self._mlflow = self._setup()
-            with self._mlflow.start_run(run_name=run_name, tags=tags) as run:
+            with deferred_interrupt():
+                self._mlflow = self._setup()
+            with self._run(run_name=run_name, tags=tags) as run:
                 self.parent_run_id = run.info.run_id
-                self._mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
+                with deferred_interrupt():
+                    self._mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
                 yield
         finally:
             if previous is None:
@@ -192,19 +195,42 @@ class Tracker:
         if not self.enabled:
             yield
             return
-        with self._mlflow.start_run(run_name=f"iteration-{iteration}", nested=True):
-            self._mlflow.log_param("iteration", iteration)
+        with self._run(run_name=f"iteration-{iteration}", nested=True):
+            with deferred_interrupt():
+                self._mlflow.log_param("iteration", iteration)
             yield
+
+    @contextmanager
+    def _run(self, **start: Any) -> Iterator[Any]:
+        """mlflow.start_run as a context, its MLflow calls shielded from Ctrl-C (deferred_interrupt);
+        an interrupted run ends KILLED (MLflow's own context says FAILED)."""
+        run, status = None, "FINISHED"
+        try:
+            with deferred_interrupt():  # a Ctrl-C during start_run is raised after `run` is set
+                run = self._mlflow.start_run(**start)
+            yield run
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        except BaseException:
+            status = "FAILED"
+            raise
+        finally:
+            if run is not None:
+                with deferred_interrupt():
+                    self._mlflow.end_run(status)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if not self.enabled:
             return
         clean = {mlflow_key(k): float(v) for k, v in metrics.items() if v is not None}
-        self._mlflow.log_metrics(clean, step=step)
+        with deferred_interrupt():
+            self._mlflow.log_metrics(clean, step=step)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         if self.enabled and path.exists():
-            self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
+            with deferred_interrupt():
+                self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
     def log_teacher(self, model: Any, example: Any) -> str | None:
         """Log the teacher as an MLflow PyTorch model; returns its model URI."""
@@ -219,12 +245,13 @@ class Tracker:
         exported = ExportedTeacher(model).eval()
         with torch.no_grad():
             output = exported(torch.from_numpy(example)).numpy()
-        info = mlflow.pytorch.log_model(
-            exported,
-            name="teacher",
-            signature=infer_signature(example, output),
-            serialization_format="pickle",
-            # Explicit requirements: inferring them costs ~10 s per call.
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "copl-dist"],
-        )
+        with deferred_interrupt():  # seconds: a model's files and its registry rows
+            info = mlflow.pytorch.log_model(
+                exported,
+                name="teacher",
+                signature=infer_signature(example, output),
+                serialization_format="pickle",
+                # Explicit requirements: inferring them costs ~10 s per call.
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "copl-dist"],
+            )
         return str(info.model_uri)
