@@ -218,7 +218,12 @@ class Tracker:
         finally:
             if run is not None:
                 with deferred_interrupt():
-                    self._mlflow.end_run(status)
+                    # mlflow.end_run ends the innermost active run: a nested one whose own end a
+                    # Ctrl-C skipped (between `finally:` and its shield) is ended here first.
+                    while (active := self._mlflow.active_run()) is not None:
+                        self._mlflow.end_run(status)
+                        if active.info.run_id == run.info.run_id:
+                            break
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if not self.enabled:

@@ -461,7 +461,11 @@ def _search(
             name=name, storage_path=str(storage), callbacks=[log], verbose=0,
         ),
     )
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    except BaseException as exc:
+        log.end_unfinished("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
     results = {}
     error_files = []  # Tune's copies in the storage folder (the driver's staging copy dies with the Ray session)
     for result in grid:

@@ -91,4 +91,19 @@ def make_trial_log(max_iterations: int, mlflow_target: tuple[str, str, str] | No
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._end(trial, failed=True)
 
+        def end_unfinished(self, status: str) -> None:
+            """A search that stops (Ctrl-C, an error) calls no trial's end: its runs would stay RUNNING."""
+            for rec in self.records.values():
+                if rec["status"] != "running":
+                    continue
+                rec["status"] = "interrupted" if status == "KILLED" else "error"
+                if self.client is None or rec["mlflow_run_id"] is None:  # stopped before its run was created
+                    continue
+                try:
+                    with deferred_interrupt():
+                        self.client.set_tag(rec["mlflow_run_id"], "copl.status", rec["status"])
+                        self.client.set_terminated(rec["mlflow_run_id"], status)
+                except Exception:  # noqa: BLE001  (the caller re-raises what stopped the search; this must not replace it)
+                    pass
+
     return TrialLog()

@@ -20,7 +20,7 @@ import pytest
 from copl_dist.cli import main
 from tiny_corpus import TINY, tiny_synthetic
 
-READY_TIMEOUT_S = 60.0
+READY_TIMEOUT_S = 180.0  # schema migrations and uvicorn's start on a loaded 2-core machine
 HOST = "127.0.0.1"
 
 

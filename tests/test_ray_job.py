@@ -23,10 +23,16 @@ BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    # All held open at once, so that the kernel cannot hand the same port out twice.
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _listening_addresses(port: int) -> set[str]:
@@ -78,7 +84,7 @@ def _env() -> dict[str, str]:
 def ray_head(tmp_path_factory):
     """A Ray head on 127.0.0.1 in its own process group, so stopping it touches no other Ray."""
     temp_dir = Path("/tmp") / f"copl-ray-{os.getpid()}"  # Ray's socket paths must stay short
-    gcs, dashboard = _free_port(), _free_port()
+    gcs, dashboard = _free_ports(2)
     log = tmp_path_factory.mktemp("ray") / "head.log"
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
@@ -124,6 +130,7 @@ def test_head_listens_on_loopback_only(ray_head):
     assert _listening_addresses(gcs) == {"127.0.0.1"}
 
 
+@pytest.mark.timeout(900)  # the submit's own limit below, not pytest's default 600 s
 def test_ray_job_submit_copl_run(ray_head, tmp_path):
     """Submitted as a user submits to a cluster: cluster_configs/runtime_env.yaml ships this checkout
     as the job's working_dir and the entrypoint is `python -m copl_dist run`; the job joins the

@@ -480,7 +480,7 @@ def test_ctrl_c_during_ray_train_is_an_interrupt(corpus, tmp_path):
     # Training is under way once an epoch's checkpoint exists.
     code, err = interrupt_copl(args, lambda: bool(list((out / "ray_storage").glob("*/checkpoint_*"))))
     assert code == 130, err[-2000:]
-    assert err.strip().splitlines()[-1] == "copl: interrupted"
+    assert "copl: interrupted" in err.splitlines()  # Ray's teardown may still print after it
     assert list((out / "ray_storage").glob("*/checkpoint_*"))  # what it had written stays
 
 

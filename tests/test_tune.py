@@ -523,3 +523,14 @@ def test_ctrl_c_stops_the_search_without_a_best_config(data, tmp_path):
     assert code == 130, err[-2000:]
     assert "copl: interrupted" in err
     assert not (out / "best_config.yaml").exists() and not (out / "tune_results.json").exists()
+    # Its MLflow runs were ended: the search KILLED (Ctrl-C once left the SQLite store locked, and this
+    # write failed after 20 s: copl_dist/deferred_interrupt.py), no trial's run left RUNNING.
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("copl").experiment_id])
+    by_kind = {}
+    for r in runs:
+        by_kind.setdefault(r.data.tags.get("copl.kind"), []).append(r.info.status)
+    assert by_kind["tune"] == ["KILLED"], by_kind
+    assert "RUNNING" not in by_kind.get("tune-trial", []), by_kind

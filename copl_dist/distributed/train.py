@@ -156,6 +156,9 @@ def _wait_reports_consumed(timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while pending.unfinished_tasks and time.monotonic() < deadline:
         time.sleep(0.05)
+    # The queue is marked done before the reply reaches the controller (a TODO in Ray's worker):
+    # one more poll period so that the report has arrived.
+    time.sleep(2.5)
 
 
 def _save_state(state: dict[str, Any], path: Path) -> None:
