@@ -37,7 +37,8 @@ def make_trial_log(max_iterations: int, mlflow_target: tuple[str, str, str] | No
             if mlflow_target is not None:
                 import mlflow
 
-                self.client = mlflow.MlflowClient(tracking_uri=mlflow_target[0])
+                with deferred_interrupt():  # opens the store (MLflow caches it per URI)
+                    self.client = mlflow.MlflowClient(tracking_uri=mlflow_target[0])
                 self.experiment_id, self.parent_run_id = mlflow_target[1], mlflow_target[2]
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

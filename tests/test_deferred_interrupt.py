@@ -76,7 +76,7 @@ def test_off_the_main_thread_it_changes_nothing():
 def test_ctrl_c_during_mlflow_writes_leaves_the_store_usable(tmp_path):
     """The regression: a Ctrl-C that cut an MLflow write short left the SQLite lock held, so that the
     run's end status failed after 20 s with "database is locked" instead of `copl: interrupted`
-    (1 of 2 interrupted writes before the fix). Every round must end with the interrupt and its runs
+    (2 of the first 3 interrupted writes before the fix). Every round must end with the interrupt and its runs
     marked KILLED."""
     import mlflow
 
