@@ -475,13 +475,19 @@ def test_ctrl_c_during_ray_train_is_an_interrupt(corpus, tmp_path):
     out = tmp_path / "out"
     args = ["run", "--data", str(corpus.root), "--out", str(out),
             "--workers", "1", "--iterations", "1", "--epochs", "2000", "--snippets", "32", "--no-progress",
-            "--set", "train.batch_size=4", "--set", "model.hidden_dim=32", "--set", "train.shift_channels=64",
-            "--set", "tracking.enabled=false"]
+            "--set", "train.batch_size=4", "--set", "model.hidden_dim=32", "--set", "train.shift_channels=64"]
     # Training is under way once an epoch's checkpoint exists.
     code, err = interrupt_copl(args, lambda: bool(list((out / "ray_storage").glob("*/checkpoint_*"))))
     assert code == 130, err[-2000:]
     assert "copl: interrupted" in err.splitlines()  # Ray's teardown may still print after it
     assert list((out / "ray_storage").glob("*/checkpoint_*"))  # what it had written stays
+    # The MLflow runs ended KILLED, the run and its iteration (copl_dist/deferred_interrupt.py).
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("copl").experiment_id])
+    assert sorted((r.info.run_name, r.info.status) for r in runs) == [
+        ("iteration-0", "KILLED"), ("thumos14-utal-seed0", "KILLED")], [(r.info.run_name, r.info.status) for r in runs]
 
 
 def test_cluster_address_checked_before_anything_starts(monkeypatch):
