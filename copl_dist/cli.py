@@ -9,13 +9,16 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
 
 from copl_dist.arg_types import OneLineParser, nonnegative_int, positive_float, positive_int
 from copl_dist.errors import InputError, first_line
+from copl_dist.interrupts import reset_terminated, sigterm_unwinds, terminated
 
 # With no --data, `copl run` sizes a synthetic THUMOS-like corpus and the schedule to finish within
 # 10 minutes on two CPU cores (measured: see README). Explicit flags still win.
@@ -325,7 +328,7 @@ def _execute(
             example = torch.zeros(1, 16, cfg.model.feature_dim).numpy()
             model_uri = tracker.log_teacher(teacher, example)
             if model_uri is not None and tracker.parent_run_id is not None:
-                from copl_dist.deferred_interrupt import deferred_interrupt
+                from copl_dist.interrupts import deferred_interrupt
                 from copl_dist.registry import register_teacher
 
                 name = cfg.tracking.registered_model
@@ -393,6 +396,10 @@ def main(argv: list[str] | None = None) -> int:
         "registry": registry.run, "predict": predict.run,
         "tune": tune.run,
     }
+    # SIGTERM (`ray job stop`, an evicted pod) unwinds, so that the MLflow runs end KILLED (interrupts.py).
+    sigterm_before = signal.getsignal(signal.SIGTERM)
+    reset_terminated()
+    sigterm_unwinds()
     try:
         return handlers[args.command](args)
     except InputError as exc:
@@ -416,6 +423,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("copl: interrupted", file=sys.stderr)
         return 130
+    except SystemExit:
+        if not terminated():
+            raise
+        print("copl: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if sigterm_before is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, sigterm_before)  # a library caller's process keeps its own
 
 
 if __name__ == "__main__":

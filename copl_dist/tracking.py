@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from copl_dist.config import TrackingConfig, flatten
-from copl_dist.deferred_interrupt import deferred_interrupt
+from copl_dist.interrupts import deferred_interrupt
 from copl_dist.errors import InputError, first_line
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -203,13 +203,13 @@ class Tracker:
     @contextmanager
     def _run(self, **start: Any) -> Iterator[Any]:
         """mlflow.start_run as a context, its MLflow calls shielded from Ctrl-C (deferred_interrupt);
-        an interrupted run ends KILLED (MLflow's own context says FAILED)."""
+        an interrupted or terminated run ends KILLED (MLflow's own context says FAILED)."""
         run, status = None, "FINISHED"
         try:
             with deferred_interrupt():  # a Ctrl-C during start_run is raised after `run` is set
                 run = self._mlflow.start_run(**start)
             yield run
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM turned into SystemExit (cli.main)
             status = "KILLED"
             raise
         except BaseException:

@@ -58,7 +58,7 @@ from copl_dist.atomic import atomic_path, output_folder, write_json, write_text
 from copl_dist.cluster_naming import labels_name_clusters
 from copl_dist.distributed.ray_runtime import RaySession
 from copl_dist.config import CoplConfig, flatten, resolve, to_dict, validate
-from copl_dist.deferred_interrupt import deferred_interrupt
+from copl_dist.interrupts import deferred_interrupt
 from copl_dist.errors import InputError
 from copl_dist.tune_objectives import agreement_objective, silhouette_objective
 from copl_dist.tune_postprocess import RAW_FILE, load_raw, raw_predictions, save_raw, search_postprocess  # noqa: F401
@@ -464,7 +464,7 @@ def _search(
     try:
         grid = tuner.fit()
     except BaseException as exc:
-        log.end_unfinished("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        log.end_unfinished("KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED")
         raise
     results = {}
     error_files = []  # Tune's copies in the storage folder (the driver's staging copy dies with the Ray session)

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-from copl_dist.deferred_interrupt import deferred_interrupt
+from copl_dist.interrupts import deferred_interrupt
 from copl_dist.tune_space import _plain
 
 # Numbers reported by a trial besides "iteration" and "objective" (diagnostics, never selected on).

@@ -1,5 +1,6 @@
 """Ctrl-C as a user at a terminal gives it: start a `copl` command, wait until it is under way, send
-SIGINT, and return (exit status, stderr). Shared by the Ray Train and Ray Tune interrupt tests."""
+SIGINT (or `sig`: SIGTERM as `ray job stop` sends it), and return (exit status, stderr). Shared by
+the Ray Train and Ray Tune interrupt tests."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import time
 from collections.abc import Callable
 
 
-def interrupt_copl(args: list[str], under_way: Callable[[], bool], drop_env: tuple[str, ...] = ()) -> tuple[int, str]:
+def interrupt_copl(args: list[str], under_way: Callable[[], bool], drop_env: tuple[str, ...] = (),
+                   sig: int = signal.SIGINT) -> tuple[int, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", *drop_env)}
     # SIGINT at its default, as from a terminal: a process started with it ignored (children of a
     # background job are) rightly ignores it; seen when the suite itself ran in the background.
@@ -23,7 +25,7 @@ def interrupt_copl(args: list[str], under_way: Callable[[], bool], drop_env: tup
         while not under_way() and time.time() < deadline:
             time.sleep(0.5)
         assert proc.poll() is None, proc.communicate()[1][-2000:]  # still running when interrupted
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:

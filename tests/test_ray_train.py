@@ -7,6 +7,7 @@ SIGKILLs itself, one failing fit.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -467,9 +468,12 @@ def test_copl_run_on_the_local_ray_prints_no_preemption_watcher_error(corpus, tm
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_ctrl_c_during_ray_train_is_an_interrupt(corpus, tmp_path):
+@pytest.mark.parametrize("sig, code, line", [(signal.SIGINT, 130, "copl: interrupted"), (signal.SIGTERM, 143, "copl: terminated")])
+def test_ctrl_c_during_ray_train_is_an_interrupt(sig, code, line, corpus, tmp_path):
     """SIGINT while Ray Train trains: Ray's own handler aborted the run and `copl run` exited 1 with
-    no message; now the run stops as interrupted (exit 130, one line), keeping what it wrote."""
+    no message; now the run stops as interrupted (exit 130, one line), keeping what it wrote.
+    SIGTERM (`ray job stop`) likewise: it ended the process with status 15 and left the MLflow runs
+    RUNNING for ever; now exit 143, one line, the runs KILLED."""
     from interrupt import interrupt_copl
 
     out = tmp_path / "out"
@@ -477,11 +481,11 @@ def test_ctrl_c_during_ray_train_is_an_interrupt(corpus, tmp_path):
             "--workers", "1", "--iterations", "1", "--epochs", "2000", "--snippets", "32", "--no-progress",
             "--set", "train.batch_size=4", "--set", "model.hidden_dim=32", "--set", "train.shift_channels=64"]
     # Training is under way once an epoch's checkpoint exists.
-    code, err = interrupt_copl(args, lambda: bool(list((out / "ray_storage").glob("*/checkpoint_*"))))
-    assert code == 130, err[-2000:]
-    assert "copl: interrupted" in err.splitlines()  # Ray's teardown may still print after it
+    returned, err = interrupt_copl(args, lambda: bool(list((out / "ray_storage").glob("*/checkpoint_*"))), sig=sig)
+    assert returned == code, err[-2000:]
+    assert line in err.splitlines()  # Ray's teardown may still print after it
     assert list((out / "ray_storage").glob("*/checkpoint_*"))  # what it had written stays
-    # The MLflow runs ended KILLED, the run and its iteration (copl_dist/deferred_interrupt.py).
+    # The MLflow runs ended KILLED, the run and its iteration (copl_dist/interrupts.py).
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")

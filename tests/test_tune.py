@@ -524,7 +524,7 @@ def test_ctrl_c_stops_the_search_without_a_best_config(data, tmp_path):
     assert "copl: interrupted" in err
     assert not (out / "best_config.yaml").exists() and not (out / "tune_results.json").exists()
     # Its MLflow runs were ended: the search KILLED (Ctrl-C once left the SQLite store locked, and this
-    # write failed after 20 s: copl_dist/deferred_interrupt.py), no trial's run left RUNNING.
+    # write failed after 20 s: copl_dist/interrupts.py), no trial's run left RUNNING.
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")

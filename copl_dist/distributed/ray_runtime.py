@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 from copl_dist.errors import InputError
+from copl_dist.interrupts import sigterm_unwinds
 
 LOCALHOST = "127.0.0.1"
 _SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # false: Ray keeps a loopback node address
@@ -65,6 +66,7 @@ def ensure_ray(cfg_distributed: Any, num_cpus: int | None = None) -> None:
     address = ray_address(cfg_distributed)
     if address != "local":
         ray.init(address=address, log_to_driver=True)
+        sigterm_unwinds()  # Ray's core worker put a C++ handler over it (interrupts.py)
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # token auth guards a shared cluster, not this process's
     # Ray Train's preemption watcher reports nodes being drained (spot instances); this single local
@@ -73,6 +75,8 @@ def ensure_ray(cfg_distributed: Any, num_cpus: int | None = None) -> None:
     # user's own setting wins, and on a cluster the watcher stays on.
     os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
     _init_local_on_loopback(num_cpus)
+    sigterm_unwinds()  # Ray's core worker put a C++ handler over it (interrupts.py)
+
 
 
 def _init_local_on_loopback(num_cpus: int | None) -> None:

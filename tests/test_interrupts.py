@@ -1,5 +1,5 @@
-"""Ctrl-C held back across a critical section (copl_dist.deferred_interrupt), and what it is for:
-an MLflow store that a Ctrl-C interrupted still takes the run's end status."""
+"""Ctrl-C and SIGTERM held back across a critical section (copl_dist.interrupts), and what
+it is for: an MLflow store that a Ctrl-C interrupted still takes the run's end status."""
 
 import os
 import random
@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from copl_dist.deferred_interrupt import deferred_interrupt
+from copl_dist.interrupts import deferred_interrupt
 
 
 def _ctrl_c() -> None:
@@ -44,6 +44,42 @@ def test_the_previous_handler_gets_one_signal_through_nested_sections():
         assert got == [signal.SIGINT]
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_sigterm_is_held_too_and_each_signal_goes_on_once_in_order():
+    got = []
+    record = lambda signum, frame: got.append(signum)  # noqa: E731
+    previous = {s: signal.signal(s, record) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            _ctrl_c()
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert got == []
+        assert got == [signal.SIGTERM, signal.SIGINT]
+        assert signal.getsignal(signal.SIGTERM) is record and signal.getsignal(signal.SIGINT) is record
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def test_sigterm_ends_a_copl_command_as_terminated(tmp_path, monkeypatch, capsys):
+    """cli.main turns SIGTERM (`ray job stop`, an evicted pod) into SystemExit, so that the command
+    unwinds (its MLflow runs end KILLED), and ends it with one line and the shell's status 143."""
+    from copl_dist import cli
+
+    def terminated_midway(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the command")
+
+    monkeypatch.setattr(cli, "cmd_synth", terminated_midway)
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a fresh process (Ray's handler may be here)
+    try:
+        assert cli.main(["synth", str(tmp_path / "out")]) == 128 + signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # put back: a library caller keeps its own
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert capsys.readouterr().err == "copl: terminated\n"
 
 
 def test_an_ignored_ctrl_c_stays_ignored():
@@ -103,3 +139,18 @@ def test_ctrl_c_during_mlflow_writes_leaves_the_store_usable(tmp_path):
                                       f"tags.mlflow.parentRunId = '{tracker.parent_run_id}'")
         assert "RUNNING" not in [r.info.status for r in children]  # the Ctrl-C may fall in one or between two
         assert mlflow.active_run() is None
+
+
+def test_sigterm_unwinds_takes_the_default_and_leaves_a_callers_own_handler():
+    from copl_dist.interrupts import exit_on_sigterm, sigterm_unwinds
+
+    own = lambda signum, frame: None  # noqa: E731
+    previous = signal.signal(signal.SIGTERM, own)
+    try:
+        sigterm_unwinds()
+        assert signal.getsignal(signal.SIGTERM) is own
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        sigterm_unwinds()
+        assert signal.getsignal(signal.SIGTERM) is exit_on_sigterm
+    finally:
+        signal.signal(signal.SIGTERM, previous)
