@@ -78,7 +78,6 @@ def ensure_ray(cfg_distributed: Any, num_cpus: int | None = None) -> None:
     sigterm_unwinds()  # Ray's core worker put a C++ handler over it (interrupts.py)
 
 
-
 def _init_local_on_loopback(num_cpus: int | None) -> None:
     """ray.init(address="local") with every Ray server bound to 127.0.0.1.
 
