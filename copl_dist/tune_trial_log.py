@@ -81,10 +81,15 @@ def make_trial_log(max_iterations: int, mlflow_target: tuple[str, str, str] | No
                 return
             done = rec["history"][-1]["iteration"] if rec["history"] else 0
             rec["status"] = "error" if failed else ("completed" if done >= max_iterations else "stopped_early")
-            if self.client is not None:
-                with deferred_interrupt():
-                    self.client.set_tag(rec["mlflow_run_id"], "copl.status", rec["status"])
-                    self.client.set_terminated(rec["mlflow_run_id"], "FAILED" if failed else "FINISHED")
+            self._close(rec, "FAILED" if failed else "FINISHED")
+
+        def _close(self, rec: dict[str, Any], mlflow_status: str) -> None:
+            """The trial's MLflow run: its copl status as a tag, its end."""
+            if self.client is None or rec["mlflow_run_id"] is None:  # no store, or stopped before its run was created
+                return
+            with deferred_interrupt():
+                self.client.set_tag(rec["mlflow_run_id"], "copl.status", rec["status"])
+                self.client.set_terminated(rec["mlflow_run_id"], mlflow_status)
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._end(trial, failed=False)
@@ -98,12 +103,8 @@ def make_trial_log(max_iterations: int, mlflow_target: tuple[str, str, str] | No
                 if rec["status"] != "running":
                     continue
                 rec["status"] = "interrupted" if status == "KILLED" else "error"
-                if self.client is None or rec["mlflow_run_id"] is None:  # stopped before its run was created
-                    continue
                 try:
-                    with deferred_interrupt():
-                        self.client.set_tag(rec["mlflow_run_id"], "copl.status", rec["status"])
-                        self.client.set_terminated(rec["mlflow_run_id"], status)
+                    self._close(rec, status)
                 except Exception:  # noqa: BLE001  (the caller re-raises what stopped the search; this must not replace it)
                     pass
 
