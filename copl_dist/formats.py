@@ -27,7 +27,7 @@ from numpy.lib import format as npy_format
 
 from copl_dist.atomic import write_text
 from copl_dist.corpus import MANIFEST, Corpus, Segment, VideoRecord, write_corpus
-from copl_dist.errors import InputError
+from copl_dist.errors import InputError, parse_number
 
 WTALC_FEATURES_SUFFIX = "-I3D-JOINTFeatures.npy"
 WTALC_ANNOTATIONS_SUFFIX = "-Annotations"
@@ -327,7 +327,7 @@ def _parse_database(obj: Any, path: Path) -> list[AnnotatedVideo]:
                 )
             if not label.strip():
                 raise InputError(f"{where}: annotation {a!r} has an empty label")
-            start, end = (_number(x, f"{where}: segment value") for x in seg)
+            start, end = (parse_number(x, f"{where}: segment value") for x in seg)
             segments.append(Segment(str(vid), start, end, label))
         videos.append(AnnotatedVideo(str(vid), subset, duration, tuple(segments)))
     return videos
@@ -341,7 +341,7 @@ def check_video_id(vid: str, where: str) -> None:
 
 
 def _duration(value: Any, where: str) -> float:
-    duration = _number(value, f"{where}: duration")
+    duration = parse_number(value, f"{where}: duration")
     # NaN fails every comparison and Inf passes `> 0`: either would reach training as a time scale.
     if not math.isfinite(duration):
         raise InputError(f"{where}: duration {duration} is not finite")
@@ -351,22 +351,12 @@ def _duration(value: Any, where: str) -> float:
 
 
 def _scalar(value: Any) -> Any:
-    """A numpy element as a plain Python value (bytes decoded), for _number and for messages."""
+    """A numpy element as a plain Python value (bytes decoded), for parse_number and for messages."""
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     return value
-
-
-def _number(value: Any, what: str) -> float:
-    # ASL/AICL/UM's gt.json writes segment times as strings ("12.3").
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise InputError(f"{what} {value!r} is not a number")
-    try:
-        return float(value)
-    except ValueError:
-        raise InputError(f"{what} {value!r} is not a number") from None
 
 
 def _find_wtalc(src: Path) -> tuple[Path, Path] | None:
@@ -439,7 +429,7 @@ def load_wtalc_annotations(
             values = np.asarray(seg, dtype=object).reshape(-1)
             if values.size != 2:
                 raise InputError(f"{where}: segment {seg!r} is not [start, end]")
-            start, end = (_number(_scalar(x), f"{where}: segment value") for x in values)
+            start, end = (parse_number(_scalar(x), f"{where}: segment value") for x in values)
             segments.append(Segment(vid, start, end, label))
         duration = _duration(_scalar(durations[i]), f"{ann_dir / 'duration.npy'}: video '{vid}'")
         videos.append(AnnotatedVideo(vid, subsets[i], duration, tuple(segments)))
@@ -531,7 +521,7 @@ def read_detections(path: str | os.PathLike[str]) -> dict[str, Any]:
                 raise InputError(
                     f"{where}: detection {d!r} lacks 'segment': [start, end] or 'label'"
                 )
-            out.append({"segment": [_number(x, f"{where}: segment value") for x in seg],
-                        "label": d["label"], "score": _number(d.get("score"), f"{where}: score")})
+            out.append({"segment": [parse_number(x, f"{where}: segment value") for x in seg],
+                        "label": d["label"], "score": parse_number(d.get("score"), f"{where}: score")})
         results[str(vid)] = out
     return {"results": results}

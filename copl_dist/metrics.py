@@ -24,7 +24,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from copl_dist.errors import InputError
+from copl_dist.errors import InputError, parse_number
 
 # The one class of class-agnostic mAP (detection_map(class_agnostic=True)).
 AGNOSTIC_LABEL = "action"
@@ -141,16 +141,6 @@ def _parse_thresholds(tiou_thresholds: Iterable[str | float]) -> list[tuple[str,
     return parsed
 
 
-def _number(value: Any, what: str) -> float:
-    # As the importer (formats._number): numbers, or numeric strings as in THUMOS gt.json.
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise InputError(f"{what} {value!r} is not a number")
-    try:
-        return float(value)
-    except ValueError:
-        raise InputError(f"{what} {value!r} is not a number") from None
-
-
 def _segment(value: Any, label: str, where: str, ground_truth: bool) -> tuple[float, float]:
     """[start, end] (numbers or numeric strings) -> floats; InputError naming `where` otherwise.
 
@@ -163,7 +153,7 @@ def _segment(value: Any, label: str, where: str, ground_truth: bool) -> tuple[fl
     # A list or tuple only: iterating the string "12" would read it as [1, 2].
     if not isinstance(value, (list, tuple)) or len(value) != 2:
         raise InputError(f"{where}: segment {value!r} ({label}) is not [start, end]")
-    start, end = (_number(v, f"{where}: segment value") for v in value)
+    start, end = (parse_number(v, f"{where}: segment value") for v in value)
     seg = f"{where}: segment [{start}, {end}] ({label})"
     if not (math.isfinite(start) and math.isfinite(end)):
         raise InputError(f"{seg} is not finite")
@@ -242,7 +232,7 @@ def _detection_map(
             label = str(det["label"])
             # Checked before the label is looked at: a bad line is an error whatever its class.
             segment = _segment(det["segment"], label, where, ground_truth=False)
-            score = _number(det["score"], f"{where}: score")
+            score = parse_number(det["score"], f"{where}: score")
             if not math.isfinite(score):
                 raise InputError(f"{where}: score {det['score']!r} is not finite")
             label = AGNOSTIC_LABEL if class_agnostic else label
