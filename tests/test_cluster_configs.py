@@ -36,6 +36,8 @@ def test_cluster_launcher_files(name, provider):
     assert cfg["docker"]["image"].startswith("rayproject/ray:")
     # The dashboard (job API, no authentication) stays on the head's loopback: `ray dashboard FILE`.
     assert not any("0.0.0.0" in c for c in cfg["head_start_ray_commands"])
+    # `ray job stop` gives a job 30 s, not 3, between SIGTERM and SIGKILL (the supervisors' head's env).
+    assert any(c.startswith("RAY_JOB_STOP_WAIT_TIME_S=30 ray start --head") for c in cfg["head_start_ray_commands"])
 
 
 def test_kuberay_manifests():
@@ -46,7 +48,7 @@ def test_kuberay_manifests():
     assert worker["minReplicas"] >= 1
     job = _load("kuberay-rayjob.yaml")
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
-    assert job["spec"]["entrypoint"].startswith("python -m copl_dist run ")
+    assert job["spec"]["entrypoint"].startswith("exec python -m copl_dist run ")
     job_env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
     assert job_env["env_vars"]["MLFLOW_TRACKING_URI"].startswith("http")
     assert job_env["pip"] == _load("runtime_env.yaml")["pip"]
@@ -56,6 +58,7 @@ def test_kuberay_manifests():
         head = spec["headGroupSpec"]
         assert head["rayStartParams"]["num-gpus"] == "0"  # the head's GPU is the driver's, not Ray's
         assert head["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert {"name": "RAY_JOB_STOP_WAIT_TIME_S", "value": "30"} in head["template"]["spec"]["containers"][0]["env"]
 
 
 def test_runtime_env_is_valid_for_ray_and_follows_pyproject():

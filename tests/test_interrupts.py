@@ -82,6 +82,24 @@ def test_sigterm_ends_a_copl_command_as_terminated(tmp_path, monkeypatch, capsys
     assert capsys.readouterr().err == "copl: terminated\n"
 
 
+@pytest.mark.parametrize("code, frozen", [(130, True), (143, True), (0, False), (2, False)])
+def test_the_process_skips_its_final_gc_only_after_a_signal(monkeypatch, code, frozen):
+    """cli.entry (the `copl` script, `python -m copl_dist`) exits with main's status, and after Ctrl-C
+    or SIGTERM freezes the heap so that the interpreter's last collection (2 s here) does not eat
+    `ray job stop`'s grace; a finished or failed command exits as usual."""
+    import gc
+
+    from copl_dist import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "main", lambda: code)
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))  # the real one would leak this process's heap
+    with pytest.raises(SystemExit) as exit_:
+        cli.entry()
+    assert exit_.value.code == code
+    assert calls == (["freeze"] if frozen else [])
+
+
 def test_an_ignored_ctrl_c_stays_ignored():
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:

@@ -3,36 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
+import sqlite3
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
+from ray_head import BIN, ROOT, ray_env, shipped_runtime_env, start_head, stop_head
 from tiny_corpus import tiny_synthetic
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_ports(n: int) -> list[int]:
-    # All held open at once, so that the kernel cannot hand the same port out twice.
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _listening_addresses(port: int) -> set[str]:
@@ -55,70 +37,31 @@ def _listening_addresses(port: int) -> set[str]:
     return found
 
 
-def _shipped_runtime_env(tmp_path: Path) -> Path:
-    """cluster_configs/runtime_env.yaml less its pip list (no package index here; the venv has the
-    packages) and env_vars (its MLflow server is not here): the working_dir and its excludes."""
-    shipped = yaml.safe_load((ROOT / "cluster_configs" / "runtime_env.yaml").read_text())
-    env_file = tmp_path / "runtime_env.yaml"
-    env_file.write_text(yaml.safe_dump({k: shipped[k] for k in ("working_dir", "excludes")}))
-    return env_file
-
-
-def _env() -> dict[str, str]:
-    # `ray job submit` runs the entrypoint with the Python active at `ray start`: this venv's. The
-    # suite's COPL_WORKERS=0 (conftest) is not passed on: the job trains as a user's would, on Ray
-    # Train workers of the cluster it joins.
-    return {
-        **{k: v for k, v in os.environ.items() if k != "COPL_WORKERS"},
-        "RAY_AUTH_MODE": "disabled",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        # Else Ray swaps --node-ip-address=127.0.0.1 for the machine's outward address on Linux and
-        # its servers listen there (see ray_runtime._init_local_on_loopback).
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONWARNINGS": "ignore",
-    }
+def _copl_run(data: Path, out: Path, storage: Path, iterations: int, epochs: int) -> list[str]:
+    """A job's entrypoint: `copl run` on a tiny corpus, as in the working_dir the job ships."""
+    return ["python", "-m", "copl_dist", "run", "--data", str(data), "--out", str(out),
+            "--iterations", str(iterations), "--epochs", str(epochs), "--snippets", "32", "--no-progress",
+            "--set", "train.batch_size=4", "--set", "model.hidden_dim=32", "--set", "train.shift_channels=64",
+            "--set", f"distributed.storage_path={storage}"]
 
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    """A Ray head on 127.0.0.1 in its own process group, so stopping it touches no other Ray."""
-    temp_dir = Path("/tmp") / f"copl-ray-{os.getpid()}"  # Ray's socket paths must stay short
-    gcs, dashboard = _free_ports(2)
-    log = tmp_path_factory.mktemp("ray") / "head.log"
-    head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-         "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-        env=_env(), start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT,
-    )
-    address = f"http://127.0.0.1:{dashboard}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{address}/api/version", timeout=2)
-            break
-        except OSError:
-            if time.time() > deadline or head.poll() is not None:
-                os.killpg(head.pid, signal.SIGKILL)
-                pytest.fail(f"Ray head did not come up: {log.read_text()[-2000:]}")
-            time.sleep(1)
-    yield address, gcs
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(timeout=90)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait()
+    # A grace of 30 s between `ray job stop`'s SIGTERM and its SIGKILL (3 s by default), so that the
+    # stop test checks that copl exits by itself, not how fast on a loaded machine (that is measured
+    # by docs/bench/job-stop/measure.py).
+    head = start_head(tmp_path_factory.mktemp("ray") / "head.log", RAY_JOB_STOP_WAIT_TIME_S="30")
+    yield head
+    stop_head(head)
 
 
 def test_job_runs_the_shipped_working_dir(ray_head, tmp_path):
     """The job imports copl_dist from the uploaded working_dir, not from this venv's install."""
-    env_file = _shipped_runtime_env(tmp_path)
+    env_file = shipped_runtime_env(tmp_path)
     proc = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", ray_head[0], "--runtime-env", str(env_file), "--",
+        [str(BIN / "ray"), "job", "submit", "--address", ray_head.address, "--runtime-env", str(env_file), "--",
          "python", "-c", "import copl_dist; print('COPL_DIST_AT', copl_dist.__file__)"],
-        env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env=ray_env(), cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     where = next(line.split()[-1] for line in proc.stdout.splitlines() if line.startswith("COPL_DIST_AT"))
@@ -126,8 +69,7 @@ def test_job_runs_the_shipped_working_dir(ray_head, tmp_path):
 
 
 def test_head_listens_on_loopback_only(ray_head):
-    _, gcs = ray_head
-    assert _listening_addresses(gcs) == {"127.0.0.1"}
+    assert _listening_addresses(ray_head.gcs_port) == {"127.0.0.1"}
 
 
 @pytest.mark.timeout(900)  # the submit's own limit below, not pytest's default 600 s
@@ -139,16 +81,11 @@ def test_ray_job_submit_copl_run(ray_head, tmp_path):
     data = tmp_path / "data"
     tiny_synthetic(data, videos=8, seed=0)
     out = tmp_path / "out"
-    env_file = _shipped_runtime_env(tmp_path)
-    entry = [
-        "python", "-m", "copl_dist", "run", "--data", str(data), "--out", str(out), "--iterations", "2",
-        "--epochs", "2", "--snippets", "32", "--no-progress", "--has-actors", "1", "--set", "train.batch_size=4",
-        "--set", "model.hidden_dim=32", "--set", "train.shift_channels=64",
-        "--set", f"distributed.storage_path={tmp_path / 'ray_storage'}",
-    ]
+    env_file = shipped_runtime_env(tmp_path)
+    entry = [*_copl_run(data, out, tmp_path / "ray_storage", iterations=2, epochs=2), "--has-actors", "1"]
     proc = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", ray_head[0], "--runtime-env", str(env_file), "--", *entry],
-        env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=900,
+        [str(BIN / "ray"), "job", "submit", "--address", ray_head.address, "--runtime-env", str(env_file), "--", *entry],
+        env=ray_env(), cwd=ROOT, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout + proc.stderr
@@ -156,7 +93,7 @@ def test_ray_job_submit_copl_run(ray_head, tmp_path):
     # HAS voted in an actor of the cluster (the state API keeps finished jobs' actors).
     from ray.util.state import list_actors
 
-    has_actors = list_actors(address=ray_head[0], filters=[("class_name", "=", "HASActor")], raise_on_missing_output=False)
+    has_actors = list_actors(address=ray_head.address, filters=[("class_name", "=", "HASActor")], raise_on_missing_output=False)
     assert len(has_actors) == 1
     # Trained on the cluster's Ray Train workers, one fit per iteration, not in the job's process.
     assert "workers: -1" in (out / "config.yaml").read_text()
@@ -177,3 +114,56 @@ def test_ray_job_submit_copl_run(ray_head, tmp_path):
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(runs) == 3  # parent + one nested run per iteration
+
+
+def _run_statuses(db: Path) -> list[tuple[str, str]]:
+    """(run name, status) of every MLflow run in a SQLite store that a job may be writing to."""
+    if not db.exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            return sorted(conn.execute("SELECT name, status FROM runs").fetchall())
+    except sqlite3.OperationalError:  # the tables are not there yet, or a write holds the lock
+        return []
+
+
+@pytest.mark.timeout(900)
+def test_ray_job_stop_ends_the_run_as_terminated(ray_head, tmp_path):
+    """`ray job stop` during Ray Train training: Ray's job supervisor sends SIGTERM to the entrypoint
+    and SIGKILLs it after a grace. Before, copl died there with the MLflow runs RUNNING for ever (or,
+    after ray.init, aborted with Ray's stack dump); now it exits by itself within the grace, says
+    `copl: terminated` and ends its runs KILLED, and the job is STOPPED."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    data, out, storage = tmp_path / "data", tmp_path / "out", tmp_path / "ray_storage"
+    tiny_synthetic(data, videos=8, seed=0)
+    job_id = f"copl-stop-{tmp_path.name}"
+    submit = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--no-wait", "--address", ray_head.address, "--submission-id", job_id,
+         "--runtime-env", str(shipped_runtime_env(tmp_path)), "--",
+         "exec", *_copl_run(data, out, storage, iterations=3, epochs=500)],  # as the README submits it
+        env=ray_env(), cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-2000:]
+    client = JobSubmissionClient(ray_head.address)
+    deadline = time.time() + 400
+    # Under way: Ray Train has written an epoch's checkpoint of iteration 0.
+    while not list(storage.glob("*/checkpoint_*")):
+        status = client.get_job_status(job_id)
+        assert not status.is_terminal(), f"{status}: {client.get_job_logs(job_id)[-3000:]}"
+        assert time.time() < deadline, client.get_job_logs(job_id)[-3000:]
+        time.sleep(1)
+    assert ("iteration-0", "RUNNING") in _run_statuses(out / "mlflow.db")
+
+    stop = subprocess.run([str(BIN / "ray"), "job", "stop", "--address", ray_head.address, job_id],
+                          env=ray_env(), capture_output=True, text=True, timeout=300)
+    assert stop.returncode == 0, stop.stdout[-2000:] + stop.stderr[-2000:]
+    assert client.get_job_status(job_id) == JobStatus.STOPPED
+    logs = client.get_job_logs(job_id).splitlines()
+    assert "copl: terminated" in logs, logs[-40:]
+    assert not [line for line in logs if line.startswith("Traceback")], logs[-40:]
+    # It exited by itself on SIGTERM, before the supervisor's SIGKILL.
+    assert ray_head.logs_mentioning(f"Job {job_id} has been terminated gracefully with SIGTERM")
+    assert not ray_head.logs_mentioning(f"{job_id} through SIGTERM has timed out")
+    assert _run_statuses(out / "mlflow.db") == [("iteration-0", "KILLED"), ("thumos14-utal-seed0", "KILLED")]
+    assert list(storage.glob("*/checkpoint_*"))  # what it had written stays
