@@ -437,11 +437,11 @@ def main(argv: list[str] | None = None) -> int:
 def entry() -> None:
     """The `copl` script and `python -m copl_dist`: main(), then the process's exit."""
     code = main()
-    if code in (130, 128 + signal.SIGTERM):
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
         # Stopped by a signal: skip the interpreter's final garbage collection of a heap holding
         # torch, Ray and MLflow (2 s here, measured), so that `ray job stop`'s 3 s before its SIGKILL
-        # cover Ray's disconnect. Only here, at the process's end: frozen objects are never freed.
-        # atexit handlers (ray.shutdown) still run.
+        # cover Ray's disconnect. Only here, at the process's end: the cycle collector never visits
+        # frozen objects again. atexit handlers (ray.shutdown, MLflow's) still run.
         gc.freeze()
     sys.exit(code)
 

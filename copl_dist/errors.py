@@ -1,4 +1,4 @@
-"""The one exception type for bad user input.
+"""The one exception type for bad user input, and the reading of numbers from users' JSON that raises it.
 
 The command line turns an `InputError` into one line on stderr and exit status 2, with no traceback.
 Its message must name the file or video at fault and the problem, e.g.

@@ -15,6 +15,8 @@ copl with the interpreter's final garbage collection back (gc.freeze made a no-o
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -57,6 +59,8 @@ def _submit(head, work: Path, job_id: str, command: list[str]) -> tuple[Path, in
             raise RuntimeError(f"{job_id}: no checkpoint after 400 s")
         time.sleep(0.5)
     found = subprocess.run(["pgrep", "-f", "--", f"--out {out} "], capture_output=True, text=True).stdout.split()
+    if not found:
+        raise RuntimeError(f"{job_id}: its driver is not running")
     return out, max(int(p) for p in found)  # the driver (python), not a shell that may wrap it
 
 
@@ -75,8 +79,8 @@ def main() -> None:
             for rep in range(repeats):
                 for v, (name, command) in enumerate(VARIANTS.items()):
                     _, pid = _submit(head, work, f"sigterm-{rep}-{v}", command)
-                    subprocess.run(["kill", "-TERM", str(pid)], check=True)
                     start = time.perf_counter()
+                    os.kill(pid, signal.SIGTERM)
                     while _alive(pid):
                         time.sleep(0.02)
                     exit_s[name].append(time.perf_counter() - start)
@@ -84,7 +88,11 @@ def main() -> None:
                     _submit(head, work, job_id, command)
                     subprocess.run([str(BIN / "ray"), "job", "stop", "--address", head.address, job_id],
                                    env=ray_env(), check=True, capture_output=True, timeout=300)
-                    graceful[name].append(bool(head.logs_mentioning(f"Job {job_id} has been terminated gracefully")))
+                    exited = bool(head.logs_mentioning(f"Job {job_id} has been terminated gracefully"))
+                    killed = bool(head.logs_mentioning(f"{job_id} through SIGTERM has timed out"))
+                    if exited == killed:
+                        raise RuntimeError(f"{job_id}: the supervisor's log says neither or both")
+                    graceful[name].append(exited)
                     print(f"repeat {rep} {name}: SIGTERM -> exit {exit_s[name][-1]:.2f} s; `ray job stop`: "
                           f"{'exited by itself' if graceful[name][-1] else 'SIGKILLed after 3 s'}", flush=True)
         finally:
