@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from copl_dist import engine
+from copl_dist.distributed import checkpoint_staging
 from copl_dist.distributed.ray_runtime import ensure_ray, ray_address, resolve_workers
 from copl_dist.errors import InputError
 
@@ -80,6 +81,7 @@ def ray_worker_loop(config: dict[str, Any]) -> None:
     import ray.train
 
     _quiet_ray_train_reports()
+    checkpoint_staging.remove_stale()  # left by workers killed inside a report
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as path:
@@ -119,9 +121,9 @@ def ray_worker_loop(config: dict[str, Any]) -> None:
         if state is None:
             ray.train.report(metrics, checkpoint=None)
             return
-        with tempfile.TemporaryDirectory(prefix="copl-ckpt-") as tmp:
-            _save_state(state, Path(tmp) / CHECKPOINT_FILE)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        with checkpoint_staging.staging_dir() as tmp:
+            _save_state(state, tmp / CHECKPOINT_FILE)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)))
 
     engine.train_loop_per_worker(config, report=_report, on_step=_on_step if kill_step is not None else None)
     # Nothing returned: the driver reads the final checkpoint rather than shipping weights twice.
