@@ -43,7 +43,8 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _submit(head, work: Path, job_id: str, command: list[str]) -> tuple[Path, int]:
+def _submit(head, work: Path, job_id: str, command: list[str]) -> int:
+    """Submit `copl run` as job `job_id`; once Ray Train has checkpointed, the driver's process id."""
     data, out = work / "data", work / job_id
     storage = out / "ray_storage"
     args = [*command, "run", "--data", str(data), "--out", str(out), "--iterations", "3", "--epochs", "500",
@@ -61,7 +62,7 @@ def _submit(head, work: Path, job_id: str, command: list[str]) -> tuple[Path, in
     found = subprocess.run(["pgrep", "-f", "--", f"--out {out} "], capture_output=True, text=True).stdout.split()
     if not found:
         raise RuntimeError(f"{job_id}: its driver is not running")
-    return out, max(int(p) for p in found)  # the driver (python), not a shell that may wrap it
+    return max(int(p) for p in found)  # the driver (python), not a shell that may wrap it
 
 
 def main() -> None:
@@ -78,7 +79,7 @@ def main() -> None:
         try:
             for rep in range(repeats):
                 for v, (name, command) in enumerate(VARIANTS.items()):
-                    _, pid = _submit(head, work, f"sigterm-{rep}-{v}", command)
+                    pid = _submit(head, work, f"sigterm-{rep}-{v}", command)
                     start = time.perf_counter()
                     os.kill(pid, signal.SIGTERM)
                     while _alive(pid):
