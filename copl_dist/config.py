@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import yaml
 
-from copl_dist.errors import InputError
+from copl_dist.common.errors import InputError
 
 
 @dataclass

@@ -17,7 +17,7 @@ def interrupt_copl(args: list[str], under_way: Callable[[], bool], drop_env: tup
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", *drop_env)}
     # SIGINT at its default, as from a terminal: a process started with it ignored (children of a
     # background job are) rightly ignores it; seen when the suite itself ran in the background.
-    proc = subprocess.Popen([sys.executable, "-m", "copl_dist.cli", *args], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "copl_dist", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:

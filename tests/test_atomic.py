@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
-from copl_dist.atomic import atomic_path, default_dir_mode, write_json
-from copl_dist.synth import make_synthetic
+from copl_dist.common.atomic import atomic_path, default_dir_mode, write_json
+from copl_dist.data.synth import make_synthetic
 
 
 @pytest.fixture

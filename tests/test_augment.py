@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from copl_dist.augment import temporal_feature_shift
+from copl_dist.method.augment import temporal_feature_shift
 
 
 def _features(B: int = 2, T: int = 6, D: int = 16) -> torch.Tensor:

@@ -316,8 +316,8 @@ def test_console_script_exit_status_and_no_traceback(tmp_path):
 def test_bad_input_found_once_the_run_is_under_way_keeps_its_progress(tiny_data, tmp_path, capsys, monkeypatch):
     """Bad input that only shows mid-run (say, on a Ray worker) ends with one line like any other, but
     what the run had written (metrics so far, the tracking store) stays, as after any failure."""
-    from copl_dist import pipeline
-    from copl_dist.errors import InputError
+    from copl_dist.run import driver as pipeline
+    from copl_dist.common.errors import InputError
 
     def fail_mid_run(self):
         self.on_iteration([])  # what an iteration writes: metrics.json
@@ -334,7 +334,7 @@ def test_mlflow_store_in_a_path_with_uri_characters(tmp_path, capsys):
     """A "#" or "%" in the store's path: the read-only check must open that file, not a cut-off one."""
     import mlflow
 
-    from copl_dist.tracking import check_sqlite_store
+    from copl_dist.tracking.runs import check_sqlite_store
 
     folder = tmp_path / "exp#1 %a"
     folder.mkdir()

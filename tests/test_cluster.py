@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from copl_dist.cluster import (
+from copl_dist.cluster.exact import (
     canonical_labels,
-    cluster_videos,
     gaussian_affinity,
     pairwise_distances,
     plri_scores,
     plri_split,
     spectral_clustering,
 )
+from copl_dist.cluster.videos import cluster_videos
 
 TRIANGLE = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]])  # distances 3, 4, 5
 
@@ -158,7 +158,7 @@ def test_plri_matches_loop_reference():
 
 
 def test_exact_path_labels_do_not_depend_on_the_seed_on_overlapping_clusters():
-    from copl_dist.bench_cluster import make_cluster_features
+    from copl_dist.bench.cluster import make_cluster_features
 
     F, _ = make_cluster_features(1000, 64, 20, seed=0, separation=1.0)
     W = gaussian_affinity(F)

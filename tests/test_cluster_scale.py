@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from copl_dist import cluster, cluster_scale
-from copl_dist.bench_cluster import add_arguments, make_cluster_features, run
-from copl_dist.cluster import cluster_videos, gaussian_affinity, pairwise_distances, plri_scores
-from copl_dist.cluster_scale import (
+from copl_dist.cluster import exact as cluster, scale as cluster_scale
+from copl_dist.bench.cluster import add_arguments, make_cluster_features, run
+from copl_dist.cluster.videos import cluster_videos
+from copl_dist.cluster.exact import gaussian_affinity, pairwise_distances, plri_scores
+from copl_dist.cluster.scale import (
     graph_neighbours,
     cluster_videos_scale,
     estimate_sigma,
@@ -21,9 +22,9 @@ from copl_dist.cluster_scale import (
     sparse_gaussian_affinity,
     spectral_labels,
 )
-from copl_dist.knn import knn_recall, knn_search, pca_project
-from copl_dist.plri_scale import plri_scores_blocked, plri_scores_sampled
-from copl_dist.errors import InputError
+from copl_dist.cluster.knn import knn_recall, knn_search, pca_project
+from copl_dist.cluster.plri_scale import plri_scores_blocked, plri_scores_sampled
+from copl_dist.common.errors import InputError
 
 
 def _blobs(sizes, dim=16, spread=0.05, seed=0):
@@ -256,7 +257,7 @@ def test_sampled_plri_error_covers_an_undersampled_nearest_cluster():
 
 def test_plri_kernel_sums_in_torch_equal_numpy(monkeypatch):
     """The device path (torch; here on the CPU, on a GPU in test_gpu.py) computes what numpy does."""
-    from copl_dist import plri_scale
+    from copl_dist.cluster import plri_scale
 
     device_blocks = []
     real_block = plri_scale._KernelSums._device_block
@@ -432,7 +433,7 @@ def test_cluster_videos_dispatches_by_exact_max_n(monkeypatch):
 def test_run_config_reaches_the_dispatch(monkeypatch):
     """`copl run`'s cluster.* keys are what cluster_videos dispatches on (pipeline.cluster_scale_options)."""
     from copl_dist.config import resolve
-    from copl_dist.pipeline import cluster_scale_options
+    from copl_dist.run.driver import cluster_scale_options
 
     assert resolve().cluster.exact_max_n == 10000  # the dense path's N^2 memory: ~3.3 GB at 10,000 (2048 dims)
     cfg = resolve(sets=["cluster.exact_max_n=119", "cluster.knn=12", "cluster.knn_pca=0",

@@ -3,7 +3,7 @@ import torch
 import yaml
 
 from copl_dist.config import PRESETS, config_hash, flatten, from_dict, resolve, to_dict, to_yaml
-from copl_dist.errors import InputError
+from copl_dist.common.errors import InputError
 
 
 def test_presets_follow_the_paper():
@@ -75,7 +75,7 @@ def test_flatten():
 
 
 def test_train_device_values():
-    from copl_dist.engine import resolve_device
+    from copl_dist.method.engine import resolve_device
 
     for ok in ("auto", "cpu", "cuda", "cuda:1"):
         assert resolve(sets=[f"train.device={ok}"]).train.device == ok
@@ -184,7 +184,7 @@ def test_boundary_values_the_code_supports_are_accepted(key, good):
 
 
 def test_every_float_key_refuses_nan_and_inf():
-    from copl_dist.tune_space import leaf_types
+    from copl_dist.tune.space import leaf_types
 
     floats = [k for k, hint in leaf_types().items() if hint in (float, list[float])]
     assert "train.lr" in floats and "inference.thetas" in floats

@@ -14,8 +14,8 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
 
-from copl_dist.corpus import Corpus, Segment, VideoRecord, write_corpus, write_table
-from copl_dist.errors import InputError
+from copl_dist.data.corpus import Corpus, Segment, VideoRecord, write_corpus, write_table
+from copl_dist.common.errors import InputError
 
 D = 8
 

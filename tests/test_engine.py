@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from copl_dist.baseline import assign_to_centroids, cluster_centroids, novelty
-from copl_dist.engine import (
+from copl_dist.method.baseline import assign_to_centroids, cluster_centroids, novelty
+from copl_dist.method.engine import (
     LOSS_KEYS,
     LocalVoter,
     batch_scales,
@@ -12,7 +12,7 @@ from copl_dist.engine import (
     sample_indices,
     train_loop_per_worker,
 )
-from copl_dist.seeding import derive_seed
+from copl_dist.common.seeding import derive_seed
 
 
 def test_sample_indices_long_video_one_per_bin():
@@ -96,7 +96,7 @@ def test_training_clears_a_voters_stale_votes(tmp_path):
     """A voter that outlives a failed attempt (HAS actors) must not carry its votes into the restart:
     training with a voter holding stale votes ends with the votes of a fresh one."""
     from copl_dist.config import resolve, to_dict
-    from copl_dist.formats import import_dataset
+    from copl_dist.data.formats import import_dataset
     from tiny_corpus import tiny_synthetic
 
     cfg = resolve("thumos14", overrides={"train.epochs": 1, "train.batch_size": 4, "data.snippets": 32,

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from copl_dist.errors import InputError
-from copl_dist.metrics import detection_map, evaluate_files, format_table
+from copl_dist.common.errors import InputError
+from copl_dist.method.metrics import detection_map, evaluate_files, format_table
 from test_metrics import _toy
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from copl_dist.corpus import Corpus, Segment
-from copl_dist.errors import InputError
-from copl_dist.formats import (
+from copl_dist.data.corpus import Corpus, Segment
+from copl_dist.common.errors import InputError
+from copl_dist.data.formats import (
     clip_segments,
     import_dataset,
     load_ground_truth,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from copl_dist.has import (
+from copl_dist.method.has import (
     binarize_by_median,
     consistent_actionness,
     global_feature,

@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM held back across a critical section (copl_dist.interrupts), and what
+"""Ctrl-C and SIGTERM held back across a critical section (copl_dist.common.interrupts), and what
 it is for: an MLflow store that a Ctrl-C interrupted still takes the run's end status."""
 
 import os
@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from copl_dist.interrupts import deferred_interrupt
+from copl_dist.common.interrupts import deferred_interrupt
 
 
 def _ctrl_c() -> None:
@@ -66,7 +66,7 @@ def test_sigterm_is_held_too_and_each_signal_goes_on_once_in_order():
 def test_sigterm_ends_a_copl_command_as_terminated(tmp_path, monkeypatch, capsys):
     """cli.main turns SIGTERM (`ray job stop`, an evicted pod) into SystemExit, so that the command
     unwinds (its MLflow runs end KILLED), and ends it with one line and the shell's status 143."""
-    from copl_dist import cli
+    from copl_dist.cli import app as cli
 
     def terminated_midway(args):
         os.kill(os.getpid(), signal.SIGTERM)
@@ -89,7 +89,7 @@ def test_the_process_skips_its_final_gc_only_after_a_signal(monkeypatch, code, f
     `ray job stop`'s grace; a finished or failed command exits as usual."""
     import gc
 
-    from copl_dist import cli
+    from copl_dist.cli import app as cli
 
     calls = []
     monkeypatch.setattr(cli, "main", lambda: code)
@@ -135,7 +135,7 @@ def test_ctrl_c_during_mlflow_writes_leaves_the_store_usable(tmp_path):
     import mlflow
 
     from copl_dist.config import resolve
-    from copl_dist.tracking import Tracker
+    from copl_dist.tracking.runs import Tracker
 
     cfg = resolve("thumos14")
     rng = random.Random(0)
@@ -160,7 +160,7 @@ def test_ctrl_c_during_mlflow_writes_leaves_the_store_usable(tmp_path):
 
 
 def test_sigterm_unwinds_takes_the_default_and_leaves_a_callers_own_handler():
-    from copl_dist.interrupts import exit_on_sigterm, sigterm_unwinds
+    from copl_dist.common.interrupts import exit_on_sigterm, sigterm_unwinds
 
     own = lambda signum, frame: None  # noqa: E731
     previous = signal.signal(signal.SIGTERM, own)

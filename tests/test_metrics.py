@@ -8,16 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from copl_dist.errors import InputError
-from copl_dist.metrics import (
-    ari,
-    average_precision,
-    detection_map,
-    hungarian_mapping,
-    nmi,
-    purity,
-    tiou,
-)
+from copl_dist.common.errors import InputError
+from copl_dist.method.metrics import ari, average_precision, detection_map, hungarian_mapping, nmi, purity, tiou
 
 # ---------------------------------------------------------------------------------------------
 # Reference: a literal port of activitynet/ActivityNet Evaluation/utils.py (segment_iou,
@@ -461,7 +453,7 @@ def test_hungarian_mapping_is_one_to_one_then_majority():
 
 
 def test_snippet_mask_and_auc_by_hand():
-    from copl_dist.metrics import snippet_auc, snippet_mask
+    from copl_dist.method.metrics import snippet_auc, snippet_mask
 
     # 10 snippets over 20 s: [3, 7] s touches snippets 1..3 (2-4, 4-6, 6-8 s)
     assert snippet_mask([(3.0, 7.0)], 20.0, 10).tolist() == [0, 1, 1, 1, 0, 0, 0, 0, 0, 0]

@@ -104,7 +104,7 @@ def server(tmp_path_factory):
 def test_run_over_http_and_server_stops(server, tmp_path, monkeypatch):
     import mlflow
 
-    from copl_dist.registry import load_registered_teacher, promote
+    from copl_dist.tracking.registry import load_registered_teacher, promote
 
     url = server["url"]
     data = tmp_path / "data"

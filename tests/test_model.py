@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from copl_dist.model import IOCNet, ema_update, make_teacher, selection_score, topl_count, video_scores
+from copl_dist.method.model import IOCNet, ema_update, make_teacher, selection_score, topl_count, video_scores
 
 
 def test_forward_shapes_and_attention_equations():

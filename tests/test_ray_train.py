@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from copl_dist import engine
+from copl_dist.method import engine
 from copl_dist.config import resolve
-from copl_dist.errors import InputError
-from copl_dist.formats import import_dataset
-from copl_dist.pipeline import CoplRun, default_train_fn
-from copl_dist.synth import make_synthetic
+from copl_dist.common.errors import InputError
+from copl_dist.data.formats import import_dataset
+from copl_dist.run.driver import CoplRun, default_train_fn
+from copl_dist.data.synth import make_synthetic
 
 # All videos pseudo-labelled (no PLRI) and no dropout: then 1 and 2 workers compute the same loss
 # (module docstring of test_one_and_two_workers_same_losses).
@@ -102,7 +102,7 @@ def test_ray_address_order(monkeypatch):
 
 
 def test_copl_run_workers_default(monkeypatch, tmp_path):
-    from copl_dist import cli
+    from copl_dist.cli import app as cli
 
     def workers(*argv):
         return cli._run_workers(cli.build_parser().parse_args(["run", *argv]))
@@ -455,7 +455,7 @@ def test_copl_run_on_the_local_ray_prints_no_preemption_watcher_error(corpus, tm
     import sys
 
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")}
-    argv = [sys.executable, "-m", "copl_dist.cli", "run", "--data", str(corpus.root), "--out", str(tmp_path / "out"),
+    argv = [sys.executable, "-m", "copl_dist", "run", "--data", str(corpus.root), "--out", str(tmp_path / "out"),
             "--workers", "1", "--iterations", "1", "--epochs", "1", "--snippets", "32", "--no-progress",
             "--set", "train.batch_size=4", "--set", "model.hidden_dim=32", "--set", "train.shift_channels=64",
             "--set", "tracking.enabled=false"]

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from copl_dist.cli import main
-from copl_dist.corpus import Corpus
+from copl_dist.data.corpus import Corpus
 from one_line import one_line_error
 from tiny_corpus import TINY, tiny_synthetic
 
@@ -50,7 +50,7 @@ def runs(data, store, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def champion(runs, store) -> str:
     """Promote once; the version number the alias points at."""
-    from copl_dist.registry import promote
+    from copl_dist.tracking.registry import promote
 
     version = promote("copl-teacher", "map@avg", "champion").version
     return version
@@ -106,7 +106,7 @@ def test_promote_picks_the_best_map(runs, store, champion, capsys):
     listing = capsys.readouterr().out
     assert any(line.split()[0] == expected and "champion" in line for line in listing.splitlines()[2:])
     # Lower is better picks the other version under another alias; the champion stays.
-    from copl_dist.registry import promote
+    from copl_dist.tracking.registry import promote
 
     worst = promote("copl-teacher", "map@avg", "worst", higher_is_better=False)
     other, value = worst.version, worst.value
@@ -114,8 +114,8 @@ def test_promote_picks_the_best_map(runs, store, champion, capsys):
 
 
 def test_load_registered_teacher_is_the_runs_checkpoint(runs, champion):
-    from copl_dist.outputs import load_checkpoint
-    from copl_dist.registry import load_registered_teacher
+    from copl_dist.run.outputs import load_checkpoint
+    from copl_dist.tracking.registry import load_registered_teacher
 
     seed = "0" if champion == "1" else "1"
     on_disk = load_checkpoint(runs[seed] / "teacher.pt")
@@ -143,10 +143,10 @@ def test_init_from_champion_starts_from_its_weights(runs, champion, data, tmp_pa
 def test_init_state_reaches_only_the_first_training(runs, champion):
     """pipeline.CoplRun hands init_state to the engine for iteration 0 and not after."""
     from copl_dist.config import resolve
-    from copl_dist.corpus import Corpus
-    from copl_dist.engine import train_loop_per_worker
-    from copl_dist.pipeline import CoplRun
-    from copl_dist.registry import load_registered_teacher
+    from copl_dist.data.corpus import Corpus
+    from copl_dist.method.engine import train_loop_per_worker
+    from copl_dist.run.driver import CoplRun
+    from copl_dist.tracking.registry import load_registered_teacher
 
     ckpt = load_registered_teacher("models:/copl-teacher@champion")
     cfg = resolve("thumos14", None, ["train.batch_size=4", "model.hidden_dim=32", "train.shift_channels=64"],
@@ -287,8 +287,8 @@ def test_init_from_a_wtal_teacher_into_utal_is_refused(runs, data, tmp_path, cap
     """A wtal teacher learnt from the true video labels: starting an unsupervised run from it would
     carry them in. Refused before anything is written; a wtal run may still start from it."""
     from copl_dist.config import resolve
-    from copl_dist.errors import InputError
-    from copl_dist.registry import init_state_for
+    from copl_dist.common.errors import InputError
+    from copl_dist.tracking.registry import init_state_for
 
     ckpt = torch.load(runs["0"] / "teacher.pt", weights_only=True)
     ckpt["config"]["mode"] = "wtal"
@@ -326,8 +326,8 @@ def test_run_tracking_uri_is_where_init_from_is_read_and_the_run_logs(runs, cham
 def test_promote_compares_only_versions_of_one_mode_and_dataset(tmp_path, capsys):
     """Hand-made versions (tags only): a label-trained wtal teacher and another dataset's mAP scale must
     not win; a version without a mode tag is never compared."""
-    from copl_dist.errors import InputError
-    from copl_dist.registry import promote
+    from copl_dist.common.errors import InputError
+    from copl_dist.tracking.registry import promote
 
     db = tmp_path / "mixed.db"
     client = _client(f"sqlite:///{db}")

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from copl_dist.cli import main
-from copl_dist.errors import InputError
-from copl_dist.run_state import load_latest, save_iteration
+from copl_dist.common.errors import InputError
+from copl_dist.run.state import load_latest, save_iteration
 from tiny_corpus import TINY_SETS, tiny_synthetic
 
 # cluster.delta=-1 pseudo-labels every video, so that even this tiny corpus gives the discriminant
@@ -153,7 +153,7 @@ def test_resume_from_another_init_model_is_refused(undisturbed, data, capsys):
 
 def _state(**kw):
     """A complete state (every key CoplRun reads back), as save_iteration gets it."""
-    from copl_dist.run_state import STATE_KEYS
+    from copl_dist.run.state import STATE_KEYS
 
     return {**{k: [] for k in STATE_KEYS}, "teacher": {"w": torch.zeros(1)}, **kw}
 
@@ -208,7 +208,7 @@ def test_state_of_another_format_is_refused(tmp_path):
 def test_data_fingerprint_covers_what_the_importers_read_only(tmp_path):
     """--resume compares the files the importers read: not other runs' outputs or a tracking database
     kept in the data folder (they would refuse every resume), and a broken link is no error."""
-    from copl_dist.run_state import files_fingerprint
+    from copl_dist.run.state import files_fingerprint
 
     root = tiny_synthetic(tmp_path / "d", videos=4, seed=0)
     first = files_fingerprint(root)

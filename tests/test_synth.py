@@ -11,9 +11,9 @@ from sklearn.cluster import SpectralClustering
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import normalized_mutual_info_score
 
-from copl_dist import synth
-from copl_dist.errors import InputError
-from copl_dist.synth import make_synthetic
+from copl_dist.data import synth
+from copl_dist.common.errors import InputError
+from copl_dist.data.synth import make_synthetic
 
 
 def _load(root):
@@ -238,7 +238,7 @@ def test_bad_numbers_are_input_errors(tmp_path, kwargs, match):
 
 def test_smallest_scales_still_give_importable_corpora(tmp_path):
     # 20 s * 0.0005 = 0.01 s, the shortest duration rounding keeps; anet12's shortest is 6 s.
-    from copl_dist.formats import import_dataset
+    from copl_dist.data.formats import import_dataset
 
     for preset, scale in (("thumos14", 0.0005), ("anet12", 0.002)):
         root = make_synthetic(tmp_path / preset, preset=preset, videos=2, classes=2, feature_dim=8,

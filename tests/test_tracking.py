@@ -3,7 +3,7 @@ import os
 import pytest
 
 from copl_dist.config import resolve
-from copl_dist.tracking import Tracker, mlflow_key
+from copl_dist.tracking.runs import Tracker, mlflow_key
 
 
 def test_metric_keys_spelled_for_mlflow():
@@ -33,8 +33,8 @@ def test_user_setting_wins_and_is_kept(tmp_path, monkeypatch):
 def test_normalize_tracking_uri(tmp_path, monkeypatch):
     import pytest
 
-    from copl_dist.errors import InputError
-    from copl_dist.tracking import normalize_tracking_uri
+    from copl_dist.common.errors import InputError
+    from copl_dist.tracking.runs import normalize_tracking_uri
 
     assert normalize_tracking_uri("http://127.0.0.1:5000", "--tracking-uri") == "http://127.0.0.1:5000"
     assert normalize_tracking_uri(str(tmp_path), "--tracking-uri") == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
@@ -51,8 +51,8 @@ def test_every_source_of_the_tracking_uri_reads_a_path_alike(tmp_path, monkeypat
     wherever it is named, so a run logs where --init-from looks its models up."""
     import pytest
 
-    from copl_dist.errors import InputError
-    from copl_dist.tracking import resolve_tracking_uri
+    from copl_dist.common.errors import InputError
+    from copl_dist.tracking.runs import resolve_tracking_uri
 
     want = f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -82,8 +82,8 @@ def test_tracking_server_must_answer_before_a_run_starts():
     import socket
     import threading
 
-    from copl_dist.errors import InputError
-    from copl_dist.tracking import check_tracking_server
+    from copl_dist.common.errors import InputError
+    from copl_dist.tracking.runs import check_tracking_server
 
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))

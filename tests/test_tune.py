@@ -13,9 +13,9 @@ import yaml
 
 from copl_dist import config as config_lib
 from copl_dist.cli import main
-from copl_dist.synth import make_synthetic
-from copl_dist.tune import in_space, load_raw, load_space, search_postprocess, user_config
-from copl_dist.tune_objectives import agreement_objective, silhouette_objective
+from copl_dist.data.synth import make_synthetic
+from copl_dist.tune.search import in_space, load_raw, load_space, search_postprocess, user_config
+from copl_dist.tune.objectives import agreement_objective, silhouette_objective
 
 TINY = ["--iterations", "2", "--epochs", "2", "--snippets", "32",
         "--set", "model.hidden_dim=32", "--set", "train.batch_size=4", "--set", "train.shift_channels=64"]
@@ -125,7 +125,7 @@ class _NoRay:
     ("postprocess", "inference.max_detections", {"randint": [-1, 10]}, ["value -1", "'inference.max_detections' must be >= 0"]),
 ])
 def test_space_values_the_config_rejects_fail_before_ray(tmp_path, capsys, monkeypatch, section, key, spec, words):
-    from copl_dist import tune
+    from copl_dist.tune import search as tune
 
     monkeypatch.setattr(tune, "RaySession", _NoRay)
     space = write_space(tmp_path / "s.yaml", {"preset": "thumos14", section: {key: spec}})
@@ -145,7 +145,7 @@ def test_space_values_the_config_rejects_fail_before_ray(tmp_path, capsys, monke
     (["--config", "{config}"], {}, "{config}", "train.lr"),
 ])
 def test_bad_fixed_value_names_where_it_was_set(tmp_path, capsys, monkeypatch, extra, base, source, key):
-    from copl_dist import tune
+    from copl_dist.tune import search as tune
 
     monkeypatch.setattr(tune, "RaySession", _NoRay)
     space = write_space(tmp_path / "s.yaml", {**SPACE, "base": base})
@@ -165,7 +165,7 @@ def test_bad_fixed_value_names_where_it_was_set(tmp_path, capsys, monkeypatch, e
     ("config", b"has:\n  gamma: 4.0  # \xe9t\xe9\n", "not UTF-8 text"),
 ])
 def test_unparseable_space_or_config_file_is_one_line(tmp_path, capsys, monkeypatch, what, content, fragment):
-    from copl_dist import tune
+    from copl_dist.tune import search as tune
 
     monkeypatch.setattr(tune, "RaySession", _NoRay)
     bad = tmp_path / "bad.yaml"
@@ -178,8 +178,8 @@ def test_unparseable_space_or_config_file_is_one_line(tmp_path, capsys, monkeypa
 
 
 def test_no_usable_trial_is_an_input_error_naming_the_folder_and_error_files(tmp_path):
-    from copl_dist.errors import InputError
-    from copl_dist.tune import _select_best
+    from copl_dist.common.errors import InputError
+    from copl_dist.tune.search import _select_best
 
     files = [str(tmp_path / "t1" / "error.txt"), str(tmp_path / "t2" / "error.txt")]
     records = {
@@ -235,7 +235,7 @@ def test_map_objective_refuses_the_training_subset(tmp_path, capsys):
     (["--pp-samples", "0"], ["--pp-samples", ">= 1"]),
 ])
 def test_bad_tune_arguments_fail_before_ray_and_write_nothing(tmp_path, capsys, monkeypatch, extra, words):
-    from copl_dist import tune
+    from copl_dist.tune import search as tune
 
     class NoRay:
         def __init__(self, cfg):
@@ -255,8 +255,8 @@ def test_best_config_leaves_where_a_run_executes_to_copl_run(tmp_path, monkeypat
     run: `copl run --config best_config.yaml` then fits Ray Train workers as without a config."""
     import argparse
 
-    from copl_dist.cli import RUN_DEFAULT_WORKERS, _run_workers
-    from copl_dist.tune import best_config_yaml, with_values
+    from copl_dist.cli.app import RUN_DEFAULT_WORKERS, _run_workers
+    from copl_dist.tune.search import best_config_yaml, with_values
 
     space = load_space(write_space(tmp_path / "s.yaml", SPACE))
     cfg = user_config(space, None, None, ["distributed.storage_path=/tmp/x", "tracking.experiment=tune-exp"], {"iterations": 2})
@@ -331,8 +331,8 @@ def test_searched_key_cannot_also_be_set(tmp_path, capsys):
 def test_label_free_objectives_on_an_untrained_teacher(data, tmp_path):
     import torch
 
-    from copl_dist.formats import import_dataset
-    from copl_dist.model import IOCNet
+    from copl_dist.data.formats import import_dataset
+    from copl_dist.method.model import IOCNet
 
     corpus = import_dataset(data, tmp_path / "corpus")
     cfg = config_lib.resolve("thumos14", sets=["model.hidden_dim=32", "train.shift_channels=64"])
@@ -342,9 +342,10 @@ def test_label_free_objectives_on_an_untrained_teacher(data, tmp_path):
     s = silhouette_objective(cfg, corpus, ids, teacher, 3, 0)
     # By hand from the parts: the teacher's HAS features of each video (Eq. 5), the exact path's
     # affinity, spectral clustering with the next iteration's seed, the mean PLRI score (Eq. 8).
-    from copl_dist import cluster, has
-    from copl_dist.engine import infer_video
-    from copl_dist.seeding import STREAM_CLUSTER, derive_seed
+    from copl_dist.cluster import exact as cluster
+    from copl_dist.method import has
+    from copl_dist.method.engine import infer_video
+    from copl_dist.common.seeding import STREAM_CLUSTER, derive_seed
 
     feats = []
     for vid in ids:
@@ -433,8 +434,9 @@ def test_mlflow_has_one_tune_run_and_a_nested_run_per_trial(map_tune):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_postprocess_search_reads_the_cache_and_never_trains(map_tune, data, monkeypatch):
-    from copl_dist import engine, pipeline
-    from copl_dist.corpus import Corpus
+    from copl_dist.method import engine
+    from copl_dist.run import driver as pipeline
+    from copl_dist.data.corpus import Corpus
 
     calls = []
 
@@ -488,7 +490,7 @@ def test_label_free_tuning_with_the_shipped_space(annotated, data, ray_session, 
 
 @pytest.mark.ray
 def test_every_trial_failing_is_one_line_naming_the_output_folder(data, ray_session, tmp_path, capsys, monkeypatch):
-    from copl_dist import tune
+    from copl_dist.tune import search as tune
 
     def failing_trial(params, ctx):  # a local function: Ray ships it by value to the trial actors
         raise ValueError("forced trial failure")

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from copl_dist.cli import main
-from copl_dist.cluster_naming import class_names_for, cluster_names, name_unheld_clusters
-from copl_dist.synth import make_synthetic
+from copl_dist.cluster.naming import class_names_for, cluster_names, name_unheld_clusters
+from copl_dist.data.synth import make_synthetic
 from one_line import one_line_error
 from tiny_corpus import TINY
 
@@ -154,7 +154,7 @@ def test_the_note_and_the_errors(corpora, tmp_path, capsys):
     assert doc["final"] == {} and "nmi" not in record and 0 <= record["auc_a_ca"] <= 1
     assert not any(k.startswith("map@") for k in record) and record["agnostic_map@avg"] > 0
     # The number is the one `copl eval --class-agnostic` gives for the run's detections.
-    from copl_dist.metrics import evaluate_files
+    from copl_dist.method.metrics import evaluate_files
 
     thumos = ["0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7"]
     by_file = evaluate_files(mixed / "annotations.json", out / "detections.json", "test", thumos, class_agnostic=True)
@@ -236,7 +236,7 @@ def test_resume_of_a_finished_run_names_clusters_as_the_run_did(corpora, tmp_pat
     """--resume rebuilds the names from the saved cluster mapping (nothing is trained again)."""
     import shutil
 
-    from copl_dist import pipeline
+    from copl_dist.run import driver as pipeline
 
     first, resumed = tmp_path / "first", tmp_path / "resumed"
     argv = ["run", "--data", str(corpora["bare"]), *TINY, "--set", "num_classes=3", "--set", "tracking.enabled=false"]

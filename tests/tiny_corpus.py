@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from copl_dist.synth import make_synthetic
+from copl_dist.data.synth import make_synthetic
 
 # Model and batch settings small enough for a test, as `copl run --set` arguments.
 TINY_SETS = ["--set", "train.batch_size=4", "--set", "model.hidden_dim=32", "--set", "train.shift_channels=64"]

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from copl_dist.errors import InputError
-from copl_dist.interrupts import sigterm_unwinds
+from copl_dist.common.errors import InputError
+from copl_dist.common.interrupts import sigterm_unwinds
 
 LOCALHOST = "127.0.0.1"
 _SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # false: Ray keeps a loopback node address

@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from copl_dist import engine
+from copl_dist.method import engine
 from copl_dist.distributed import checkpoint_staging
 from copl_dist.distributed.ray_runtime import ensure_ray, ray_address, resolve_workers
-from copl_dist.errors import InputError
+from copl_dist.common.errors import InputError
 
 CHECKPOINT_FILE = "train_state.pt"
 

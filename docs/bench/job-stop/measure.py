@@ -32,7 +32,7 @@ BASELINE = "baseline: exec, final gc kept"
 VARIANTS = {
     "copl: exec python -m copl_dist": ["exec", "python", "-m", "copl_dist"],
     "copl: python -m copl_dist": ["python", "-m", "copl_dist"],
-    BASELINE: ["exec", "python", "-c", "import gc; gc.freeze = lambda: None; from copl_dist.cli import entry; entry()"],
+    BASELINE: ["exec", "python", "-c", "import gc; gc.freeze = lambda: None; from copl_dist.cli.app import entry; entry()"],
 }
 
 

@@ -10,9 +10,9 @@ import warnings
 
 from sklearn.metrics import adjusted_rand_score as ari
 
-from copl_dist import cluster_scale
-from copl_dist.bench_cluster import make_cluster_features
-from copl_dist.cluster_scale import cluster_videos_scale
+from copl_dist.cluster import scale as cluster_scale
+from copl_dist.bench.cluster import make_cluster_features
+from copl_dist.cluster.scale import cluster_videos_scale
 
 warnings.simplefilter("ignore")
 X, _ = make_cluster_features(1000, 2048, n_clusters=20, seed=0)

@@ -8,9 +8,9 @@ exact path (ARI / same P/U side / ARI against the generating labels).
 import numpy as np
 from sklearn.metrics import adjusted_rand_score as ari
 
-from copl_dist import cluster_scale
-from copl_dist.bench_cluster import make_cluster_features
-from copl_dist.cluster import cluster_videos
+from copl_dist.cluster import scale as cluster_scale
+from copl_dist.bench.cluster import make_cluster_features
+from copl_dist.cluster.videos import cluster_videos
 
 for seed in (0, 2):
     X, truth = make_cluster_features(5000, 256, n_clusters=20, seed=seed, separation=1.0)

@@ -6,10 +6,10 @@ import warnings
 import numpy as np
 from sklearn.metrics import adjusted_rand_score as ari
 
-from copl_dist import cluster_scale
-from copl_dist.bench_cluster import make_cluster_features
-from copl_dist.cluster import cluster_videos
-from copl_dist.cluster_scale import cluster_videos_scale
+from copl_dist.cluster import scale as cluster_scale
+from copl_dist.bench.cluster import make_cluster_features
+from copl_dist.cluster.videos import cluster_videos
+from copl_dist.cluster.scale import cluster_videos_scale
 
 warnings.simplefilter("ignore")
 

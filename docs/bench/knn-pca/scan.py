@@ -1,9 +1,9 @@
 import sys, numpy as np, warnings
 warnings.simplefilter("ignore")
 from sklearn.metrics import adjusted_rand_score as ari
-from copl_dist.bench_cluster import make_cluster_features
-from copl_dist.cluster import cluster_videos
-from copl_dist.cluster_scale import cluster_videos_scale
+from copl_dist.bench.cluster import make_cluster_features
+from copl_dist.cluster.videos import cluster_videos
+from copl_dist.cluster.scale import cluster_videos_scale
 n=int(sys.argv[1]); dim=int(sys.argv[2])
 for ds in range(int(sys.argv[3])):
     X, truth = make_cluster_features(n, dim, n_clusters=20, seed=ds)

@@ -15,10 +15,10 @@ import time
 import numpy as np
 from sklearn.metrics import adjusted_rand_score as ari
 
-from copl_dist.bench_cluster import make_cluster_features
-from copl_dist.cluster import cluster_videos
-from copl_dist.cluster_scale import cluster_videos_scale
-from copl_dist.projection import discriminant_projection
+from copl_dist.bench.cluster import make_cluster_features
+from copl_dist.cluster.videos import cluster_videos
+from copl_dist.cluster.scale import cluster_videos_scale
+from copl_dist.method.projection import discriminant_projection
 
 
 def compare(name: str, X: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from copl_dist import plri_scale as after
-from copl_dist.bench_cluster import make_cluster_features
+from copl_dist.cluster import plri_scale as after
+from copl_dist.bench.cluster import make_cluster_features
 
 src = subprocess.run(["git", "show", "d58e411:copl_dist/plri_scale.py"], capture_output=True, text=True, check=True).stdout
 with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:

@@ -3,9 +3,9 @@ from pathlib import Path
 sys.path.insert(0, "/work/main")
 from sklearn.metrics import normalized_mutual_info_score as nmi
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis as LDA
-from copl_dist.cluster import cluster_videos
-from copl_dist.corpus import Corpus
-from copl_dist import pipeline as P
+from copl_dist.cluster.videos import cluster_videos
+from copl_dist.data.corpus import Corpus
+from copl_dist.run import driver as P
 run = Path(sys.argv[1]); g = float(sys.argv[2]) if len(sys.argv) > 2 else 20.0
 corpus = Corpus.open(run / "corpus")
 st = [torch.load(run / "state" / f"iteration-{k}.pt", weights_only=False) for k in range(3)]

@@ -1,0 +1,1 @@
+"""The benchmarks behind the documented figures (`copl bench ...`)."""

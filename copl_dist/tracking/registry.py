@@ -1,0 +1,506 @@
+"""The MLflow model registry: each run's teacher as a version of one registered model.
+
+A version is created from the logged MLflow model (`models:/<model_id>`) and tagged with what
+`copl registry promote` ranks by (`map_at_avg`, ... in MLflow's spelling: tag keys forbid '@', like
+metric keys) and what tells versions apart (dataset, seed, config_hash, mode). Promote ranks only the
+versions of one mode (default utal) and, with --dataset, of one dataset. The run's teacher.pt
+is logged beside it as the run artifact `checkpoint/teacher.pt`, so a version turns back into a
+plain checkpoint (state dict, sizes, class names, config) loaded with `weights_only=True`: using a
+registered teacher never unpickles code.
+
+Model URIs: `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `models:/NAME/latest`, or a teacher.pt path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from copl_dist.common.arg_types import positive_int
+from copl_dist.common.errors import InputError, first_line
+from copl_dist.tracking.runs import check_sqlite_store, check_tracking_store, mlflow_key, normalize_tracking_uri
+
+CHECKPOINT_ARTIFACT = "checkpoint/teacher.pt"
+CHECKPOINT_KEYS = ("state_dict", "config", "num_classes", "class_names", "cluster_to_class")
+DEFAULT_MODEL = "copl-teacher"
+DEFAULT_ALIAS = "champion"
+
+
+# -- URIs ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed `models:/` URI: exactly one of alias / version / model_id is set."""
+
+    uri: str
+    name: str = ""
+    alias: str = ""
+    version: str = ""  # a number or "latest"
+    model_id: str = ""  # a logged model (models:/m-...)
+
+
+_LOGGED_MODEL_ID = re.compile(r"^m-[0-9a-f]{32}$")
+
+
+def parse_model_uri(uri: str) -> ModelRef:
+    if not uri.startswith("models:/"):
+        raise InputError(f"{uri}: not a models:/ URI (expected models:/NAME@ALIAS or models:/NAME/VERSION)")
+    rest = uri[len("models:/"):].strip("/")
+    if "@" in rest:
+        name, alias = rest.rsplit("@", 1)
+        if name and alias and "/" not in name:
+            return ModelRef(uri, name=name, alias=alias)
+    elif "/" in rest:
+        name, version = rest.rsplit("/", 1)
+        if name and "/" not in name and (version.isdigit() or version == "latest"):
+            return ModelRef(uri, name=name, version=version)
+    elif _LOGGED_MODEL_ID.match(rest):
+        return ModelRef(uri, model_id=rest)
+    raise InputError(f"{uri}: malformed model URI (expected models:/NAME@ALIAS or models:/NAME/VERSION)")
+
+
+def resolve_registry_uri(tracking_uri: str | None) -> str:
+    """--tracking-uri as given (a run folder or a .db file become sqlite URIs), else $MLFLOW_TRACKING_URI.
+
+    A SQLite store must already exist: reading a registry never creates an empty database.
+    """
+    # An explicit --tracking-uri '' is refused below (normalize_tracking_uri), not replaced by the environment's.
+    uri = tracking_uri if tracking_uri is not None else os.environ.get("MLFLOW_TRACKING_URI", "")
+    if tracking_uri is None and not uri:
+        raise InputError("no tracking store: pass --tracking-uri (a URI, a run folder or an mlflow.db) or set MLFLOW_TRACKING_URI")
+    source = "--tracking-uri" if tracking_uri is not None else "$MLFLOW_TRACKING_URI"
+    uri = normalize_tracking_uri(uri, source)
+    check_sqlite_store(uri, source, must_exist=True)
+    check_tracking_store(uri, source)
+    return uri
+
+
+def check_registry_names(model_name: str | None = None, alias: str | None = None, source: str = "") -> None:
+    """MLflow's own rules for a registered model's name and an alias (no '/' in a name; an alias of
+    letters, digits, '_' and '-', neither 'latest' nor 'v<digits>'), checked before anything runs."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils import validation
+
+    checks = []
+    if model_name is not None:
+        checks.append((validation._validate_model_name, model_name, "model name"))
+    if alias is not None:
+        checks += [(validation._validate_model_alias_name, alias, "alias"),
+                   (validation._validate_model_alias_name_reserved, alias, "alias")]
+    for check, value, what in checks:
+        try:
+            check(value)
+        except MlflowException as exc:
+            raise InputError(f"{source or what} {value!r}: {first_line(exc)}") from None
+
+
+def _client(tracking_uri: str) -> Any:
+    import logging
+
+    import mlflow
+
+    # One-file downloads need no progress bar on stderr (the CLI's stderr is for errors).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def _not_found(exc: Exception) -> bool:
+    code = getattr(exc, "error_code", "")
+    return code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
+
+
+# -- registering -----------------------------------------------------------------------------------
+
+def version_tags(tags: dict[str, str], metrics: dict[str, float]) -> dict[str, str]:
+    """Run tags plus each metric as a tag (MLflow spelling: `map@avg` -> `map_at_avg`)."""
+    out = {str(k): str(v) for k, v in tags.items()}
+    out.update({mlflow_key(k): repr(float(v)) for k, v in metrics.items() if v is not None})
+    out["checkpoint"] = CHECKPOINT_ARTIFACT
+    return out
+
+
+def register_teacher(
+    model_uri: str,
+    name: str,
+    run_id: str,
+    checkpoint: str | os.PathLike[str],
+    tags: dict[str, str],
+    metrics: dict[str, float],
+    tracking_uri: str | None = None,
+) -> str:
+    """A new version of registered model `name` from the logged model `model_uri`; returns its number.
+
+    `checkpoint` (the run's teacher.pt) is logged to run `run_id` as `checkpoint/teacher.pt` first,
+    so that every version can be loaded back without unpickling. `tags`: dataset, seed, config_hash,
+    mode...; `metrics`: map@... (each becomes a tag too). `tracking_uri`: None uses mlflow's current
+    one (inside `Tracker.parent_run`, the run's store).
+    """
+    import mlflow
+
+    client = _client(tracking_uri or mlflow.get_tracking_uri())
+    client.log_artifact(run_id, str(checkpoint), artifact_path=str(Path(CHECKPOINT_ARTIFACT).parent))
+    try:
+        client.create_registered_model(name, description="COPL teacher (IOCNet EMA teacher); see tags for dataset, seed and mAP")
+    except Exception as exc:  # already registered: add a version
+        if getattr(exc, "error_code", "") not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    logged = model_uri.removeprefix("models:/")
+    model_id = logged if _LOGGED_MODEL_ID.match(logged) else None  # links the version to its logged model
+    mv = client.create_model_version(
+        name=name, source=model_uri, run_id=run_id, tags=version_tags(tags, metrics), model_id=model_id
+    )
+    return str(mv.version)
+
+
+# -- resolving and loading -------------------------------------------------------------------------
+
+def resolve_version(client: Any, ref: ModelRef) -> Any:
+    """The ModelVersion a `models:/NAME@ALIAS` or `models:/NAME/VERSION` URI names; InputError if none."""
+    try:
+        client.get_registered_model(ref.name)
+    except Exception as exc:
+        if _not_found(exc):
+            raise InputError(f"{ref.uri}: no registered model '{ref.name}' in the tracking store") from None
+        raise
+    try:
+        if ref.alias:
+            return client.get_model_version_by_alias(ref.name, ref.alias)
+        if ref.version == "latest":
+            versions = _all_versions(client, ref.name)
+            if not versions:
+                raise InputError(f"{ref.uri}: model '{ref.name}' has no versions")
+            return max(versions, key=lambda v: int(v.version))
+        return client.get_model_version(ref.name, ref.version)
+    except InputError:
+        raise
+    except Exception as exc:
+        if _not_found(exc):
+            what = f"alias '{ref.alias}'" if ref.alias else f"version {ref.version}"
+            raise InputError(f"{ref.uri}: model '{ref.name}' has no {what}") from None
+        raise
+
+
+def _all_versions(client: Any, name: str) -> list[Any]:
+    versions: list[Any] = []
+    token = None
+    while True:
+        page = client.search_model_versions(f"name = '{name}'", max_results=1000, page_token=token)
+        versions.extend(page)
+        token = getattr(page, "token", None)
+        if not token:
+            return versions
+
+
+def _source_run_id(client: Any, ref: ModelRef) -> str:
+    if ref.model_id:
+        try:
+            run_id = client.get_logged_model(ref.model_id).source_run_id
+        except Exception as exc:
+            if _not_found(exc):
+                raise InputError(f"{ref.uri}: no such logged model in the tracking store") from None
+            raise
+    else:
+        run_id = resolve_version(client, ref).run_id
+    if not run_id:
+        raise InputError(f"{ref.uri}: the model has no source run, so no {CHECKPOINT_ARTIFACT} to load")
+    return str(run_id)
+
+
+def check_checkpoint(ckpt: Any, where: str) -> dict[str, Any]:
+    """A teacher checkpoint whose parts agree: a valid config, num_classes outputs with a class
+    mapping for each, and IOCNet's parameters in the config's shapes (a file that merely has the
+    keys failed later inside torch or at indexing)."""
+    from copl_dist.config import from_dict
+
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
+        raise InputError(f"{where}: not a COPL teacher checkpoint (expected keys {', '.join(CHECKPOINT_KEYS)})")
+    if not isinstance(ckpt["config"], dict):
+        raise InputError(f"{where}: the checkpoint's config is not a mapping")
+    cfg = from_dict(ckpt["config"], source=f"{where}: config")
+    n = ckpt["num_classes"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InputError(f"{where}: num_classes must be a positive integer, got {n!r}")
+    names, mapping = ckpt["class_names"], ckpt["cluster_to_class"]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(c, str) for c in names):
+        raise InputError(f"{where}: class_names must be a list of names")
+    if not isinstance(mapping, (list, tuple)) or len(mapping) != n or not all(
+        isinstance(k, int) and not isinstance(k, bool) for k in mapping
+    ):
+        raise InputError(f"{where}: cluster_to_class must list one class index per output ({n}), got {mapping!r}"[:300])
+    check_state_shapes(ckpt["state_dict"], n, cfg, where)
+    return ckpt
+
+
+def check_state_shapes(state: Any, num_classes: int, cfg: Any, source: str, trained: Any = None) -> None:
+    """`state` has exactly IOCNet(num_classes, cfg.model...)'s parameters, in their shapes.
+    `trained`: the config the state was trained with, named in a shape mismatch."""
+    import torch
+
+    from copl_dist.method.model import IOCNet
+
+    expected = IOCNet(num_classes, cfg.model.feature_dim, cfg.model.hidden_dim, cfg.model.dropout).state_dict()
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"{source}: the teacher's state_dict is not a mapping of tensors")
+    if set(state) != set(expected):
+        raise InputError(f"{source}: the teacher's parameters do not match IOCNet's ({sorted(map(str, set(state) ^ set(expected)))[:3]})")
+    for key, value in expected.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            made = trained.model if trained is not None else cfg.model
+            raise InputError(
+                f"{source}: parameter '{key}' has shape {tuple(state[key].shape)}, this run's IOCNet "
+                f"{tuple(value.shape)} (the teacher was trained with model.feature_dim="
+                f"{made.feature_dim}, model.hidden_dim={made.hidden_dim})"
+            )
+
+
+def load_registered_teacher(uri: str, tracking_uri: str | None = None) -> dict[str, Any]:
+    """The teacher.pt checkpoint dict of a registered version (or logged model), via its source run."""
+    from copl_dist.run.outputs import load_checkpoint
+
+    ref = parse_model_uri(uri)
+    client = _client(resolve_registry_uri(tracking_uri))
+    run_id = _source_run_id(client, ref)
+    with tempfile.TemporaryDirectory(prefix="copl-teacher-") as tmp:
+        try:
+            local = client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, tmp)
+        except Exception as exc:
+            raise InputError(f"{uri}: cannot download {CHECKPOINT_ARTIFACT} of run {run_id} ({first_line(exc)})") from None
+        return check_checkpoint(_load(load_checkpoint, local, uri), uri)
+
+
+def _load(load_checkpoint: Any, path: str | Path, where: str) -> Any:
+    import pickle
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's multi-line advice on weights_only; the error says it
+            return load_checkpoint(path)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError,
+            AttributeError) as exc:
+        # Arbitrary bytes reach torch's restricted unpickler as opcodes: any of these can come out.
+        # Not torch's advice (load with weights_only=False: it would run code from the file).
+        reason = first_line(exc).split(" Please ")[0].split(" (1) ")[0]
+        raise InputError(f"{where}: not a loadable teacher checkpoint ({type(exc).__name__}: {reason[:200]})") from None
+
+
+def load_teacher_checkpoint(model: str, tracking_uri: str | None = None) -> dict[str, Any]:
+    """A `models:/` URI (through the registry) or a teacher.pt path -> checkpoint dict."""
+    if model.startswith("models:/"):
+        return load_registered_teacher(model, tracking_uri)
+    from copl_dist.run.outputs import load_checkpoint
+
+    path = Path(model)
+    if not path.is_file():
+        raise InputError(f"{model}: no such teacher checkpoint (expected a teacher.pt file or a models:/ URI)")
+    return check_checkpoint(_load(load_checkpoint, path, model), model)
+
+
+def check_init_mode(ckpt: dict[str, Any], source: str, mode: str) -> None:
+    """A teacher trained on true video labels (mode wtal) must not start an unsupervised run: its
+    weights carry the labels the utal run claims not to use."""
+    trained = str((ckpt.get("config") or {}).get("mode", "utal"))
+    if trained == "wtal" and mode == "utal":
+        raise InputError(
+            f"{source}: the teacher was trained with mode 'wtal' (on video labels); an unsupervised run (mode 'utal') "
+            "cannot start from it: name a utal teacher, or run with --mode wtal"
+        )
+
+
+def init_state_for(ckpt: dict[str, Any], source: str, num_classes: int, cfg: Any) -> dict[str, Any]:
+    """The checkpoint's state dict if it fits this run's IOCNet and mode; InputError naming `source` if not."""
+    from copl_dist.config import from_dict
+
+    check_init_mode(ckpt, source, cfg.mode)
+    have = int(ckpt["num_classes"])
+    if have != num_classes:
+        raise InputError(
+            f"{source}: the teacher's classifier has {have} outputs but this run trains {num_classes} clusters"
+        )
+    trained = from_dict(ckpt["config"], source=f"{source}: config")
+    check_state_shapes(ckpt["state_dict"], num_classes, cfg, source, trained=trained)
+    return ckpt["state_dict"]
+
+
+# -- promoting and listing -------------------------------------------------------------------------
+
+def version_metric(client: Any, version: Any, metric: str) -> float | None:
+    """The version's `metric` from its tag, else from its source run's metrics; None if neither."""
+    key = mlflow_key(metric)
+    for name in (key, metric):
+        if name in version.tags:
+            try:
+                return float(version.tags[name])
+            except ValueError:
+                pass
+    if version.run_id:
+        try:
+            value = client.get_run(version.run_id).data.metrics.get(key)
+        except Exception as exc:
+            if not _not_found(exc):
+                raise
+            value = None
+        if value is not None:
+            return float(value)
+    return None
+
+
+@dataclass(frozen=True)
+class Promotion:
+    version: str
+    value: float
+    compared: int  # versions of the asked mode (and dataset) that have the metric
+
+
+def promote(
+    model_name: str = DEFAULT_MODEL,
+    metric: str = "map@avg",
+    alias: str = DEFAULT_ALIAS,
+    higher_is_better: bool = True,
+    tracking_uri: str | None = None,
+    mode: str = "utal",
+    dataset: str | None = None,
+) -> Promotion:
+    """Point `alias` at the version with the best `metric` among those tagged `mode` (and `dataset`).
+
+    Only like is compared with like: a wtal teacher learnt from labels, and map@avg ranges differ
+    between datasets (THUMOS vs ActivityNet). Ties go to the newer version. InputError if the model is
+    unknown or no such version has the metric.
+    """
+    client = _client(resolve_registry_uri(tracking_uri))
+    ref = ModelRef(f"models:/{model_name}", name=model_name)
+    try:
+        client.get_registered_model(model_name)
+    except Exception as exc:
+        if _not_found(exc):
+            raise InputError(f"{ref.uri}: no registered model '{model_name}' in the tracking store") from None
+        raise
+    versions = _all_versions(client, model_name)
+    kept = [
+        v for v in versions
+        if v.tags.get("mode") == mode and (dataset is None or dataset in (v.tags.get("dataset"), v.tags.get("dataset_digest")))
+    ]
+    scope = f"mode '{mode}'" + (f" and dataset '{dataset}'" if dataset is not None else "")
+    if not kept:
+        raise InputError(f"{ref.uri}: none of its {len(versions)} version(s) has {scope} (tags 'mode', 'dataset')")
+    scored = []
+    for v in kept:
+        value = version_metric(client, v, metric)
+        if value is not None:
+            scored.append((value if higher_is_better else -value, int(v.version), value))
+    if not scored:
+        raise InputError(
+            f"{ref.uri}: no version with {scope} has the metric '{metric}' (tag or run metric '{mlflow_key(metric)}')"
+        )
+    _, best, value = max(scored)
+    client.set_registered_model_alias(model_name, alias, str(best))
+    return Promotion(str(best), value, len(scored))
+
+
+def set_alias(
+    model_name: str, version: str, alias: str = DEFAULT_ALIAS, tracking_uri: str | None = None, mode: str = "utal"
+) -> None:
+    """Point `alias` at `version` as named (`copl registry promote --version`): the way to choose among
+    versions with nothing to rank them by, such as teachers of corpora without annotations (no mAP).
+    The version must have been trained in `mode`, as promote() compares only those."""
+    client = _client(resolve_registry_uri(tracking_uri))
+    ref = ModelRef(f"models:/{model_name}/{version}", name=model_name, version=version)
+    tagged = resolve_version(client, ref).tags.get("mode")
+    if tagged != mode:
+        raise InputError(f"{ref.uri}: trained in mode '{tagged or 'unknown'}', not '{mode}' (--mode)")
+    client.set_registered_model_alias(model_name, alias, version)
+
+
+def list_versions(model_name: str = DEFAULT_MODEL, tracking_uri: str | None = None) -> list[dict[str, Any]]:
+    """Every version, newest first: version, aliases, tags, source run."""
+    client = _client(resolve_registry_uri(tracking_uri))
+    try:
+        model = client.get_registered_model(model_name)
+    except Exception as exc:
+        if _not_found(exc):
+            raise InputError(f"models:/{model_name}: no registered model '{model_name}' in the tracking store") from None
+        raise
+    # search_model_versions leaves aliases out (SQLite store); the registered model has them all.
+    aliases: dict[str, list[str]] = {}
+    for alias, version in (model.aliases or {}).items():
+        aliases.setdefault(str(version), []).append(alias)
+    rows = [
+        {
+            "version": str(v.version),
+            "aliases": sorted(aliases.get(str(v.version), [])),
+            "tags": dict(v.tags),
+            "run_id": v.run_id,
+            "source": v.source,
+        }
+        for v in _all_versions(client, model_name)
+    ]
+    return sorted(rows, key=lambda r: -int(r["version"]))
+
+
+def format_versions(model_name: str, rows: list[dict[str, Any]]) -> str:
+    header = f"{'version':>7}  {'aliases':<16} {'map@avg':>8}  {'seed':>5}  {'mode':<8} {'config':<12}  dataset"
+    lines = [f"{model_name}: {len(rows)} version(s)", header]
+    for r in rows:
+        t = r["tags"]
+        value = t.get(mlflow_key("map@avg"))
+        shown = f"{float(value):.2f}" if value is not None else "-"
+        lines.append(
+            f"{r['version']:>7}  {','.join(r['aliases']) or '-':<16} {shown:>8}  {t.get('seed', '-'):>5}  "
+            f"{t.get('mode', '-'):<8} {t.get('config_hash', '-'):<12}  {t.get('dataset', '-')}"
+        )
+    return "\n".join(lines)
+
+
+# -- `copl registry` -------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="registry_command", required=True)
+    p = sub.add_parser("promote", help="point an alias (champion) at the version with the best metric")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"registered model name (default {DEFAULT_MODEL})")
+    p.add_argument("--metric", help="metric to rank by, e.g. map@avg, map@0.5 (default map@avg)")
+    p.add_argument("--version", type=positive_int,
+                   help="point the alias at this version instead of ranking (e.g. runs on data without annotations: no mAP)")
+    p.add_argument("--alias", default=DEFAULT_ALIAS, help=f"alias to move (default {DEFAULT_ALIAS})")
+    p.add_argument("--lower-is-better", action="store_true", help="pick the smallest value instead")
+    p.add_argument("--mode", default="utal", choices=["utal", "wtal"],
+                   help="compare only versions trained in this mode (tag 'mode'; default utal: a wtal teacher saw labels)")
+    p.add_argument("--dataset", help="compare only versions of this dataset: its tag 'dataset' (the run's absolute --data "
+                                      "path, or synthetic:PRESET:seedS) or 'dataset_digest', exactly")
+    p.add_argument("--tracking-uri", help="tracking store: a URI, a run folder or an mlflow.db (default $MLFLOW_TRACKING_URI)")
+    p = sub.add_parser("list", help="versions of a registered model with their tags and aliases")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--tracking-uri", help="tracking store: a URI, a run folder or an mlflow.db (default $MLFLOW_TRACKING_URI)")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+
+
+def run(args: argparse.Namespace) -> int:
+    check_registry_names(args.model, source="--model")
+    if args.registry_command == "promote":
+        check_registry_names(alias=args.alias, source="--alias")
+    if args.registry_command == "promote" and args.version is not None:
+        if args.metric is not None or args.lower_is_better or args.dataset is not None:
+            raise InputError("--version: names the version itself; --metric, --lower-is-better and --dataset rank versions")
+        set_alias(args.model, str(args.version), args.alias, args.tracking_uri, mode=args.mode)
+        print(f"models:/{args.model}@{args.alias} -> version {args.version} (as named)")
+        return 0
+    if args.registry_command == "promote":
+        args.metric = args.metric or "map@avg"
+        p = promote(
+            args.model, args.metric, args.alias, higher_is_better=not args.lower_is_better, tracking_uri=args.tracking_uri,
+            mode=args.mode, dataset=args.dataset,
+        )
+        of = f" of dataset {args.dataset}" if args.dataset is not None else ""
+        print(f"models:/{args.model}@{args.alias} -> version {p.version} ({args.metric} = {p.value:g}; "
+              f"{p.compared} {args.mode} version(s){of} compared)")
+        return 0
+    rows = list_versions(args.model, args.tracking_uri)
+    print(json.dumps(rows, indent=1) if args.json else format_versions(args.model, rows))
+    return 0
