@@ -7,7 +7,12 @@ import statistics
 
 import pytest
 
-from copl_dist.bench.quality import ABLATION_ROWS, NO_PROJECTION_ROW, PAPER_ROW, VARIANTS
+from copl_dist.bench.quality import (
+    ABLATION_ROWS,
+    NO_PROJECTION_ROW,
+    PAPER_ROW,
+    VARIANTS,
+)
 from copl_dist.cli import main
 
 SMALL = ["--videos", "6", "--classes", "3", "--epochs", "1", "--snippets", "16", "--iterations", "2",

@@ -14,10 +14,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-
-from copl_dist.cli import main
 from one_line import one_line_error
 from tiny_corpus import TINY, tiny_synthetic
+
+from copl_dist.cli import main
 
 # argparse's errors start "copl run: error:", the rest "copl: error:".
 _one_line = functools.partial(one_line_error, prefix="copl")
@@ -316,8 +316,8 @@ def test_console_script_exit_status_and_no_traceback(tmp_path):
 def test_bad_input_found_once_the_run_is_under_way_keeps_its_progress(tiny_data, tmp_path, capsys, monkeypatch):
     """Bad input that only shows mid-run (say, on a Ray worker) ends with one line like any other, but
     what the run had written (metrics so far, the tracking store) stays, as after any failure."""
-    from copl_dist.run import driver as pipeline
     from copl_dist.common.errors import InputError
+    from copl_dist.run import driver as pipeline
 
     def fail_mid_run(self):
         self.on_iteration([])  # what an iteration writes: metrics.json

@@ -9,21 +9,22 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from copl_dist.cluster import exact as cluster, scale as cluster_scale
 from copl_dist.bench.cluster import add_arguments, make_cluster_features, run
-from copl_dist.cluster.videos import cluster_videos
+from copl_dist.cluster import exact as cluster
+from copl_dist.cluster import scale as cluster_scale
 from copl_dist.cluster.exact import gaussian_affinity, pairwise_distances, plri_scores
+from copl_dist.cluster.knn import knn_recall, knn_search, pca_project
+from copl_dist.cluster.plri_scale import plri_scores_blocked, plri_scores_sampled
 from copl_dist.cluster.scale import (
-    graph_neighbours,
     cluster_videos_scale,
     estimate_sigma,
+    graph_neighbours,
     mean_pairwise_distance,
     nystrom_embedding,
     sparse_gaussian_affinity,
     spectral_labels,
 )
-from copl_dist.cluster.knn import knn_recall, knn_search, pca_project
-from copl_dist.cluster.plri_scale import plri_scores_blocked, plri_scores_sampled
+from copl_dist.cluster.videos import cluster_videos
 from copl_dist.common.errors import InputError
 
 

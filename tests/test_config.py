@@ -2,8 +2,16 @@ import pytest
 import torch
 import yaml
 
-from copl_dist.config import PRESETS, config_hash, flatten, from_dict, resolve, to_dict, to_yaml
 from copl_dist.common.errors import InputError
+from copl_dist.config import (
+    PRESETS,
+    config_hash,
+    flatten,
+    from_dict,
+    resolve,
+    to_dict,
+    to_yaml,
+)
 
 
 def test_presets_follow_the_paper():

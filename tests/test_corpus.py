@@ -14,8 +14,14 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
 
-from copl_dist.data.corpus import Corpus, Segment, VideoRecord, write_corpus, write_table
 from copl_dist.common.errors import InputError
+from copl_dist.data.corpus import (
+    Corpus,
+    Segment,
+    VideoRecord,
+    write_corpus,
+    write_table,
+)
 
 D = 8
 

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from copl_dist.common.seeding import derive_seed
 from copl_dist.method.baseline import assign_to_centroids, cluster_centroids, novelty
 from copl_dist.method.engine import (
     LOSS_KEYS,
@@ -12,7 +13,6 @@ from copl_dist.method.engine import (
     sample_indices,
     train_loop_per_worker,
 )
-from copl_dist.common.seeding import derive_seed
 
 
 def test_sample_indices_long_video_one_per_bin():
@@ -95,9 +95,10 @@ def test_logged_terms_are_the_global_batch_mean():
 def test_training_clears_a_voters_stale_votes(tmp_path):
     """A voter that outlives a failed attempt (HAS actors) must not carry its votes into the restart:
     training with a voter holding stale votes ends with the votes of a fresh one."""
+    from tiny_corpus import tiny_synthetic
+
     from copl_dist.config import resolve, to_dict
     from copl_dist.data.formats import import_dataset
-    from tiny_corpus import tiny_synthetic
 
     cfg = resolve("thumos14", overrides={"train.epochs": 1, "train.batch_size": 4, "data.snippets": 32,
                                          "model.hidden_dim": 32, "train.shift_channels": 64})

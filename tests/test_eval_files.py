@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_metrics import _toy
 
 from copl_dist.common.errors import InputError
 from copl_dist.method.metrics import detection_map, evaluate_files, format_table
-from test_metrics import _toy
 
 
 def _write(path, obj):

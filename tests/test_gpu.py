@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from copl_dist.cli import main
-from copl_dist.config import resolve, to_dict
-from copl_dist.method.engine import infer_video, resolve_device, train_loop_per_worker
-from copl_dist.data.formats import import_dataset
 from copl_dist.cluster.knn import knn_search
-from copl_dist.method.model import IOCNet
+from copl_dist.config import resolve, to_dict
+from copl_dist.data.formats import import_dataset
 from copl_dist.data.synth import make_synthetic
+from copl_dist.method.engine import infer_video, resolve_device, train_loop_per_worker
+from copl_dist.method.model import IOCNet
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -107,8 +107,8 @@ def test_knn_torch_on_gpu_matches_brute_force():
 
 def test_plri_kernel_sums_on_gpu_match_numpy():
     from copl_dist.bench.cluster import make_cluster_features
-    from copl_dist.cluster.scale import cluster_videos_scale, estimate_sigma
     from copl_dist.cluster.plri_scale import plri_scores_blocked, plri_scores_sampled
+    from copl_dist.cluster.scale import cluster_videos_scale, estimate_sigma
 
     X, _ = make_cluster_features(3000, 64, n_clusters=10, seed=8, separation=0.8)
     labels = cluster_videos_scale(X, 10, seed=0, delta=0.0, plri_device=None)[0]

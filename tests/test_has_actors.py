@@ -9,14 +9,14 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-from copl_dist.run import driver as pipeline  # noqa: E402
+from copl_dist.common.errors import InputError  # noqa: E402
 from copl_dist.config import resolve  # noqa: E402
+from copl_dist.data.formats import import_dataset  # noqa: E402
+from copl_dist.data.synth import make_synthetic  # noqa: E402
 from copl_dist.distributed.has_actors import HASActorPool, contiguous_shards  # noqa: E402
 from copl_dist.method.engine import LocalVoter  # noqa: E402
-from copl_dist.common.errors import InputError  # noqa: E402
-from copl_dist.data.formats import import_dataset  # noqa: E402
 from copl_dist.method.model import IOCNet  # noqa: E402
-from copl_dist.data.synth import make_synthetic  # noqa: E402
+from copl_dist.run import driver as pipeline  # noqa: E402
 
 NUM_CLASSES = 3
 TINY = {"model.hidden_dim": 32, "tracking.enabled": False}

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from copl_dist.config import InferenceConfig
-from copl_dist.method.localize import localize_video, nms, outer_inner_score, proposals_from_scores, snippet_times
+from copl_dist.method.localize import (
+    localize_video,
+    nms,
+    outer_inner_score,
+    proposals_from_scores,
+    snippet_times,
+)
 
 
 def test_snippet_times_by_hand():

@@ -5,10 +5,23 @@ import math
 import pytest
 import torch
 
-from copl_dist.method.augment import temporal_feature_shift
 from copl_dist.config import LossConfig
-from copl_dist.method.losses import asl_loss, ci_loss, cls_loss, co_loss, contrastive_loss, total_loss
-from copl_dist.method.model import IOCNet, ema_update, make_teacher, selection_score, video_scores
+from copl_dist.method.augment import temporal_feature_shift
+from copl_dist.method.losses import (
+    asl_loss,
+    ci_loss,
+    cls_loss,
+    co_loss,
+    contrastive_loss,
+    total_loss,
+)
+from copl_dist.method.model import (
+    IOCNet,
+    ema_update,
+    make_teacher,
+    selection_score,
+    video_scores,
+)
 
 Q = 0.7
 

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from copl_dist.common.errors import InputError
-from copl_dist.method.metrics import ari, average_precision, detection_map, hungarian_mapping, nmi, purity, tiou
+from copl_dist.method.metrics import (
+    ari,
+    average_precision,
+    detection_map,
+    hungarian_mapping,
+    nmi,
+    purity,
+    tiou,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Reference: a literal port of activitynet/ActivityNet Evaluation/utils.py (segment_iou,

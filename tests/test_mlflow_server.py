@@ -16,9 +16,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from tiny_corpus import TINY, tiny_synthetic
 
 from copl_dist.cli import main
-from tiny_corpus import TINY, tiny_synthetic
 
 READY_TIMEOUT_S = 180.0  # schema migrations and uvicorn's start on a loaded 2-core machine
 HOST = "127.0.0.1"

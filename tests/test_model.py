@@ -5,7 +5,14 @@ import math
 import pytest
 import torch
 
-from copl_dist.method.model import IOCNet, ema_update, make_teacher, selection_score, topl_count, video_scores
+from copl_dist.method.model import (
+    IOCNet,
+    ema_update,
+    make_teacher,
+    selection_score,
+    topl_count,
+    video_scores,
+)
 
 
 def test_forward_shapes_and_attention_equations():

@@ -8,8 +8,8 @@ from sklearn.metrics import adjusted_rand_score
 
 from copl_dist.cluster.videos import cluster_videos
 from copl_dist.config import resolve
-from copl_dist.run.driver import project_features
 from copl_dist.method.projection import discriminant_projection, fit_rows
+from copl_dist.run.driver import project_features
 
 
 def test_fit_rows_keeps_p_clusters_with_two_members():

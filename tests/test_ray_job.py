@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from ray_head import BIN, ROOT, ray_env, shipped_runtime_env, start_head, stop_head
 from tiny_corpus import tiny_synthetic
 

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from copl_dist.method import engine
-from copl_dist.config import resolve
 from copl_dist.common.errors import InputError
+from copl_dist.config import resolve
 from copl_dist.data.formats import import_dataset
-from copl_dist.run.driver import CoplRun, default_train_fn
 from copl_dist.data.synth import make_synthetic
+from copl_dist.method import engine
+from copl_dist.run.driver import CoplRun, default_train_fn
 
 # All videos pseudo-labelled (no PLRI) and no dropout: then 1 and 2 workers compute the same loss
 # (module docstring of test_one_and_two_workers_same_losses).
@@ -103,9 +103,10 @@ def test_ray_address_order(monkeypatch):
 
 def test_copl_run_workers_default(monkeypatch, tmp_path):
     from copl_dist.cli import app as cli
+    from copl_dist.run.plan import run_workers
 
     def workers(*argv):
-        return cli._run_workers(cli.build_parser().parse_args(["run", *argv]))
+        return run_workers(cli.run_request(cli.build_parser().parse_args(["run", *argv])))
 
     monkeypatch.delenv("COPL_WORKERS", raising=False)
     assert workers() == -1  # the embedded default: Ray Train fitted to the machine

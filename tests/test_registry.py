@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from copl_dist.cli import main
-from copl_dist.data.corpus import Corpus
 from one_line import one_line_error
 from tiny_corpus import TINY, tiny_synthetic
 
+from copl_dist.cli import main
+from copl_dist.data.corpus import Corpus
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +113,7 @@ def test_promote_picks_the_best_map(runs, store, champion, capsys):
 
 
 def test_load_registered_teacher_is_the_runs_checkpoint(runs, champion):
-    from copl_dist.run.outputs import load_checkpoint
+    from copl_dist.method.checkpoint import load_checkpoint
     from copl_dist.tracking.registry import load_registered_teacher
 
     seed = "0" if champion == "1" else "1"
@@ -286,9 +285,9 @@ def test_inconsistent_checkpoints_are_refused_before_any_output(change, fragment
 def test_init_from_a_wtal_teacher_into_utal_is_refused(runs, data, tmp_path, capsys):
     """A wtal teacher learnt from the true video labels: starting an unsupervised run from it would
     carry them in. Refused before anything is written; a wtal run may still start from it."""
-    from copl_dist.config import resolve
     from copl_dist.common.errors import InputError
-    from copl_dist.tracking.registry import init_state_for
+    from copl_dist.config import resolve
+    from copl_dist.method.checkpoint import init_state_for
 
     ckpt = torch.load(runs["0"] / "teacher.pt", weights_only=True)
     ckpt["config"]["mode"] = "wtal"

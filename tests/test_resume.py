@@ -15,11 +15,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from tiny_corpus import TINY_SETS, tiny_synthetic
 
 from copl_dist.cli import main
 from copl_dist.common.errors import InputError
 from copl_dist.run.state import load_latest, save_iteration
-from tiny_corpus import TINY_SETS, tiny_synthetic
 
 # cluster.delta=-1 pseudo-labels every video, so that even this tiny corpus gives the discriminant
 # projection clusters to fit: a resumed iteration must rebuild it from the last persisted clustering.

@@ -11,8 +11,8 @@ from sklearn.cluster import SpectralClustering
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import normalized_mutual_info_score
 
-from copl_dist.data import synth
 from copl_dist.common.errors import InputError
+from copl_dist.data import synth
 from copl_dist.data.synth import make_synthetic
 
 

@@ -14,8 +14,14 @@ import yaml
 from copl_dist import config as config_lib
 from copl_dist.cli import main
 from copl_dist.data.synth import make_synthetic
-from copl_dist.tune.search import in_space, load_raw, load_space, search_postprocess, user_config
 from copl_dist.tune.objectives import agreement_objective, silhouette_objective
+from copl_dist.tune.search import (
+    in_space,
+    load_raw,
+    load_space,
+    search_postprocess,
+    user_config,
+)
 
 TINY = ["--iterations", "2", "--epochs", "2", "--snippets", "32",
         "--set", "model.hidden_dim=32", "--set", "train.batch_size=4", "--set", "train.shift_channels=64"]
@@ -253,9 +259,7 @@ def test_bad_tune_arguments_fail_before_ray_and_write_nothing(tmp_path, capsys, 
 def test_best_config_leaves_where_a_run_executes_to_copl_run(tmp_path, monkeypatch):
     """The tuning session's distributed / tracking values (workers 0: in-process) must not reach the
     run: `copl run --config best_config.yaml` then fits Ray Train workers as without a config."""
-    import argparse
-
-    from copl_dist.cli.app import RUN_DEFAULT_WORKERS, _run_workers
+    from copl_dist.run.plan import RUN_DEFAULT_WORKERS, RunRequest, run_workers
     from copl_dist.tune.search import best_config_yaml, with_values
 
     space = load_space(write_space(tmp_path / "s.yaml", SPACE))
@@ -267,9 +271,9 @@ def test_best_config_leaves_where_a_run_executes_to_copl_run(tmp_path, monkeypat
     assert "distributed" not in written and "tracking" not in written
     assert written["has"]["gamma"] == 8.0 and written["inference"]["nms_iou"] == 0.5 and written["iterations"] == 2
     monkeypatch.delenv("COPL_WORKERS", raising=False)  # tests/conftest.py sets 0 for the suite
-    args = argparse.Namespace(workers=None, sets=[], config=str(path))
-    assert _run_workers(args) == RUN_DEFAULT_WORKERS == -1
-    loaded = config_lib.resolve("thumos14", path, overrides={"distributed.workers": _run_workers(args)})
+    request = RunRequest(config=str(path))
+    assert run_workers(request) == RUN_DEFAULT_WORKERS == -1
+    loaded = config_lib.resolve("thumos14", path, overrides={"distributed.workers": run_workers(request)})
     assert loaded.distributed.workers == -1 and loaded.tracking.experiment == "copl" and loaded.distributed.storage_path == ""
     expected = config_lib.to_dict(cfg)
     got = config_lib.to_dict(loaded)
@@ -343,9 +347,9 @@ def test_label_free_objectives_on_an_untrained_teacher(data, tmp_path):
     # By hand from the parts: the teacher's HAS features of each video (Eq. 5), the exact path's
     # affinity, spectral clustering with the next iteration's seed, the mean PLRI score (Eq. 8).
     from copl_dist.cluster import exact as cluster
+    from copl_dist.common.seeding import STREAM_CLUSTER, derive_seed
     from copl_dist.method import has
     from copl_dist.method.engine import infer_video
-    from copl_dist.common.seeding import STREAM_CLUSTER, derive_seed
 
     feats = []
     for vid in ids:
@@ -434,9 +438,9 @@ def test_mlflow_has_one_tune_run_and_a_nested_run_per_trial(map_tune):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_postprocess_search_reads_the_cache_and_never_trains(map_tune, data, monkeypatch):
+    from copl_dist.data.corpus import Corpus
     from copl_dist.method import engine
     from copl_dist.run import driver as pipeline
-    from copl_dist.data.corpus import Corpus
 
     calls = []
 

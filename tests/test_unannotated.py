@@ -15,12 +15,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-
-from copl_dist.cli import main
-from copl_dist.cluster.naming import class_names_for, cluster_names, name_unheld_clusters
-from copl_dist.data.synth import make_synthetic
 from one_line import one_line_error
 from tiny_corpus import TINY
+
+from copl_dist.cli import main
+from copl_dist.cluster.naming import (
+    class_names_for,
+    cluster_names,
+    name_unheld_clusters,
+)
+from copl_dist.data.synth import make_synthetic
 
 SYNTH = {"preset": "thumos14", "videos": 8, "classes": 3, "seed": 0, "duration_scale": 0.15}
 

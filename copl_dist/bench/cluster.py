@@ -64,7 +64,13 @@ from typing import Any
 
 import numpy as np
 
-from copl_dist.common.arg_types import OneLineParser, finite_float, nonnegative_int, positive_float, positive_int
+from copl_dist.common.arg_types import (
+    OneLineParser,
+    finite_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
 from copl_dist.common.errors import InputError
 
 PATHS = ("exact", "nystrom", "knn")
@@ -176,7 +182,9 @@ def exact_need_gb(n: int, dim: int) -> float:
 def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-    from copl_dist.cluster import exact as cluster, scale as cluster_scale, knn, plri_scale
+    from copl_dist.cluster import exact as cluster
+    from copl_dist.cluster import knn, plri_scale
+    from copl_dist.cluster import scale as cluster_scale
 
     n, dim, k, seed, path = spec["n"], spec["dim"], spec["clusters"], spec["seed"], spec["path"]
     result: dict[str, Any] = {"path": path, "n": n, "dim": dim}

@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from copl_dist.common.atomic import write_json
 from copl_dist.common.arg_types import nonnegative_int, positive_float, positive_int
+from copl_dist.common.atomic import write_json
 from copl_dist.common.errors import InputError
 
 MB = 1 << 20
@@ -74,8 +74,8 @@ def parse_actors(spec: str) -> list[tuple[int, int | None]]:
 
 def run(args: argparse.Namespace) -> int:
     from copl_dist.data.formats import import_dataset
-    from copl_dist.run.report import table
     from copl_dist.data.synth import make_synthetic
+    from copl_dist.run.report import table
 
     if args.videos < 1 or args.epochs < 1:
         raise InputError("--videos and --epochs must be >= 1")
@@ -145,11 +145,11 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from copl_dist.run import driver as pipeline
     from copl_dist.config import resolve
     from copl_dist.data.corpus import Corpus
     from copl_dist.method.engine import LocalVoter
     from copl_dist.method.model import IOCNet
+    from copl_dist.run import driver as pipeline
 
     corpus = Corpus.open(spec["corpus"])
     cfg = resolve("thumos14", overrides={"model.hidden_dim": spec["hidden_dim"], "model.feature_dim": corpus.feature_dim, "tracking.enabled": False})

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 
 from copl_dist.common.atomic import write_json, write_text
-from copl_dist.config import resolve
 from copl_dist.common.errors import InputError
+from copl_dist.config import resolve
 from copl_dist.data.formats import import_dataset
+from copl_dist.data.synth import make_synthetic
 from copl_dist.run.driver import CoplRun
 from copl_dist.run.report import table
-from copl_dist.data.synth import make_synthetic
 
 PAPER_ROW = "COPL as in the paper (mean features first, Eq. 5 uncentred, no projection)"
 NO_PROJECTION_ROW = "COPL w/o discriminant projection"

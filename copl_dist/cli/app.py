@@ -9,27 +9,19 @@ import argparse
 import gc
 import json
 import os
-import shutil
 import signal
 import sys
 import threading
-import warnings
-from pathlib import Path
 from typing import Any
 
-from copl_dist.common.arg_types import OneLineParser, nonnegative_int, positive_float, positive_int
+from copl_dist.common.arg_types import (
+    OneLineParser,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
 from copl_dist.common.errors import InputError, first_line
 from copl_dist.common.interrupts import reset_terminated, sigterm_unwinds, terminated
-
-# With no --data, `copl run` sizes a synthetic THUMOS-like corpus and the schedule to finish within
-# 10 minutes on two CPU cores (measured: see README). Explicit flags still win.
-EMBEDDED_SYNTH = {"videos": 48, "classes": 6, "duration_scale": 0.5}
-EMBEDDED_OVERRIDES = {"iterations": 3, "train.epochs": 12, "data.snippets": 128, "has.vote_last": 6}
-# `copl run` trains on Ray Train with workers fitted to the machine (a local Ray started in-process),
-# or to the cluster at $RAY_ADDRESS, unless --workers, --set, the config file or $COPL_WORKERS says
-# otherwise. The config default stays 0 (in-process): library callers start no Ray, and the test
-# suite sets COPL_WORKERS=0 (tests/conftest.py) so its many small runs skip Ray's start-up.
-RUN_DEFAULT_WORKERS = -1
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -112,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--snippets", type=positive_int, default=128)
     q.add_argument("--iterations", type=positive_int, default=3)
     q.add_argument("--duration-scale", type=positive_float, default=0.5)
-    from copl_dist.bench import cluster as bench_cluster, has as bench_has, train as bench_train
+    from copl_dist.bench import cluster as bench_cluster
+    from copl_dist.bench import has as bench_has
+    from copl_dist.bench import train as bench_train
 
     bench_cluster.add_arguments(bench.add_parser("cluster", help="exact vs FAISS clustering: seconds and peak memory per N"))
     bench_train.add_arguments(bench.add_parser("train", help="training throughput in-process and over 1 and 2 Ray workers"))
@@ -120,8 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {
+def run_request(args: argparse.Namespace) -> Any:
+    """`copl run`'s flags as a run request (checked by plan_run)."""
+    from copl_dist.run.plan import RunRequest
+
+    overrides = {
         "mode": args.mode,
         "iterations": args.iterations,
         "train.epochs": args.epochs,
@@ -130,217 +127,25 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "data.train_subset": args.train_subset,
         "data.test_subset": args.test_subset,
         "distributed.has_actors": args.has_actors,
-        "distributed.workers": args.workers,
-        "tracking.tracking_uri": _run_tracking_uri(args.tracking_uri),
     }
-
-
-def _run_tracking_uri(value: str | None) -> str | None:
-    """--tracking-uri as a URI (checked with the rest of the store before the run writes anything)."""
-    if value is None:
-        return None
-    from copl_dist.tracking.runs import check_sqlite_store, normalize_tracking_uri
-
-    uri = normalize_tracking_uri(value, "--tracking-uri")
-    check_sqlite_store(uri, "--tracking-uri", must_exist=False)
-    return uri
-
-
-def _run_workers(args: argparse.Namespace) -> int | None:
-    """`copl run`'s distributed.workers override: --workers; else none if --set or the config file
-    gives it; else $COPL_WORKERS; else RUN_DEFAULT_WORKERS."""
-    if args.workers is not None:
-        return args.workers
-    if _config_sets(args, "distributed.workers"):
-        return None
-    return _default_workers()
-
-
-def _default_workers() -> int:
-    raw = os.environ.get("COPL_WORKERS", "").strip()
-    if not raw:
-        return RUN_DEFAULT_WORKERS
-    try:
-        workers = int(raw)
-    except ValueError:
-        workers = -2
-    if workers < -1:  # checked here: the config check would blame --workers, which was not given
-        raise InputError(f"$COPL_WORKERS: expected -1, 0 or a worker count, got '{raw}'")
-    return workers
-
-
-_ABSENT = object()
-
-
-def _config_sets(args: argparse.Namespace, key: str) -> bool:
-    """Whether --set or the --config file gives `key` (dotted) a value."""
-    if any(s.split("=", 1)[0].strip() == key for s in args.sets):
-        return True
-    return _config_file_value(args, key) is not _ABSENT
-
-
-def _config_file_value(args: argparse.Namespace, key: str) -> Any:
-    """The --config file's value of `key` (dotted), or _ABSENT (no file, no such key, or a file
-    resolve() will report as bad)."""
-    if not args.config or not Path(args.config).is_file():
-        return _ABSENT  # resolve() reports a missing file
-    import yaml
-
-    try:
-        node: Any = yaml.safe_load(Path(args.config).read_text())
-    except (yaml.YAMLError, UnicodeDecodeError, OSError):
-        return _ABSENT  # resolve() reports it
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return _ABSENT
-        node = node[part]
-    return node
+    return RunRequest(
+        data=args.data, out=args.out, preset=args.preset, config=args.config, sets=tuple(args.sets), overrides=overrides,
+        workers=args.workers, tracking_uri=args.tracking_uri, init_from=args.init_from, resume=args.resume,
+        allow_pickle=args.allow_pickle, progress=not args.no_progress,
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from copl_dist.config import resolve
-    from copl_dist.data.formats import import_dataset
-    from copl_dist.data.synth import make_synthetic
-
-    overrides = _run_overrides(args)
-    overrides["distributed.workers"] = _run_workers(args)
-    synthetic = args.data is None
-    if synthetic:
-        for key, value in EMBEDDED_OVERRIDES.items():
-            if overrides.get(key) is None and not any(s.startswith(f"{key}=") for s in args.sets):
-                overrides[key] = value
-    file_preset = _config_file_value(args, "preset")
-    if args.preset is not None and file_preset not in (_ABSENT, None) and file_preset != args.preset:
-        # resolve() lets the file's preset win: a tuned THUMOS config must not quietly run as ActivityNet.
-        raise InputError(f"--preset {args.preset}: the --config file {args.config} is for preset '{file_preset}'")
-    cfg = resolve(args.preset or "thumos14", args.config, args.sets, overrides)
-    out = Path(args.out or f"runs/{cfg.preset}-{cfg.mode}-seed{cfg.seed}")
-    if args.data is not None and not Path(args.data).exists():
-        raise InputError(f"{args.data}: data folder not found")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a folder")
-    if cfg.tracking.enabled:
-        from copl_dist.tracking.registry import check_registry_names
-        from copl_dist.tracking.runs import resolve_tracking_uri
-
-        from copl_dist.tracking.runs import check_tracking_store
-
-        # The store's checks, before anything is written.
-        check_tracking_store(resolve_tracking_uri(cfg.tracking, out), "tracking store")
-        if cfg.tracking.log_model:
-            check_registry_names(cfg.tracking.registered_model, source="tracking.registered_model")
-    if cfg.distributed.workers != 0 or cfg.distributed.has_actors > 0:
-        from copl_dist.distributed.ray_runtime import check_ray_address
-
-        check_ray_address(cfg.distributed)  # before anything is written
-    init_ckpt = None
-    if args.init_from:
-        from copl_dist.tracking.registry import load_teacher_checkpoint
-        from copl_dist.tracking.runs import resolve_tracking_uri
-
-        if cfg.mode == "baseline":
-            raise InputError(f"--init-from {args.init_from}: mode 'baseline' trains no model")
-        from copl_dist.tracking.registry import check_init_mode
-
-        init_ckpt = load_teacher_checkpoint(args.init_from, resolve_tracking_uri(cfg.tracking, out))
-        check_init_mode(init_ckpt, args.init_from, cfg.mode)  # before anything is written
-
-    from copl_dist.common.atomic import output_folder
-    from copl_dist.cluster.naming import naming_note
-    from copl_dist.run.driver import check_run_inputs
-
-    with output_folder(out, keep=("state",)):
-        if synthetic:
-            # One folder per preset and seed: the corpus is generated from both, so another seed in the
-            # same --out must not reuse the first one's (its registry tag names the seed).
-            src = out / f"synthetic-data-{cfg.preset}-seed{cfg.seed}"
-            print(
-                f"copl: no --data given: running on a synthetic {cfg.preset} corpus "
-                f"({EMBEDDED_SYNTH['videos']} videos per subset, {EMBEDDED_SYNTH['classes']} classes) in {src}",
-                file=sys.stderr,
-            )
-            if not (src / "annotations.json").exists():
-                make_synthetic(src, preset=cfg.preset, seed=cfg.seed, **EMBEDDED_SYNTH)
-        else:
-            src = Path(args.data)
-        corpus_dir = out / "corpus"
-        if args.resume and (corpus_dir / "corpus.json").is_file():
-            corpus = import_dataset(corpus_dir, corpus_dir)  # converted before the interruption
-        else:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                corpus = import_dataset(src, corpus_dir, allow_pickle=args.allow_pickle, min_snippets=cfg.data.min_snippets)
-            for w in caught:
-                print(f"copl: warning: {w.message}", file=sys.stderr)
-        check_run_inputs(cfg, corpus, where=src)
-        note = naming_note(cfg, corpus)
-        if note is not None:
-            print(f"copl: {note}", file=sys.stderr)
-        from copl_dist.run.state import files_fingerprint
-
-        data_files = files_fingerprint(src)
-        init_state = None
-        if init_ckpt is not None:
-            from copl_dist.tracking.registry import init_state_for
-
-            clusters = len(corpus.classes) if cfg.mode == "wtal" else (cfg.num_classes or len(corpus.classes))
-            init_state = init_state_for(init_ckpt, args.init_from, clusters, cfg)
-    # From here the run writes its progress (metrics per iteration, the tracking store, --resume's
-    # state): bad input found later (say, by a Ray worker) leaves it in place, as any other failure.
-    # What the registry tags as the dataset: what the user named, not the run's converted copy.
-    dataset = f"synthetic:{cfg.preset}:seed{cfg.seed}" if synthetic else str(Path(args.data).resolve())
-    return _execute(cfg, corpus, out, dataset, progress=not args.no_progress, init_state=init_state, resume=args.resume,
-                    data_files=data_files)
-
-
-def _execute(
-    cfg: Any, corpus: Any, out: Path, dataset: str, progress: bool, init_state: Any = None, resume: bool = False,
-    data_files: str | None = None,
-) -> int:
-    from copl_dist.config import config_hash, to_dict
-    from copl_dist.run.outputs import write_metrics, write_run_outputs
-    from copl_dist.run.driver import CoplRun
+    from copl_dist.run.plan import execute, plan_run, prepare
     from copl_dist.run.report import results_table
-    from copl_dist.tracking.runs import Tracker
 
-    if not resume:  # a fresh run must never continue from another run's state
-        shutil.rmtree(out / "state", ignore_errors=True)
-    tracker = Tracker(cfg.tracking, out)
-    run = CoplRun(
-        cfg, corpus, tracker, progress=progress, on_iteration=lambda its: write_metrics(out / "metrics.json", cfg, its),
-        init_state=init_state, state_dir=out / "state", resume=resume, data_source=dataset,  # --resume refuses state saved on other data
-        data_files=data_files,
-    )
-    registered = None
-    tags = {"dataset": dataset, "dataset_digest": corpus.digest(), "seed": str(cfg.seed),
-            "config_hash": config_hash(cfg), "mode": cfg.mode}
-    with tracker.parent_run(f"{cfg.preset}-{cfg.mode}-seed{cfg.seed}", to_dict(cfg), tags):
-        result = run.execute()
-        paths = write_run_outputs(out, cfg, result, result.class_names)
-        tracker.log_metrics({k: v for k, v in result.final.items()})
-        for key in ("detections", "metrics", "config", "plot_iterations", "plot_actionness"):
-            if key in paths:
-                tracker.log_artifact(paths[key], "plots" if key.startswith("plot") else None)
-        if result.teacher_state is not None and tracker.enabled:
-            import torch
-
-            from copl_dist.run.driver import load_teacher
-
-            teacher = load_teacher(result.teacher_state, result.num_classes, cfg)
-            example = torch.zeros(1, 16, cfg.model.feature_dim).numpy()
-            model_uri = tracker.log_teacher(teacher, example)
-            if model_uri is not None and tracker.parent_run_id is not None:
-                from copl_dist.common.interrupts import deferred_interrupt
-                from copl_dist.tracking.registry import register_teacher
-
-                name = cfg.tracking.registered_model
-                with deferred_interrupt():  # the run's end status is written after it (tracking.Tracker._run)
-                    version = register_teacher(model_uri, name, tracker.parent_run_id, paths["teacher"], tags, result.final)
-                registered = f"models:/{name}/{version}"
-    print(results_table(result, cfg))
-    print(f"outputs: {out.resolve()}" + (f"  (MLflow: {tracker.uri})" if tracker.enabled else ""))
-    if registered:
-        print(f"registered: {registered}")
+    plan = plan_run(run_request(args))  # every check that writes nothing
+    prepared = prepare(plan)  # the corpus in OUT/corpus, checked against the config
+    outcome = execute(prepared)  # the iterations and every output
+    print(results_table(outcome.result, plan.cfg))  # the report
+    print(f"outputs: {plan.out.resolve()}" + (f"  (MLflow: {plan.tracking_uri})" if plan.tracking_uri else ""))
+    if outcome.registered:
+        print(f"registered: {outcome.registered}")
     return 0
 
 
@@ -376,8 +181,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from copl_dist.bench import (
         cluster as bench_cluster,
+    )
+    from copl_dist.bench import (
         has as bench_has,
+    )
+    from copl_dist.bench import (
         quality as bench_quality,
+    )
+    from copl_dist.bench import (
         train as bench_train,
     )
 

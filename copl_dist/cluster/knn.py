@@ -31,7 +31,6 @@ from copl_dist.cluster.knobs import (  # the scale path's knobs and helpers
 )
 
 
-
 def resolve_backend(backend: str = "auto") -> str:
     """'auto' -> 'faiss' when FAISS sees a GPU; else 'torch' when torch sees CUDA; else 'faiss' when
     FAISS is installed; else 'torch' (CPU). Explicit: 'faiss', 'torch', 'numpy' (float64 reference).

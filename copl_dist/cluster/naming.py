@@ -12,9 +12,9 @@ import re
 
 import numpy as np
 
+from copl_dist.common.errors import InputError
 from copl_dist.config import CoplConfig
 from copl_dist.data.corpus import Corpus
-from copl_dist.common.errors import InputError
 from copl_dist.method.metrics import ari, hungarian_mapping, nmi, purity
 
 

@@ -30,7 +30,6 @@ from copl_dist.cluster.knobs import (
     stream_rng,
 )
 
-
 # On a device, blocks this many times larger: fewer, fuller kernel launches (1 GB of float64 kernel).
 _DEVICE_BLOCK_FACTOR = 8
 # Rows per kernel-sum call of the blocked sums. The columns are blocked inside the call, so a block of

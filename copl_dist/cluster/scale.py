@@ -39,7 +39,6 @@ Labels are canonical (clusters numbered in order of first appearance), as in `cl
 
 from __future__ import annotations
 
-import time
 import warnings
 from typing import Any
 
@@ -52,8 +51,8 @@ from threadpoolctl import threadpool_limits
 from copl_dist.cluster.exact import canonical_labels, check_n_clusters, plri_split
 from copl_dist.cluster.knn import knn_search, pca_project
 from copl_dist.cluster.knobs import (
-    KMEANS_NITER,
     KMEANS_N_INIT,
+    KMEANS_NITER,
     KMEANS_ONE_THREAD_MAX,
     NYSTROM_LANDMARKS,
     NYSTROM_RCOND,

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from copl_dist.cluster import scale
-from copl_dist.cluster.exact import check_features, gaussian_affinity, plri_scores, plri_split, spectral_clustering
+from copl_dist.cluster.exact import (
+    check_features,
+    gaussian_affinity,
+    plri_scores,
+    plri_split,
+    spectral_clustering,
+)
 
 
 def cluster_videos(

@@ -26,8 +26,8 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from copl_dist.common.atomic import write_text
-from copl_dist.data.corpus import MANIFEST, Corpus, Segment, VideoRecord, write_corpus
 from copl_dist.common.errors import InputError, parse_number
+from copl_dist.data.corpus import MANIFEST, Corpus, Segment, VideoRecord, write_corpus
 
 WTALC_FEATURES_SUFFIX = "-I3D-JOINTFeatures.npy"
 WTALC_ANNOTATIONS_SUFFIX = "-Annotations"

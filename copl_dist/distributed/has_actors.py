@@ -52,11 +52,11 @@ import numpy as np
 import ray
 import torch
 
-from copl_dist.method import has as has_lib
+from copl_dist.common.errors import InputError
 from copl_dist.config import CoplConfig, from_dict, to_dict
 from copl_dist.data.corpus import Corpus
+from copl_dist.method import has as has_lib
 from copl_dist.method.engine import update_votes
-from copl_dist.common.errors import InputError
 from copl_dist.method.model import IOCNet
 
 # How long a pool on a cluster joined by address waits for an autoscaler to add the CPUs it needs.

@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from copl_dist.method import engine
+from copl_dist.common.errors import InputError
 from copl_dist.distributed import checkpoint_staging
 from copl_dist.distributed.ray_runtime import ensure_ray, ray_address, resolve_workers
-from copl_dist.common.errors import InputError
+from copl_dist.method import engine
 
 CHECKPOINT_FILE = "train_state.pt"
 
@@ -341,9 +341,15 @@ def make_ray_train_fn(cfg: Any, storage_path: str | os.PathLike[str] | None = No
     ) -> dict[str, Any]:
         """`report` gets every epoch's metrics after the fit (from the final checkpoint); `progress`,
         if given, gets them as the epochs end (EpochFeed), for display."""
-        from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+        from ray.train import (
+            CheckpointConfig,
+            FailureConfig,
+            LoggingConfig,
+            RunConfig,
+            ScalingConfig,
+            TrainingFailedError,
+        )
         from ray.train.torch import TorchConfig, TorchTrainer
-        from ray.train import TrainingFailedError
 
         ensure_ray(dist)
         num_workers, use_gpu = resolve_workers(dist.workers, dist.use_gpu)

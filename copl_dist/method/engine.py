@@ -14,13 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from copl_dist.method import has as has_lib
-from copl_dist.method.augment import temporal_feature_shift
-from copl_dist.config import CoplConfig, from_dict
-from copl_dist.data.corpus import Corpus
 from copl_dist.common.errors import InputError
-from copl_dist.method.losses import total_loss
-from copl_dist.method.model import IOCNet, ema_update, make_teacher, selection_score, topl_count, video_scores
 from copl_dist.common.seeding import (
     STREAM_DROPOUT,
     STREAM_INIT,
@@ -28,6 +22,19 @@ from copl_dist.common.seeding import (
     STREAM_SHIFT,
     derive_seed,
     seed_everything,
+)
+from copl_dist.config import CoplConfig, from_dict
+from copl_dist.data.corpus import Corpus
+from copl_dist.method import has as has_lib
+from copl_dist.method.augment import temporal_feature_shift
+from copl_dist.method.losses import total_loss
+from copl_dist.method.model import (
+    IOCNet,
+    ema_update,
+    make_teacher,
+    selection_score,
+    topl_count,
+    video_scores,
 )
 
 LOSS_KEYS = ("loss", "cls", "asl", "ci", "contrastive", "co")

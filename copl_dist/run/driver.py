@@ -29,27 +29,32 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from copl_dist.method import baseline as baseline_lib
-from copl_dist.method import has as has_lib
-from copl_dist.run import state as run_state
-from copl_dist.cluster.videos import cluster_videos
 from copl_dist.cluster.naming import (
     check_class_names,
     class_names_for,
     cluster_metrics,
-    map_clusters_to_classes,
     label_targets,
+    map_clusters_to_classes,
     primary_labels,
 )
+from copl_dist.cluster.videos import cluster_videos
+from copl_dist.common.errors import InputError
+from copl_dist.common.seeding import STREAM_CLUSTER, derive_seed
 from copl_dist.config import PRESET_TIOUS, CoplConfig, config_hash, to_dict
 from copl_dist.data.corpus import Corpus
-from copl_dist.method.engine import TeacherOutputs, infer_video, resolve_device, train_loop_per_worker
-from copl_dist.common.errors import InputError
+from copl_dist.method import baseline as baseline_lib
+from copl_dist.method import has as has_lib
+from copl_dist.method.engine import (
+    TeacherOutputs,
+    infer_video,
+    resolve_device,
+    train_loop_per_worker,
+)
 from copl_dist.method.localize import localize_video
 from copl_dist.method.metrics import detection_map, snippet_auc, snippet_mask
 from copl_dist.method.model import IOCNet
 from copl_dist.method.projection import discriminant_projection
-from copl_dist.common.seeding import STREAM_CLUSTER, derive_seed
+from copl_dist.run import state as run_state
 from copl_dist.tracking.runs import Tracker
 
 TrainFn = Callable[..., dict[str, Any]]
@@ -233,8 +238,8 @@ def default_train_fn(cfg: CoplConfig, out_dir: Path | None = None) -> TrainFn:
 
 
 def check_run_inputs(cfg: CoplConfig, corpus: Corpus, where: str | Path | None = None) -> None:
-    """What a run needs of its data, checked before it starts (`copl run` calls this before it writes
-    anything, CoplRun again): both subsets exist, classes are known, the training subset has at least
+    """What a run needs of its data, checked once before it starts (run/plan.py `prepare`, `copl tune`;
+    CoplRun trusts its caller): both subsets exist, classes are known, the training subset has at least
     one video per cluster. A subset is blamed on where it was set (preset, file, --set or flag).
     `where`: the data as the user named it (default: the corpus folder)."""
     from copl_dist.config import flag_name, source_of
@@ -303,7 +308,6 @@ class CoplRun:
         self.latest: RunResult | None = None
         # HAS voting and global features in Ray actors while _utal runs with distributed.has_actors > 0.
         self._has_pool: Any = None
-        check_run_inputs(cfg, corpus)
         self.train_ids = corpus.video_ids(cfg.data.train_subset)
         self.test_ids = corpus.video_ids(cfg.data.test_subset)
         self.num_classes = cfg.num_classes or len(corpus.classes)
@@ -392,7 +396,7 @@ class CoplRun:
         state = run_state.load_latest(self.state_dir, config_hash(self.cfg), self._provenance())
         if state is None:
             return 0, None, None, [], None
-        from copl_dist.tracking.registry import check_state_shapes
+        from copl_dist.method.checkpoint import check_state_shapes
 
         check_state_shapes(state["teacher"], self.num_classes, self.cfg, f"{self.state_dir}: the saved teacher")
         labels, scores, mask = state["labels"], state["scores"], state["mask"].astype(bool)

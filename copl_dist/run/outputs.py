@@ -14,15 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from copl_dist.common.atomic import atomic_path, write_json, write_text
-from copl_dist.config import CoplConfig, config_hash, to_dict, to_yaml
+from copl_dist.common.atomic import write_json, write_text
+from copl_dist.config import CoplConfig, config_hash, to_yaml
 from copl_dist.data.formats import write_detections
+from copl_dist.method.checkpoint import save_checkpoint
 from copl_dist.run.driver import RunResult
 from copl_dist.run.plots import plot_actionness, plot_iterations
-
-CHECKPOINT_VERSION = 1
 
 
 def metrics_document(cfg: CoplConfig, result: RunResult, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -43,24 +40,6 @@ def write_metrics(path: Path, cfg: CoplConfig, iterations: list[dict[str, Any]])
     write_json(path, {"mode": cfg.mode, "preset": cfg.preset, "seed": cfg.seed, "iterations": iterations, "final": final, "complete": False})
 
 
-def save_checkpoint(path: Path, cfg: CoplConfig, result: RunResult, class_names: list[str]) -> None:
-    payload = {
-        "format_version": CHECKPOINT_VERSION,
-        "state_dict": result.teacher_state,
-        "config": to_dict(cfg),
-        "num_classes": result.num_classes,
-        "class_names": list(class_names),
-        "cluster_to_class": [int(result.cluster_to_class.get(c, -1)) for c in range(result.num_classes)],
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A teacher checkpoint; `weights_only=True` so loading runs no code from the file."""
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def write_run_outputs(out_dir: Path, cfg: CoplConfig, result: RunResult, class_names: list[str]) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -79,7 +58,8 @@ def write_run_outputs(out_dir: Path, cfg: CoplConfig, result: RunResult, class_n
         plot_actionness(result.traces, paths["plot_actionness"])
     if result.teacher_state is not None:
         paths["teacher"] = out_dir / "teacher.pt"
-        save_checkpoint(paths["teacher"], cfg, result, class_names)
+        cluster_to_class = [int(result.cluster_to_class.get(c, -1)) for c in range(result.num_classes)]
+        save_checkpoint(paths["teacher"], cfg, result.teacher_state, result.num_classes, class_names, cluster_to_class)
     if result.pseudo_labels:
         from copl_dist.data.corpus import write_table
 

@@ -16,9 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from copl_dist.config import TrackingConfig, flatten
-from copl_dist.common.interrupts import deferred_interrupt
 from copl_dist.common.errors import InputError, first_line
+from copl_dist.common.interrupts import deferred_interrupt
+from copl_dist.config import TrackingConfig, flatten
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -143,11 +143,12 @@ def resolve_tracking_uri(cfg: TrackingConfig, out_dir: Path) -> str:
 class Tracker:
     """A thin, explicit wrapper: the pipeline says what to log, this says where."""
 
-    def __init__(self, cfg: TrackingConfig, out_dir: Path):
+    def __init__(self, cfg: TrackingConfig, out_dir: Path, uri: str | None = None):
+        """`uri`: the store as a run plan resolved it (run/plan.py); None: resolved here."""
         self.cfg = cfg
         self.out_dir = out_dir
         self.enabled = cfg.enabled
-        self.uri = resolve_tracking_uri(cfg, out_dir) if self.enabled else ""
+        self.uri = (uri or resolve_tracking_uri(cfg, out_dir)) if self.enabled else ""
         self.parent_run_id: str | None = None
         self._mlflow: Any = None
 

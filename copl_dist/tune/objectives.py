@@ -17,18 +17,18 @@ from typing import Any
 
 import numpy as np
 
-from copl_dist.config import CoplConfig
 from copl_dist.common.seeding import STREAM_CLUSTER, derive_seed
+from copl_dist.config import CoplConfig
 
 _STREAM_AGREEMENT = 101
 
 
 def silhouette_objective(cfg: CoplConfig, corpus: Any, video_ids: list[str], teacher: Any, num_classes: int, iteration: int) -> float:
     """Mean PLRI score of the clustering that this teacher's HAS global features give (label-free)."""
-    from copl_dist.method import has as has_lib
     from copl_dist.cluster.videos import cluster_videos
-    from copl_dist.run.driver import cluster_scale_options
+    from copl_dist.method import has as has_lib
     from copl_dist.method.engine import infer_video
+    from copl_dist.run.driver import cluster_scale_options
 
     feats = []
     for vid in video_ids:

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from copl_dist.common.atomic import atomic_path
-from copl_dist.config import PRESET_TIOUS, CoplConfig
 from copl_dist.common.seeding import derive_seed
+from copl_dist.config import PRESET_TIOUS, CoplConfig
 from copl_dist.tune.space import get_key, in_space, sample_spec, with_values
 
 RAW_FILE = "raw_predictions.npz"

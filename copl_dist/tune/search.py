@@ -47,21 +47,37 @@ import sys
 import tempfile
 import time
 import uuid
-import warnings
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from copl_dist import config as config_lib
-from copl_dist.common.atomic import atomic_path, output_folder, write_json, write_text
 from copl_dist.cluster.naming import labels_name_clusters
-from copl_dist.distributed.ray_runtime import RaySession
-from copl_dist.config import CoplConfig, flatten, resolve, to_dict, validate
-from copl_dist.common.interrupts import deferred_interrupt
+from copl_dist.common.atomic import atomic_path, output_folder, write_json, write_text
 from copl_dist.common.errors import InputError
+from copl_dist.common.interrupts import deferred_interrupt
+from copl_dist.config import CoplConfig, flatten, resolve, to_dict, validate
+from copl_dist.distributed.ray_runtime import RaySession
+from copl_dist.run.driver import check_run_inputs
+from copl_dist.run.plan import (
+    EMBEDDED_OVERRIDES,
+    RunPlan,
+    RunRequest,
+    embedded_source,
+    import_corpus,
+    plan_run,
+    synthetic_source,
+)
+from copl_dist.tracking.runs import Tracker
 from copl_dist.tune.objectives import agreement_objective, silhouette_objective
-from copl_dist.tune.postprocess import RAW_FILE, load_raw, raw_predictions, save_raw, search_postprocess  # noqa: F401
+from copl_dist.tune.postprocess import (  # noqa: F401
+    RAW_FILE,
+    load_raw,
+    raw_predictions,
+    save_raw,
+    search_postprocess,
+)
 from copl_dist.tune.space import (  # noqa: F401  (re-exported: callers use copl_dist.tune.search)
     Space,
     _plain,
@@ -265,29 +281,6 @@ def _check_val_in_corpus(val_subset: str, corpus: Any, objective: str, train_sub
         )
 
 
-def _open_corpus(args: argparse.Namespace, cfg: CoplConfig, out: Path) -> Any:
-    from copl_dist.data.formats import import_dataset
-
-    if args.data is None:
-        from copl_dist.cli.app import EMBEDDED_SYNTH
-        from copl_dist.data.synth import make_synthetic
-
-        src = out / f"synthetic-data-{cfg.preset}-seed{cfg.seed}"  # generated from both (as copl run's)
-        print(f"copl tune: no --data given: a synthetic {cfg.preset} corpus in {src}", file=sys.stderr)
-        if not (src / "annotations.json").exists():
-            make_synthetic(src, preset=cfg.preset, seed=cfg.seed, **EMBEDDED_SYNTH)
-    else:
-        src = Path(args.data)
-        if not src.exists():
-            raise InputError(f"{src}: data folder not found")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        corpus = import_dataset(src, out / "corpus", allow_pickle=args.allow_pickle, min_snippets=cfg.data.min_snippets)
-    for w in caught:
-        print(f"copl tune: warning: {w.message}", file=sys.stderr)
-    return corpus
-
-
 def _select_best(
     records: dict[str, dict[str, Any]], max_iterations: int, out: Path | str = "", error_files: list[str] | tuple = ()
 ) -> dict[str, Any]:
@@ -335,8 +328,6 @@ def run(args: argparse.Namespace) -> int:
         "data.train_subset": args.train_subset, "data.test_subset": args.test_subset,
     }
     if args.data is None:
-        from copl_dist.cli.app import EMBEDDED_OVERRIDES
-
         for key, value in EMBEDDED_OVERRIDES.items():
             if flags.get(key) is None and key not in space.base and not any(s.startswith(f"{key}=") for s in args.sets):
                 flags[key] = value
@@ -354,40 +345,31 @@ def run(args: argparse.Namespace) -> int:
     _check_val_subset(args.objective, args.val_subset, cfg)
 
     out = Path(args.out or f"runs/tune-{Path(space.path).stem}").resolve()
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a folder")
-    if cfg.tracking.enabled:
-        from copl_dist.tracking.runs import check_tracking_store, resolve_tracking_uri
-
-        check_tracking_store(resolve_tracking_uri(cfg.tracking, out), "tracking store")
-    from copl_dist.distributed.ray_runtime import check_ray_address
-
-    check_ray_address(cfg.distributed)
+    # The checks `copl run` makes, in the same place (trials always run on Ray; they register nothing).
+    plan = plan_run(RunRequest(data=args.data, out=out, allow_pickle=args.allow_pickle), cfg=cfg, register=False, ray=True)
     # Bad input found while the data is prepared removes what this command added to OUT; once the
     # trials start, their logs and tracking history stay, whatever ends the search.
     with output_folder(out):
-        corpus = _open_corpus(args, cfg, out)
-        from copl_dist.run.driver import check_run_inputs
-
+        if plan.data is None:
+            print(f"copl tune: no --data given: a synthetic {cfg.preset} corpus in {synthetic_source(plan)}", file=sys.stderr)
+        corpus = import_corpus(plan, plan.data or embedded_source(plan), who="copl tune")
         check_run_inputs(cfg, corpus, where=args.data)
         if args.val_subset:
             _check_val_in_corpus(args.val_subset, corpus, args.objective, cfg.data.train_subset)
-    return _run_in(args, space, cfg, out, corpus)
+    return _run_in(args, space, cfg, plan, corpus)
 
 
-def _run_in(args: argparse.Namespace, space: Space, cfg: CoplConfig, out: Path, corpus: Any) -> int:
-    from copl_dist.tracking.runs import Tracker
-
+def _run_in(args: argparse.Namespace, space: Space, cfg: CoplConfig, plan: RunPlan, corpus: Any) -> int:
+    out = plan.out
     eval_subset = args.val_subset or cfg.data.train_subset
 
-    tracker = Tracker(cfg.tracking, out)
+    tracker = Tracker(cfg.tracking, out, uri=plan.tracking_uri)
     parent_params = {
         "tune": {"space": space.path, "objective": args.objective, "val_subset": args.val_subset or "", "samples": args.samples,
                  "search": {k: str(v) for k, v in space.search.items()}, "postprocess": {k: str(v) for k, v in space.postprocess.items()}},
         **to_dict(cfg),
     }
-    dataset = f"synthetic:{cfg.preset}:seed{cfg.seed}" if args.data is None else str(Path(args.data).resolve())
-    tags = {"dataset": dataset, "dataset_digest": corpus.digest(), "copl.kind": "tune", "objective": args.objective,
+    tags = {"dataset": plan.dataset, "dataset_digest": corpus.digest(), "copl.kind": "tune", "objective": args.objective,
             "seed": str(cfg.seed)}
     started = time.perf_counter()
     # Ctrl-C must stop `copl tune` (exit 130), not end the search early and write a "best" config from

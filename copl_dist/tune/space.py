@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from copl_dist import config as config_lib
-from copl_dist.config import PRESETS, CoplConfig, from_dict, to_dict, validate
 from copl_dist.common.errors import InputError
+from copl_dist.config import PRESETS, CoplConfig, from_dict, to_dict, validate
 
 SPEC_KINDS = ("uniform", "loguniform", "randint", "choice")
 SPACE_KEYS = ("preset", "base", "search", "postprocess")

@@ -1,0 +1,331 @@
+"""A run in four steps: plan -> prepare the corpus -> execute -> report.
+
+`plan_run(request)` makes every check of a run that writes nothing, once, before anything is
+written, and returns a `RunPlan` that holds what they resolved (the config, the output folder, the
+data, the tracking store, the registry name, the Ray address, the init checkpoint, the dataset tag).
+`prepare(plan)` converts the data into OUT/corpus and makes the checks that need the corpus.
+`execute(prepared)` runs the iterations and writes the outputs. Nothing after the plan checks again.
+`copl run`, `copl tune` and the Python API (copl_dist.api) all start from a plan.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from copl_dist.cluster.naming import naming_note
+from copl_dist.common.atomic import output_folder
+from copl_dist.common.errors import InputError
+from copl_dist.config import CoplConfig, config_hash, resolve, to_dict
+from copl_dist.data.corpus import Corpus
+from copl_dist.data.formats import import_dataset
+from copl_dist.data.synth import make_synthetic
+from copl_dist.distributed.ray_runtime import check_ray_address, ray_address
+from copl_dist.method.checkpoint import check_init_mode, init_state_for
+from copl_dist.run.driver import CoplRun, RunResult, check_run_inputs, load_teacher
+from copl_dist.run.outputs import write_metrics, write_run_outputs
+from copl_dist.run.state import files_fingerprint
+from copl_dist.tracking.registry import check_registry_names, load_teacher_checkpoint
+from copl_dist.tracking.runs import (
+    Tracker,
+    check_sqlite_store,
+    check_tracking_store,
+    normalize_tracking_uri,
+    resolve_tracking_uri,
+)
+
+# With no data, a run sizes a synthetic THUMOS-like corpus and the schedule to finish within 10
+# minutes on two CPU cores (docs/results.md). Explicit settings still win.
+EMBEDDED_SYNTH = {"videos": 48, "classes": 6, "duration_scale": 0.5}
+EMBEDDED_OVERRIDES = {"iterations": 3, "train.epochs": 12, "data.snippets": 128, "has.vote_last": 6}
+# A run trains on Ray Train with workers fitted to the machine (a local Ray started in-process), or to
+# the cluster at $RAY_ADDRESS, unless the request, --set, the config file or $COPL_WORKERS says
+# otherwise. The config default stays 0 (in-process): code that builds a CoplRun itself starts no
+# Ray, and the test suite sets COPL_WORKERS=0 (tests/conftest.py) so its many small runs skip Ray's
+# start-up.
+RUN_DEFAULT_WORKERS = -1
+
+_ABSENT = object()
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What a user asks of a run, unchecked. `overrides`: dotted config keys set by flags
+    (`mode`, `train.epochs`, ...; None values are ignored); `sets`: KEY=VALUE strings as --set takes
+    them; `workers`: None for the run default (see RUN_DEFAULT_WORKERS)."""
+
+    data: str | Path | None = None
+    out: str | Path | None = None
+    preset: str | None = None
+    config: str | Path | None = None
+    sets: Sequence[str] = ()
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    workers: int | None = None
+    tracking_uri: str | None = None
+    init_from: str | None = None
+    resume: bool = False
+    allow_pickle: bool = False
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A checked run: nothing here is checked again."""
+
+    request: RunRequest
+    cfg: CoplConfig
+    out: Path
+    data: Path | None  # None: the embedded synthetic corpus
+    dataset: str  # what the registry tags as the dataset: what the user named, not the converted copy
+    tracking_uri: str | None  # the resolved store (None: tracking off and no --init-from)
+    registered_model: str | None  # the registry name the teacher goes to (None: not registered)
+    ray_address: str | None  # None: no Ray (in-process training, no HAS actors)
+    init_checkpoint: dict[str, Any] | None
+
+    @property
+    def synthetic(self) -> bool:
+        return self.data is None
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """A plan with its corpus converted and checked against the config."""
+
+    plan: RunPlan
+    corpus: Corpus
+    source: Path  # the data the corpus was converted from
+    data_files: str  # the source's files fingerprint (--resume refuses other data)
+    init_state: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    plan: RunPlan
+    result: RunResult
+    paths: dict[str, Path]  # the output files (run/outputs.py)
+    registered: str | None  # models:/NAME/VERSION of the registered teacher
+
+    @property
+    def iterations(self) -> list[dict[str, Any]]:
+        return self.result.iterations
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.result.final
+
+
+# -- plan ------------------------------------------------------------------------------------------
+
+def plan_run(request: RunRequest, cfg: CoplConfig | None = None, register: bool = True, ray: bool | None = None) -> RunPlan:
+    """Every check of `request` that writes nothing. `cfg`: an already resolved config (`copl tune`
+    builds its own from a search space), else resolved here from the request. `register`: whether the
+    run registers its teacher (and so needs a valid registry name). `ray`: whether it runs on Ray
+    (None: when the config trains on Ray Train or votes in HAS actors)."""
+    if cfg is None:
+        cfg = resolve_config(request)
+    out = Path(request.out or f"runs/{cfg.preset}-{cfg.mode}-seed{cfg.seed}")
+    data = Path(request.data) if request.data is not None else None
+    if data is not None and not data.exists():
+        raise InputError(f"{request.data}: data folder not found")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    tracking_uri = None
+    if cfg.tracking.enabled or request.init_from:
+        tracking_uri = resolve_tracking_uri(cfg.tracking, out)
+    registered_model = None
+    if cfg.tracking.enabled:
+        check_tracking_store(tracking_uri, "tracking store")
+        if register and cfg.tracking.log_model:
+            check_registry_names(cfg.tracking.registered_model, source="tracking.registered_model")
+            registered_model = cfg.tracking.registered_model
+    address = None
+    if ray or (ray is None and (cfg.distributed.workers != 0 or cfg.distributed.has_actors > 0)):
+        check_ray_address(cfg.distributed)
+        address = ray_address(cfg.distributed)
+    init_checkpoint = None
+    if request.init_from:
+        if cfg.mode == "baseline":
+            raise InputError(f"--init-from {request.init_from}: mode 'baseline' trains no model")
+        init_checkpoint = load_teacher_checkpoint(request.init_from, tracking_uri)
+        check_init_mode(init_checkpoint, request.init_from, cfg.mode)
+    dataset = f"synthetic:{cfg.preset}:seed{cfg.seed}" if data is None else str(data.resolve())
+    return RunPlan(request, cfg, out, data, dataset, tracking_uri if cfg.tracking.enabled else None,
+                   registered_model, address, init_checkpoint)
+
+
+def resolve_config(request: RunRequest) -> CoplConfig:
+    """The run's config: preset, then the config file, then --set, then the request's overrides; the
+    embedded schedule where no data is given and nothing else sets it."""
+    overrides = {k: v for k, v in request.overrides.items()}
+    overrides["tracking.tracking_uri"] = _tracking_uri(request.tracking_uri)
+    overrides["distributed.workers"] = run_workers(request)
+    if request.data is None:
+        for key, value in EMBEDDED_OVERRIDES.items():
+            if overrides.get(key) is None and not any(s.startswith(f"{key}=") for s in request.sets):
+                overrides[key] = value
+    file_preset = _config_file_value(request.config, "preset")
+    if request.preset is not None and file_preset not in (_ABSENT, None) and file_preset != request.preset:
+        # resolve() lets the file's preset win: a tuned THUMOS config must not quietly run as ActivityNet.
+        raise InputError(f"--preset {request.preset}: the --config file {request.config} is for preset '{file_preset}'")
+    return resolve(request.preset or "thumos14", request.config, list(request.sets), overrides)
+
+
+def _tracking_uri(value: str | None) -> str | None:
+    """--tracking-uri as a URI (checked with the rest of the store before the run writes anything)."""
+    if value is None:
+        return None
+    uri = normalize_tracking_uri(value, "--tracking-uri")
+    check_sqlite_store(uri, "--tracking-uri", must_exist=False)
+    return uri
+
+
+def run_workers(request: RunRequest) -> int | None:
+    """The run's distributed.workers override: the request's; else none if --set or the config file
+    gives it; else $COPL_WORKERS; else RUN_DEFAULT_WORKERS."""
+    if request.workers is not None:
+        return request.workers
+    if any(s.split("=", 1)[0].strip() == "distributed.workers" for s in request.sets):
+        return None
+    if _config_file_value(request.config, "distributed.workers") is not _ABSENT:
+        return None
+    raw = os.environ.get("COPL_WORKERS", "").strip()
+    if not raw:
+        return RUN_DEFAULT_WORKERS
+    try:
+        workers = int(raw)
+    except ValueError:
+        workers = -2
+    if workers < -1:  # checked here: the config check would blame --workers, which was not given
+        raise InputError(f"$COPL_WORKERS: expected -1, 0 or a worker count, got '{raw}'")
+    return workers
+
+
+def _config_file_value(config: str | Path | None, key: str) -> Any:
+    """The config file's value of `key` (dotted), or _ABSENT (no file, no such key, or a file
+    resolve() will report as bad)."""
+    if not config or not Path(config).is_file():
+        return _ABSENT  # resolve() reports a missing file
+    import yaml
+
+    try:
+        node: Any = yaml.safe_load(Path(config).read_text())
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        return _ABSENT  # resolve() reports it
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _ABSENT
+        node = node[part]
+    return node
+
+
+# -- prepare ---------------------------------------------------------------------------------------
+
+def synthetic_source(plan: RunPlan) -> Path:
+    # One folder per preset and seed: the corpus is generated from both, so another seed in the same
+    # --out must not reuse the first one's (its registry tag names the seed).
+    return plan.out / f"synthetic-data-{plan.cfg.preset}-seed{plan.cfg.seed}"
+
+
+def embedded_source(plan: RunPlan) -> Path:
+    """The embedded synthetic corpus of a plan without data, generated once."""
+    src = synthetic_source(plan)
+    if not (src / "annotations.json").exists():
+        make_synthetic(src, preset=plan.cfg.preset, seed=plan.cfg.seed, **EMBEDDED_SYNTH)
+    return src
+
+
+def import_corpus(plan: RunPlan, src: Path, who: str = "copl") -> Corpus:
+    """The source converted into OUT/corpus (reused by --resume), importer warnings as one line each."""
+    corpus_dir = plan.out / "corpus"
+    if plan.request.resume and (corpus_dir / "corpus.json").is_file():
+        return import_dataset(corpus_dir, corpus_dir)  # converted before the interruption
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        corpus = import_dataset(src, corpus_dir, allow_pickle=plan.request.allow_pickle, min_snippets=plan.cfg.data.min_snippets)
+    for w in caught:
+        print(f"{who}: warning: {w.message}", file=sys.stderr)
+    return corpus
+
+
+def prepare(plan: RunPlan) -> PreparedRun:
+    """Convert the data into OUT/corpus and check it against the config. Bad input found here
+    removes what the run added to OUT (except --resume's state)."""
+    cfg = plan.cfg
+    with output_folder(plan.out, keep=("state",)):
+        if plan.data is None:
+            print(
+                f"copl: no --data given: running on a synthetic {cfg.preset} corpus ({EMBEDDED_SYNTH['videos']} "
+                f"videos per subset, {EMBEDDED_SYNTH['classes']} classes) in {synthetic_source(plan)}",
+                file=sys.stderr,
+            )
+        src = plan.data or embedded_source(plan)
+        corpus = import_corpus(plan, src)
+        check_run_inputs(cfg, corpus, where=src)
+        note = naming_note(cfg, corpus)
+        if note is not None:
+            print(f"copl: {note}", file=sys.stderr)
+        data_files = files_fingerprint(src)
+        init_state = None
+        if plan.init_checkpoint is not None:
+            clusters = len(corpus.classes) if cfg.mode == "wtal" else (cfg.num_classes or len(corpus.classes))
+            init_state = init_state_for(plan.init_checkpoint, plan.request.init_from, clusters, cfg)
+    return PreparedRun(plan, corpus, src, data_files, init_state)
+
+
+# -- execute ---------------------------------------------------------------------------------------
+
+def execute(prepared: PreparedRun, on_iteration: Callable[[list[dict[str, Any]]], None] | None = None) -> RunOutcome:
+    """Run the plan's mode on its corpus and write every output. From here the run writes its
+    progress (metrics per iteration, the tracking store, --resume's state): bad input found later (say,
+    by a Ray worker) leaves it in place, as any other failure does."""
+    plan, cfg, out = prepared.plan, prepared.plan.cfg, prepared.plan.out
+    if not plan.request.resume:  # a fresh run must never continue from another run's state
+        shutil.rmtree(out / "state", ignore_errors=True)
+    tracker = Tracker(cfg.tracking, out, uri=plan.tracking_uri)
+
+    def progress(iterations: list[dict[str, Any]]) -> None:
+        write_metrics(out / "metrics.json", cfg, iterations)
+        if on_iteration is not None:
+            on_iteration(iterations)
+
+    run = CoplRun(
+        cfg, prepared.corpus, tracker, progress=plan.request.progress, on_iteration=progress,
+        init_state=prepared.init_state, state_dir=out / "state", resume=plan.request.resume,
+        data_source=plan.dataset, data_files=prepared.data_files,  # --resume refuses state saved on other data
+    )
+    registered = None
+    tags = {"dataset": plan.dataset, "dataset_digest": prepared.corpus.digest(), "seed": str(cfg.seed),
+            "config_hash": config_hash(cfg), "mode": cfg.mode}
+    with tracker.parent_run(f"{cfg.preset}-{cfg.mode}-seed{cfg.seed}", to_dict(cfg), tags):
+        result = run.execute()
+        paths = write_run_outputs(out, cfg, result, result.class_names)
+        tracker.log_metrics({k: v for k, v in result.final.items()})
+        for key in ("detections", "metrics", "config", "plot_iterations", "plot_actionness"):
+            if key in paths:
+                tracker.log_artifact(paths[key], "plots" if key.startswith("plot") else None)
+        if result.teacher_state is not None and tracker.enabled:
+            registered = _log_and_register(plan, tracker, result, paths["teacher"], tags)
+    return RunOutcome(plan, result, paths, registered)
+
+
+def _log_and_register(plan: RunPlan, tracker: Tracker, result: RunResult, checkpoint: Path, tags: dict[str, str]) -> str | None:
+    import numpy as np
+
+    from copl_dist.common.interrupts import deferred_interrupt
+    from copl_dist.tracking.registry import register_teacher
+
+    cfg = plan.cfg
+    teacher = load_teacher(result.teacher_state, result.num_classes, cfg)
+    example = np.zeros((1, 16, cfg.model.feature_dim), dtype=np.float32)
+    model_uri = tracker.log_teacher(teacher, example)
+    if model_uri is None or tracker.parent_run_id is None or plan.registered_model is None:
+        return None
+    with deferred_interrupt():  # the run's end status is written after it (tracking.runs.Tracker._run)
+        version = register_teacher(model_uri, plan.registered_model, tracker.parent_run_id, checkpoint, tags, result.final)
+    return f"models:/{plan.registered_model}/{version}"
