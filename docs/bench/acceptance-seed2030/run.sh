@@ -1,17 +1,20 @@
 #!/bin/bash
-# Session 3, second chain: the seed-2030 acceptance runs, then `copl bench quality --seeds 3`, both from
-# the code snapshot /work/s3runs/code (= /work/accept5/code) so that edits cannot reach them mid-run.
-cd /work/accept5
-export PYTHONPATH=/work/accept5/code
-PY="/work/main/.venv/bin/python -m copl_dist.cli"
-[ -f /work/accept5/data/annotations.json ] || $PY synth /work/accept5/data --preset thumos14 --seed 2030 > /work/accept5/synth.log 2>&1
+# Acceptance check on an unseen THUMOS-like corpus (synthetic seed 2030), 2 CPU cores: baseline,
+# wtal and COPL (UTAL) one after the other, then `copl bench quality --seeds 3` (docs/bench/quality-2cpu/).
+# From the repository root. PY: the interpreter; WORK: the corpus, outputs and logs; QOUT: the benchmark's
+# output. (Point PYTHONPATH at a copy of the code to keep edits from reaching a run under way.)
+PY=${PY:-.venv/bin/python}
+COPL="$PY -m copl_dist"
+WORK=${WORK:-runs/acceptance-seed2030}
+QOUT=${QOUT:-runs/quality}
+mkdir -p "$WORK" "$(dirname "$QOUT")"
+[ -f "$WORK/data/annotations.json" ] || $COPL synth "$WORK/data" --preset thumos14 --seed 2030 > "$WORK/synth.log" 2>&1
 for mode in baseline wtal; do
-  /usr/bin/time -f "%e s wall, %M KB max RSS" $PY run --data /work/accept5/data --out /work/accept5/$mode --mode $mode \
-     --iterations 3 --epochs 40 --snippets 256 --seed 0 --no-progress > /work/accept5/$mode.log 2>&1
+  command time -f "%e s wall, %M KB max RSS" $COPL run --data "$WORK/data" --out "$WORK/$mode" --mode $mode \
+     --iterations 3 --epochs 40 --snippets 256 --seed 0 --no-progress > "$WORK/$mode.log" 2>&1
 done
-/usr/bin/time -f "%e s wall, %M KB max RSS" $PY run --data /work/accept5/data --out /work/accept5/utal --mode utal \
-   --iterations 3 --epochs 40 --snippets 256 --seed 0 --workers 0 --set has.vote_last=10 --no-progress > /work/accept5/utal.log 2>&1
-echo finished >> /work/accept5/utal.log
-cd /work/s3runs
-/usr/bin/time -f "%e s wall, %M KB max RSS" $PY bench quality --seeds 3 --out /work/s3runs/quality > /work/s3runs/quality.log 2>&1
-echo finished >> /work/s3runs/quality.log
+command time -f "%e s wall, %M KB max RSS" $COPL run --data "$WORK/data" --out "$WORK/utal" --mode utal \
+   --iterations 3 --epochs 40 --snippets 256 --seed 0 --workers 0 --set has.vote_last=10 --no-progress > "$WORK/utal.log" 2>&1
+echo finished >> "$WORK/utal.log"
+command time -f "%e s wall, %M KB max RSS" $COPL bench quality --seeds 3 --out "$QOUT" > "$QOUT.log" 2>&1
+echo finished >> "$QOUT.log"

@@ -1,17 +1,18 @@
 #!/bin/bash
-# The first H200 check of developer session 2, as run (CAP=450, from the repository root, $OUT set by
-# the device tool). Its outputs are the seed2028-*, quality-eq5-uncentred and cluster-1m-timeout files here.
+# H200 check 1, the script as it ran (CAP=450, from the repository root; $OUT: the folder whose files
+# come back from the GPU machine). Its outputs are the seed2028-*, quality-eq5-uncentred and
+# cluster-1m-timeout files here.
 # One device check (GPU machine: torch, pyarrow, sklearn there; ray, mlflow, faiss not).
-# Results gather in /tmp/r and are tarred into $OUT at the end (also when a time cap hits).
+# Results gather in $R (default r/) and are tarred into $OUT at the end (also when a time cap hits).
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0
-R=/tmp/r; mkdir -p $R
+R=${R:-r}; mkdir -p $R
 PY=${PY:-python3}
-C=${C:-"$PY -m copl_dist.cli"}
+C=${C:-"$PY -m copl_dist"}
 CAP=${CAP:-460}
 if [ -n "$SMALL" ]; then SYN="--videos 12 --classes 3"; EP=2; BN=3000; Q="--videos 6 --classes 3 --epochs 1 --snippets 16 --iterations 2 --duration-scale 0.15"
 else SYN=""; EP=40; BN=1000000; Q=""; fi
 T0=$(date +%s)
-finish() { (cd /tmp && find r \( -name '*.log' -o -name '*.json' -o -name '*.md' -o -name '*.png' -o -name '*.txt' -o -name '*.yaml' \) -size -5M | tar czf $OUT/results.tgz -T -); cp $R/summary.txt $OUT/ 2>/dev/null; }
+finish() { (cd "$(dirname "$R")" && find "$(basename "$R")" \( -name '*.log' -o -name '*.json' -o -name '*.md' -o -name '*.png' -o -name '*.txt' -o -name '*.yaml' \) -size -5M | tar czf $OUT/results.tgz -T -); cp $R/summary.txt $OUT/ 2>/dev/null; }
 trap finish EXIT
 trap 'exit 1' TERM INT
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; free -g | head -2

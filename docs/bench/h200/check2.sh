@@ -1,17 +1,17 @@
 #!/bin/bash
-# The second H200 check of developer session 2, as run (CAP=195). Its outputs: quality.md/json,
-# cluster-knn-250k.*, seed2028-utal-metrics.json, pytest-test_gpu.log.
-# Second device check: the fixed GPU test, bench quality with the final method, seed-2028 utal again,
+# H200 check 2, the script as it ran (CAP=195, from the repository root; $OUT as in check1.sh). Its outputs:
+# quality.md/json, cluster-knn-250k.*, seed2028-utal-metrics.json, pytest-test_gpu.log.
+# The GPU tests, bench quality, seed-2028 utal (cluster.project=none: the default of the code it ran),
 # and the kNN graph by torch on the GPU at N = 250,000.
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0
-R=/tmp/r; mkdir -p $R
+R=${R:-r}; mkdir -p $R
 PY=${PY:-python3}
-C=${C:-"$PY -m copl_dist.cli"}
+C=${C:-"$PY -m copl_dist"}
 CAP=${CAP:-200}
 if [ -n "$SMALL" ]; then SYN="--videos 12 --classes 3"; EP=2; BN=3000; Q="--videos 6 --classes 3 --epochs 1 --snippets 16 --iterations 2 --duration-scale 0.15"
 else SYN=""; EP=40; BN=250000; Q=""; fi
 T0=$(date +%s)
-finish() { (cd /tmp && find r \( -name '*.log' -o -name '*.json' -o -name '*.md' -o -name '*.png' -o -name '*.txt' -o -name '*.yaml' \) -size -5M | tar czf $OUT/results.tgz -T -); cp $R/summary.txt $OUT/ 2>/dev/null; }
+finish() { (cd "$(dirname "$R")" && find "$(basename "$R")" \( -name '*.log' -o -name '*.json' -o -name '*.md' -o -name '*.png' -o -name '*.txt' -o -name '*.yaml' \) -size -5M | tar czf $OUT/results.tgz -T -); cp $R/summary.txt $OUT/ 2>/dev/null; }
 trap finish EXIT
 trap 'exit 1' TERM INT
 (OMP_NUM_THREADS=2 timeout $CAP $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py > $R/pytest_gpu.log 2>&1; echo "rc $?" >> $R/pytest_gpu.log) &

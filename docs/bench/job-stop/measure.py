@@ -7,7 +7,7 @@ the driver exited by itself ("terminated gracefully") or was SIGKILLed. Each is 
 with the entrypoint as the README has it (`exec python -m copl_dist ...`: the supervisor signals and
 waits for copl itself) and without `exec` (a shell between), and, as the baseline in the same head, for
 copl with the interpreter's final garbage collection back (gc.freeze made a no-op in the job's driver:
-`cli.entry` freezes the heap after a signal's exit).
+`copl_dist.cli.app.entry` freezes the heap after a signal's exit).
 
     .venv/bin/python docs/bench/job-stop/measure.py [--repeats 3]
 """

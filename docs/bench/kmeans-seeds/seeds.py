@@ -1,4 +1,4 @@
-"""Seed stability of the scale path's k-means (cluster_scale.KMEANS_N_INIT restarts): the labels of
+"""Seed stability of the scale path's k-means (KMEANS_N_INIT restarts, copl_dist/cluster/knobs.py): the labels of
 seeds 0-3 compared pairwise (ARI), on the `copl bench cluster` features (N = 1,000, 2048 dims, 20
 clusters, data seed 0), for the default kNN-graph path and the Nystrom path, with 10 and 50 restarts.
 

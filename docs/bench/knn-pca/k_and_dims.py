@@ -1,4 +1,4 @@
-"""The README's side figures on the kNN graph (data seed 0, the exact path as reference): more
+"""Side figures on the kNN graph in docs/scale.md (data seed 0, the exact path as reference): more
 neighbours on the raw features at N = 10,000 (k = 100), the graph on 32-256 principal components at
 N = 10,000, and the uncapped k = 30 at N = 1,000 (graph_neighbours caps it at 12 there)."""
 import warnings

@@ -1,6 +1,6 @@
 import sys, numpy as np, torch
 from pathlib import Path
-sys.path.insert(0, "/work/main")
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository root
 from sklearn.metrics import normalized_mutual_info_score as nmi
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis as LDA
 from copl_dist.cluster.videos import cluster_videos
