@@ -1,5 +1,5 @@
-"""Importers against the real annotation files (reduced copies, small generated features), every
-bad input, determinism, and the detections JSON."""
+"""Importers against the real annotation files (trimmed copies in tests/data, see its README; small
+generated features), every bad input, determinism, and the detections JSON."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from copl_dist.data.corpus import Corpus, Segment
 from copl_dist.common.errors import InputError
+from copl_dist.data.corpus import Corpus, Segment
 from copl_dist.data.formats import (
     clip_segments,
     import_dataset,
@@ -25,11 +26,11 @@ from copl_dist.data.formats import (
     write_detections,
 )
 
-DATASETS = Path("/work/shared/datasets")
+# Real annotation files, trimmed to a few videos (rows copied verbatim, formats kept): tests/data/README.md
+DATASETS = Path(__file__).parent / "data"
 GT_JSON = DATASETS / "thumos14_gt" / "gt.json"
 THUMOS_WTALC = DATASETS / "Thumos14reduced-Annotations"
 ANET_WTALC = DATASETS / "ActivityNet1.2-Annotations"
-real_data = pytest.mark.skipif(not DATASETS.is_dir(), reason="real annotation files not present")
 
 D = 16  # feature width where the layout allows any; W-TALC bundles are 2048 wide
 RATE = 0.5  # snippets per second of the generated features (low, to keep tests fast)
@@ -84,34 +85,32 @@ def _wtalc_bundle(root: Path, ann: Path, prefix: str, per_subset: int, extra=())
 
 @pytest.fixture(scope="module")
 def thumos_wtalc(tmp_path_factory) -> Path:
-    # video_test_0000814 has 3 segments past its recorded duration (the real quirk).
+    # video_test_0000814 has 3 segments past its recorded duration (the real quirk). The trimmed
+    # file holds the first 4 videos of each subset and the 3 test videos with such segments
+    # (0000270, 0000814, 0001081): this bundle takes the first 4 of each subset and 0000814 only.
     root = tmp_path_factory.mktemp("wtalc") / "src"
-    return _wtalc_bundle(root, THUMOS_WTALC, "Thumos14reduced", 8, ("video_test_0000814",))
+    return _wtalc_bundle(root, THUMOS_WTALC, "Thumos14reduced", 4, ("video_test_0000814",))
 
 
 @pytest.fixture(scope="module")
 def thumos_gt(tmp_path_factory) -> Path:
-    """gt.json reduced to 8 videos per subset, features/VIDEO.npy long enough for its actions."""
+    """The trimmed gt.json (its first 4 videos of each subset) as it is, features/VIDEO.npy long
+    enough for its actions."""
     root = tmp_path_factory.mktemp("gt") / "src"
-    database = json.loads(GT_JSON.read_text())["database"]
-    keep = {}
-    for subset in ("test", "train"):
-        keep.update([(v, e) for v, e in database.items() if e["subset"] == subset][:8])
     (root / "features").mkdir(parents=True)
-    (root / "gt.json").write_text(json.dumps({"database": keep}))
-    for vid, entry in keep.items():
+    shutil.copyfile(GT_JSON, root / "gt.json")
+    for vid, entry in json.loads(GT_JSON.read_text())["database"].items():
         end = max(float(a["segment"][1]) for a in entry["annotations"])
         np.save(root / "features" / f"{vid}.npy", _features(vid, math.ceil(end * RATE) + 2))
     return root
 
 
-@real_data
 def test_thumos_gt_json_with_string_segments(thumos_gt, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing to clip here
         corpus = import_dataset(thumos_gt, tmp_path / "c", snippets_per_second=RATE)
     database = json.loads((thumos_gt / "gt.json").read_text())["database"]
-    assert corpus.subsets() == ["test", "train"] and len(corpus.video_ids("train")) == 8
+    assert corpus.subsets() == ["test", "train"] and len(corpus.video_ids("train")) == 4
     labels = {a["label"] for e in database.values() for a in e["annotations"]}
     assert corpus.classes == sorted(labels)
     for vid, entry in database.items():
@@ -125,23 +124,24 @@ def test_thumos_gt_json_with_string_segments(thumos_gt, tmp_path):
         assert [(s.start_s, s.end_s, s.label) for s in corpus.segments(vid)] == expected
 
 
-@real_data
 def test_load_ground_truth_of_real_gt_json():
+    # The real file has 410 videos and 6318 annotations and lacks video_test_0000270; the trimmed
+    # copy keeps its first 4 videos of each subset (8 videos, 96 annotations), in file order.
     gt = load_ground_truth(GT_JSON)["database"]
-    assert len(gt) == 410 and "video_test_0000270" not in gt
+    assert len(gt) == 8 and "video_test_0000270" not in gt
+    assert next(iter(gt)) == "video_test_0000896"  # file order kept
     first = gt["video_test_0000896"]
     assert first["subset"] == "test" and "duration" not in first
     assert first["annotations"][0] == {"segment": [18.6, 24.8], "label": "HighJump"}
-    assert sum(len(e["annotations"]) for e in gt.values()) == 6318
+    assert sum(len(e["annotations"]) for e in gt.values()) == 96
 
 
-@real_data
 def test_wtalc_thumos_bundle(thumos_wtalc, tmp_path):
     with pytest.warns(UserWarning, match=r"clipped 3 segments that end after their video's duration"):
         corpus = import_dataset(thumos_wtalc, tmp_path / "c", allow_pickle=True)
     ann = load_wtalc_annotations(thumos_wtalc / "Thumos14reduced-Annotations", allow_pickle=True)
     features = np.load(thumos_wtalc / "Thumos14reduced-I3D-JOINTFeatures.npy", allow_pickle=True)
-    assert corpus.subsets() == ["test", "validation"] and len(corpus.video_ids("validation")) == 8
+    assert corpus.subsets() == ["test", "validation"] and len(corpus.video_ids("validation")) == 4
     assert corpus.feature_dim == 2048
     classlist = [c.decode() for c in np.load(THUMOS_WTALC / "classlist.npy")]
     assert set(corpus.classes) <= set(classlist) and corpus.classes == sorted(corpus.classes)
@@ -154,43 +154,47 @@ def test_wtalc_thumos_bundle(thumos_wtalc, tmp_path):
     assert (first.start_s, first.end_s, first.label) == (67.5, 75.9, "Billiards")
 
 
-@real_data
 def test_wtalc_anet_bundle(tmp_path):
-    src = _wtalc_bundle(tmp_path / "src", ANET_WTALC, "ActivityNet1.2", 8)
+    src = _wtalc_bundle(tmp_path / "src", ANET_WTALC, "ActivityNet1.2", 4)
     corpus = import_dataset(src, tmp_path / "c", allow_pickle=True)
-    assert corpus.subsets() == ["training", "validation"] and len(corpus.video_ids()) == 16
+    assert corpus.subsets() == ["training", "validation"] and len(corpus.video_ids()) == 8
     assert corpus.segments("video_4")[0] == Segment("video_4", 5.46484, 86.71838, "Dodgeball")
 
 
-@real_data
-def test_full_wtalc_thumos_test_set_clips_26_segments():
+def test_wtalc_thumos_test_set_clips_26_segments():
+    # All 26 late segments of the real test set (3358 segments) are in the trimmed copy: 22 of
+    # video_test_0000270, 3 of 0000814, 1 of 0001081, beside 4 test videos without any (68 in all).
     videos = [v for v in load_wtalc_annotations(THUMOS_WTALC, allow_pickle=True) if v.subset == "test"]
     segments = [s for v in videos for s in v.segments]
     with pytest.warns(UserWarning) as record:
         kept = clip_segments(segments, {v.video_id: v.duration_s for v in videos}, "test", strict=False)
     assert len(record) == 1
     assert "clipped 26 segments that end after their video's duration" in str(record[0].message)
-    assert len(segments) == 3358 and len(kept) == 3358 - 26
+    assert len(segments) == 68 and len(kept) == 68 - 26
 
 
-@real_data
-def test_full_anet_annotations_load():
+def test_anet_annotations_load():
+    # The real file: 7202 videos, labels of all 100 classes, 185 segments past their video's end and
+    # 10 zero-length ones. The trimmed copy: the first 4 videos of each subset, video_68 and
+    # video_128 (a segment past the end, one per subset), video_887 ([0, 0], stored as ints) and
+    # video_8129 (a zero-length segment beside a normal one): 12 videos, 11 labels.
     videos = load_wtalc_annotations(ANET_WTALC, allow_pickle=True)
-    assert len(videos) == 7202 and {v.subset for v in videos} == {"training", "validation"}
-    assert len({s.label for v in videos for s in v.segments}) == 100
+    assert len(videos) == 12 and {v.subset for v in videos} == {"training", "validation"}
+    classlist = {c.decode() for c in load_npy(ANET_WTALC / "classlist.npy")}
+    labels = {s.label for v in videos for s in v.segments}
+    assert len(classlist) == 100 and len(labels) == 11 and labels <= classlist
     with pytest.warns(UserWarning) as record:
         clip_segments([s for v in videos for s in v.segments], {v.video_id: v.duration_s for v in videos}, "anet", strict=False)
     assert [str(w.message) for w in record] == [
-        "anet: clipped 185 segments that end after their video's duration",
-        "anet: dropped 10 zero-length segments",
+        "anet: clipped 2 segments that end after their video's duration",
+        "anet: dropped 2 zero-length segments",
     ]
 
 
-@real_data
 def test_real_wtalc_files_need_pickle_only_where_they_store_objects():
     # classlist, videoname, subset are plain byte-string arrays; segments and labels are pickled.
     assert load_npy(THUMOS_WTALC / "classlist.npy").dtype.kind == "S"
-    assert load_npy(THUMOS_WTALC / "videoname.npy").shape == (412,)
+    assert load_npy(THUMOS_WTALC / "videoname.npy").shape == (11,)  # 412 in the real file
     with pytest.raises(InputError) as e:
         load_wtalc_annotations(THUMOS_WTALC)
     assert str(e.value) == (
@@ -199,14 +203,12 @@ def test_real_wtalc_files_need_pickle_only_where_they_store_objects():
     )
 
 
-@real_data
 def test_wtalc_without_allow_pickle_writes_nothing(thumos_wtalc, tmp_path):
     with pytest.raises(InputError, match=r"segments.npy: stores pickled Python objects.*--allow-pickle"):
         import_dataset(thumos_wtalc, tmp_path / "c")
     assert _nothing_written(tmp_path, tmp_path / "c")
 
 
-@real_data
 def test_reconversion_is_byte_identical(thumos_wtalc, thumos_gt, tmp_path):
     for name, src, kwargs in (("w", thumos_wtalc, {"allow_pickle": True}),
                               ("g", thumos_gt, {"snippets_per_second": RATE})):
