@@ -21,11 +21,12 @@ from typing import Any
 
 from copl_dist.common.errors import InputError
 from copl_dist.config import CoplConfig, resolve
+from copl_dist.data.synth import make_synthetic
 from copl_dist.run.plan import RunOutcome, RunRequest, execute, plan_run, prepare, resolve_config
 from copl_dist.run.predict import PredictPlan, Teacher, plan_predict, predict
 from copl_dist.tracking.registry import load_teacher_checkpoint
 
-__all__ = ["InputError", "RunOutcome", "Teacher", "config", "detect", "load_teacher", "run"]
+__all__ = ["InputError", "RunOutcome", "Teacher", "config", "detect", "load_teacher", "run", "synthesize"]
 
 
 def config(
@@ -73,3 +74,9 @@ def detect(
     OUT/detections.json and returned as {video_id: [{"segment", "label", "score"}]}."""
     plan: PredictPlan = plan_predict(str(model), data, out, subset, tracking_uri, allow_pickle)
     return predict(plan)[1]
+
+
+def synthesize(out: str | Path, preset: str = "thumos14", videos: int | None = None, classes: int | None = None,
+               seed: int = 0, duration_scale: float = 1.0) -> Path:
+    """`copl synth`: a synthetic corpus (ActivityNet JSON + one .npy of features per video) in `out`."""
+    return make_synthetic(out, preset=preset, videos=videos, classes=classes, seed=seed, duration_scale=duration_scale)
