@@ -22,7 +22,14 @@ from typing import Any
 from copl_dist.common.errors import InputError
 from copl_dist.config import CoplConfig, resolve
 from copl_dist.data.synth import make_synthetic
-from copl_dist.run.plan import RunOutcome, RunRequest, execute, plan_run, prepare, resolve_config
+from copl_dist.run.plan import (
+    RunOutcome,
+    RunRequest,
+    execute,
+    plan_run,
+    prepare,
+    resolve_config,
+)
 from copl_dist.run.predict import PredictPlan, Teacher, plan_predict, predict
 from copl_dist.tracking.registry import load_teacher_checkpoint
 

@@ -62,17 +62,17 @@ class HASConfig:
 class ClusterConfig:
     plri: bool = True  # False: every clustered video is pseudo-labelled (ablation "w/o PLRI")
     delta: float = 0.0  # PLRI threshold (Eqs. 9-10)
-    # Above this many videos the scale path (cluster_scale.py) is used: the dense path's peak grows as
+    # Above this many videos the scale path (cluster/scale.py) is used: the dense path's peak grows as
     # N^2 (measured 3.3 GB and 26 s at N = 10,000 in 2048 dims; about 12 GB at 20,000).
     exact_max_n: int = 10000
     # The scale path's affinity: "knn" (the FAISS kNN graph on PCA-denoised features, sparse; ARI vs
     # the exact path 0.983-1.0 measured at N = 3,000-10,000 in 2048 dims) or "nystrom" (landmark
     # approximation of the full Gaussian kernel; 0.942-1.0 on the same sets). docs/bench/knn-pca/.
     scale_affinity: str = "knn"
-    knn: int = 30  # neighbours for the kNN graph (at most N / (4 C): cluster_scale.graph_neighbours)
+    knn: int = 30  # neighbours for the kNN graph (at most N / (4 C): scale.graph_neighbours)
     # The kNN graph is built on the features' top knn_pca principal components (0: on the raw
     # features): in 2048 raw dims the noise decides which neighbours are nearest near cluster
-    # borders (ARI vs exact 0.957 raw, 0.993 at 256 components, N = 10,000; cluster_scale.py).
+    # borders (ARI vs exact 0.957 raw, 0.993 at 256 components, N = 10,000; cluster/scale.py).
     knn_pca: int = 256
     # Iterations >= 1 cluster the global features projected by LDA fitted on the last iteration's
     # pseudo-labelled set P (projection.py; not in the paper): "lda" or "none" (the paper). Only

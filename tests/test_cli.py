@@ -317,13 +317,13 @@ def test_bad_input_found_once_the_run_is_under_way_keeps_its_progress(tiny_data,
     """Bad input that only shows mid-run (say, on a Ray worker) ends with one line like any other, but
     what the run had written (metrics so far, the tracking store) stays, as after any failure."""
     from copl_dist.common.errors import InputError
-    from copl_dist.run import driver as pipeline
+    from copl_dist.run import driver
 
     def fail_mid_run(self):
         self.on_iteration([])  # what an iteration writes: metrics.json
         raise InputError("video 'x': found bad on a worker")
 
-    monkeypatch.setattr(pipeline.CoplRun, "execute", fail_mid_run)
+    monkeypatch.setattr(driver.CoplRun, "execute", fail_mid_run)
     out = tmp_path / "out"
     assert main(["run", "--data", str(tiny_data), "--out", str(out), *TINY]) == 2
     _one_line(capsys, "found bad on a worker")

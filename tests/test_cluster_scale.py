@@ -1,15 +1,15 @@
-"""The scale clustering path (cluster_scale.py) against brute force and the exact dense path."""
+"""The scale clustering path (cluster/scale.py) against brute force and the exact dense path."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from copl_dist.bench.cluster import add_arguments, make_cluster_features, run
+from copl_dist.bench.cluster import make_cluster_features, run
+from copl_dist.cli.parser import build_parser
 from copl_dist.cluster import exact as cluster
 from copl_dist.cluster import scale as cluster_scale
 from copl_dist.cluster.exact import gaussian_affinity, pairwise_distances, plri_scores
@@ -432,7 +432,7 @@ def test_cluster_videos_dispatches_by_exact_max_n(monkeypatch):
 
 
 def test_run_config_reaches_the_dispatch(monkeypatch):
-    """`copl run`'s cluster.* keys are what cluster_videos dispatches on (pipeline.cluster_scale_options)."""
+    """`copl run`'s cluster.* keys are what cluster_videos dispatches on (driver.cluster_scale_options)."""
     from copl_dist.config import resolve
     from copl_dist.run.driver import cluster_scale_options
 
@@ -450,9 +450,8 @@ def test_run_config_reaches_the_dispatch(monkeypatch):
 
 
 def test_bench_cluster_small(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(["--n", "300", "--dim", "32", "--clusters", "4", "--out", str(tmp_path), "--threads", "1"])
+    parser = build_parser()
+    args = parser.parse_args(["bench", "cluster", "--n", "300", "--dim", "32", "--clusters", "4", "--out", str(tmp_path), "--threads", "1"])
     assert run(args) == 0
     data = json.loads((tmp_path / "bench.json").read_text())
     rows = {r["path"]: r for r in data["rows"]}
@@ -464,4 +463,4 @@ def test_bench_cluster_small(tmp_path, capsys):
     assert (tmp_path / "bench.png").stat().st_size > 0 and (tmp_path / "bench.md").exists()
     assert "nystrom" in capsys.readouterr().out
     with pytest.raises(InputError, match="--n"):
-        run(parser.parse_args(["--n", "10,x", "--out", str(tmp_path)]))
+        run(parser.parse_args(["bench", "cluster", "--n", "10,x", "--out", str(tmp_path)]))

@@ -16,7 +16,7 @@ from copl_dist.data.synth import make_synthetic  # noqa: E402
 from copl_dist.distributed.has_actors import HASActorPool, contiguous_shards  # noqa: E402
 from copl_dist.method.engine import LocalVoter  # noqa: E402
 from copl_dist.method.model import IOCNet  # noqa: E402
-from copl_dist.run import driver as pipeline  # noqa: E402
+from copl_dist.run import driver  # noqa: E402
 
 NUM_CLASSES = 3
 TINY = {"model.hidden_dim": 32, "tracking.enabled": False}
@@ -105,16 +105,16 @@ def test_votes_and_features_bit_equal(pool, corpus, cfg, ids):
     _assert_votes_equal(local.state(), state)
     assert np.any([np.any(v) for v in state.values()])
 
-    expected = pipeline.has_features(corpus, ids, local.votes, cfg.has.centre)
+    expected = driver.has_features(corpus, ids, local.votes, cfg.has.centre)
     got = pool.global_features(ids)
     assert got.dtype == expected.dtype == np.float32
     assert np.array_equal(got, expected)
     assert np.array_equal(pool.global_features(ids[::-1]), expected[::-1])  # rows follow the request order
     for init in ("mean", "novelty"):
-        assert np.array_equal(pool.initial_features(ids, init, 4.0), pipeline.initial_features(corpus, ids, init, 4.0))
+        assert np.array_equal(pool.initial_features(ids, init, 4.0), driver.initial_features(corpus, ids, init, 4.0))
     test_ids = corpus.video_ids(cfg.data.test_subset)  # outside the pool: read by any actor
     assert np.array_equal(
-        pool.initial_features(test_ids, "novelty", 4.0), pipeline.initial_features(corpus, test_ids, "novelty", 4.0)
+        pool.initial_features(test_ids, "novelty", 4.0), driver.initial_features(corpus, test_ids, "novelty", 4.0)
     )
 
 
@@ -155,7 +155,7 @@ def test_pool_pickles_and_still_works(pool, corpus, cfg, ids):
         local.vote(epoch, teacher)
         copy.vote(epoch, teacher)  # the copy drives the same actors
     _assert_votes_equal(local.state(), pool.state())
-    assert np.array_equal(copy.global_features(ids), pipeline.has_features(corpus, ids, local.votes, cfg.has.centre))
+    assert np.array_equal(copy.global_features(ids), driver.has_features(corpus, ids, local.votes, cfg.has.centre))
 
 
 def _run_metrics(corpus, has_actors: int) -> tuple[list[dict], dict]:
@@ -170,7 +170,7 @@ def _run_metrics(corpus, has_actors: int) -> tuple[list[dict], dict]:
             "distributed.has_actors": has_actors,
         },
     )
-    run = pipeline.CoplRun(cfg, corpus, tracker=None, progress=False)
+    run = driver.CoplRun(cfg, corpus, tracker=None, progress=False)
     result = run.execute()
     assert run._has_pool is None  # shut down at the end
     return [{k: v for k, v in r.items() if k != "seconds"} for r in result.iterations], result.final
@@ -178,9 +178,9 @@ def _run_metrics(corpus, has_actors: int) -> tuple[list[dict], dict]:
 
 def test_has_pool_options_follow_the_config():
     cfg = resolve("thumos14", sets=["distributed.has_actor_cpus=0.5", "distributed.has_actor_threads=1"])
-    assert pipeline.has_pool_options(cfg, remote=True) == {
+    assert driver.has_pool_options(cfg, remote=True) == {
         "num_cpus_per_actor": 0.5, "torch_threads": 1, "autoscaling": True}
-    assert pipeline.has_pool_options(resolve("thumos14"), remote=False) == {
+    assert driver.has_pool_options(resolve("thumos14"), remote=False) == {
         "num_cpus_per_actor": 1.0, "torch_threads": None, "autoscaling": False}
 
 

@@ -72,7 +72,7 @@ def test_sigterm_ends_a_copl_command_as_terminated(tmp_path, monkeypatch, capsys
         os.kill(os.getpid(), signal.SIGTERM)
         raise AssertionError("SIGTERM did not stop the command")
 
-    monkeypatch.setattr(cli, "cmd_synth", terminated_midway)
+    monkeypatch.setitem(cli.HANDLERS, "synth", terminated_midway)
     previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a fresh process (Ray's handler may be here)
     try:
         assert cli.main(["synth", str(tmp_path / "out")]) == 128 + signal.SIGTERM

@@ -102,11 +102,12 @@ def test_ray_address_order(monkeypatch):
 
 
 def test_copl_run_workers_default(monkeypatch, tmp_path):
-    from copl_dist.cli import app as cli
+    from copl_dist.cli.parser import build_parser
+    from copl_dist.cli.run import run_request
     from copl_dist.run.plan import run_workers
 
     def workers(*argv):
-        return run_workers(cli.run_request(cli.build_parser().parse_args(["run", *argv])))
+        return run_workers(run_request(build_parser().parse_args(["run", *argv])))
 
     monkeypatch.delenv("COPL_WORKERS", raising=False)
     assert workers() == -1  # the embedded default: Ray Train fitted to the machine
@@ -486,7 +487,7 @@ def test_ctrl_c_during_ray_train_is_an_interrupt(sig, code, line, corpus, tmp_pa
     assert returned == code, err[-2000:]
     assert line in err.splitlines()  # Ray's teardown may still print after it
     assert list((out / "ray_storage").glob("*/checkpoint_*"))  # what it had written stays
-    # The MLflow runs ended KILLED, the run and its iteration (copl_dist/interrupts.py).
+    # The MLflow runs ended KILLED, the run and its iteration (copl_dist/common/interrupts.py).
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")

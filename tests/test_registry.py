@@ -140,7 +140,7 @@ def test_init_from_champion_starts_from_its_weights(runs, champion, data, tmp_pa
 
 
 def test_init_state_reaches_only_the_first_training(runs, champion):
-    """pipeline.CoplRun hands init_state to the engine for iteration 0 and not after."""
+    """driver.CoplRun hands init_state to the engine for iteration 0 and not after."""
     from copl_dist.config import resolve
     from copl_dist.data.corpus import Corpus
     from copl_dist.method.engine import train_loop_per_worker

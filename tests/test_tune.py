@@ -440,7 +440,7 @@ def test_mlflow_has_one_tune_run_and_a_nested_run_per_trial(map_tune):
 def test_postprocess_search_reads_the_cache_and_never_trains(map_tune, data, monkeypatch):
     from copl_dist.data.corpus import Corpus
     from copl_dist.method import engine
-    from copl_dist.run import driver as pipeline
+    from copl_dist.run import driver
 
     calls = []
 
@@ -449,8 +449,8 @@ def test_postprocess_search_reads_the_cache_and_never_trains(map_tune, data, mon
         raise AssertionError("post-processing must not train")
 
     monkeypatch.setattr(engine, "train_loop_per_worker", spy)
-    monkeypatch.setattr(pipeline, "train_loop_per_worker", spy)
-    monkeypatch.setattr(pipeline.CoplRun, "execute", spy)
+    monkeypatch.setattr(driver, "train_loop_per_worker", spy)
+    monkeypatch.setattr(driver.CoplRun, "execute", spy)
     raw = load_raw(map_tune / "raw_predictions.npz")
     assert raw.subset == "val_holdout" and len(raw.video_ids) == 3 and raw.h_cs[0].ndim == 2
     cfg = config_lib.resolve("thumos14", map_tune / "best_config.yaml")
@@ -530,7 +530,7 @@ def test_ctrl_c_stops_the_search_without_a_best_config(data, tmp_path):
     assert "copl: interrupted" in err
     assert not (out / "best_config.yaml").exists() and not (out / "tune_results.json").exists()
     # Its MLflow runs were ended: the search KILLED (Ctrl-C once left the SQLite store locked, and this
-    # write failed after 20 s: copl_dist/interrupts.py), no trial's run left RUNNING.
+    # write failed after 20 s: copl_dist/common/interrupts.py), no trial's run left RUNNING.
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")

@@ -240,7 +240,7 @@ def test_resume_of_a_finished_run_names_clusters_as_the_run_did(corpora, tmp_pat
     """--resume rebuilds the names from the saved cluster mapping (nothing is trained again)."""
     import shutil
 
-    from copl_dist.run import driver as pipeline
+    from copl_dist.run import driver
 
     first, resumed = tmp_path / "first", tmp_path / "resumed"
     argv = ["run", "--data", str(corpora["bare"]), *TINY, "--set", "num_classes=3", "--set", "tracking.enabled=false"]
@@ -251,7 +251,7 @@ def test_resume_of_a_finished_run_names_clusters_as_the_run_did(corpora, tmp_pat
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(pipeline, "train_loop_per_worker", no_training)
+    monkeypatch.setattr(driver, "train_loop_per_worker", no_training)
     assert main([*argv, "--out", str(resumed), "--resume"]) == 0
     for name in ("detections.json", "pseudo_labels.parquet"):
         assert (resumed / name).read_bytes() == (first / name).read_bytes(), name

@@ -9,7 +9,7 @@ runs in a fresh subprocess (so peak memory is its own; `ru_maxrss` of that proce
 peak of /proc/self/statm sampled every 10 ms; "base GB" is the process after imports and the
 features, before clustering):
 
-- exact: cluster.py (dense (N, N) float64 Gaussian affinity, scikit-learn spectral clustering, dense
+- exact: cluster/exact.py (dense (N, N) float64 Gaussian affinity, scikit-learn spectral clustering, dense
   PLRI), only while its N x N matrices fit (`--exact-max-gb`), else "skipped: would need X GB";
 - nystrom: cluster_scale with affinity='nystrom' (landmark approximation of the full kernel);
 - knn: cluster_scale with affinity='knn' (the default scale path: the FAISS kNN graph of the top
@@ -64,14 +64,12 @@ from typing import Any
 
 import numpy as np
 
-from copl_dist.common.arg_types import (
-    OneLineParser,
-    finite_float,
-    nonnegative_int,
-    positive_float,
-    positive_int,
-)
+from copl_dist.cluster import exact as cluster
+from copl_dist.cluster import knn, plri_scale
+from copl_dist.cluster import scale as cluster_scale
+from copl_dist.common.atomic import atomic_path, write_json, write_text
 from copl_dist.common.errors import InputError
+from copl_dist.run.report import table
 
 PATHS = ("exact", "nystrom", "knn")
 # (N, N) float64 matrices the exact path holds at its peak: measured 3.75 above the input at N = 10,000.
@@ -182,9 +180,6 @@ def exact_need_gb(n: int, dim: int) -> float:
 def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-    from copl_dist.cluster import exact as cluster
-    from copl_dist.cluster import knn, plri_scale
-    from copl_dist.cluster import scale as cluster_scale
 
     n, dim, k, seed, path = spec["n"], spec["dim"], spec["clusters"], spec["seed"], spec["path"]
     result: dict[str, Any] = {"path": path, "n": n, "dim": dim}
@@ -272,23 +267,6 @@ def _run_worker(spec: dict[str, Any], threads: int | None) -> dict[str, Any]:
 # the command
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n", default="1000,10000,100000", help="comma-separated numbers of videos")
-    parser.add_argument("--dim", type=positive_int, default=2048, help="feature dimension")
-    parser.add_argument("--clusters", type=positive_int, default=20)
-    parser.add_argument("--knn", type=positive_int, default=30, help="neighbours of the kNN path")
-    parser.add_argument("--knn-pca", type=nonnegative_int, default=256, help="principal components the kNN graph is built on (0: raw)")
-    parser.add_argument("--backend", default="auto", choices=["auto", "faiss", "torch", "numpy"], help="kNN back end")
-    parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
-    parser.add_argument("--separation", type=positive_float, default=1.0, help="latent cluster separation (smaller: more overlap)")
-    parser.add_argument("--delta", type=finite_float, default=0.0, help="PLRI threshold")
-    parser.add_argument("--seed", type=nonnegative_int, default=0)
-    parser.add_argument("--exact-max-gb", type=positive_float, default=12.0,
-                        help="run the exact path only if its estimated peak is below this and 60%% of free memory")
-    parser.add_argument("--threads", type=nonnegative_int, default=0, help="BLAS/OpenMP threads per worker (0: library default)")
-    parser.add_argument("--out", default="runs/bench-cluster")
-
-
 def _parse_ns(text: str) -> list[int]:
     try:
         ns = [int(x.replace("_", "")) for x in text.split(",") if x.strip()]
@@ -318,8 +296,6 @@ def _fmt(v: Any, spec: str) -> str:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    from copl_dist.run.report import table
-
     stages = ["sigma", "pca", "knn", "affinity", "eigen", "eigen+kmeans", "kmeans", "plri"]
     headers = ["N", "path", "total s", *[f"{s} s" for s in stages], "base GB", "peak GB", "ARI", "NMI", "vs exact ARI", "same P/U", "note"]
     body = []
@@ -353,7 +329,6 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from copl_dist.common.atomic import atomic_path
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
     for name, style in zip(PATHS, ("o-", "s-", "^-")):
@@ -383,8 +358,6 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from copl_dist.common.atomic import write_json, write_text
-
     ns = _parse_ns(args.n)
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     bad = [p for p in paths if p not in PATHS]
@@ -443,9 +416,5 @@ def _worker_main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
-        sys.exit(_worker_main(sys.argv[1:]))
-    parser = OneLineParser(prog="copl bench cluster")
-    add_arguments(parser)
-    sys.exit(run(parser.parse_args()))
+if __name__ == "__main__":  # a worker process of `copl bench cluster`
+    sys.exit(_worker_main(sys.argv[1:]))

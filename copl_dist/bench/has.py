@@ -5,7 +5,7 @@ COPL iteration does after training: `--epochs` voting epochs (the teacher, IOCNe
 width, on every snippet of every training video, Eqs. 1-4) and then the global features (Eq. 5).
 Each configuration runs in a fresh subprocess, so its peak memory is its own:
 
-  in-process     engine.LocalVoter + pipeline.has_features in the driver
+  in-process     engine.LocalVoter + driver.has_features in the driver
   N actors       distributed.has_actors.HASActorPool with N actors (1 CPU each); by default each
                  actor uses the driver's torch thread count (bit-for-bit equal results); "N:T" in
                  --actors gives each actor T threads instead (not bit-equal), "0:T" runs the
@@ -33,25 +33,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from copl_dist.common.arg_types import nonnegative_int, positive_float, positive_int
 from copl_dist.common.atomic import write_json
 from copl_dist.common.errors import InputError
+from copl_dist.config import DistributedConfig, resolve
+from copl_dist.data.corpus import Corpus
+from copl_dist.data.formats import import_dataset
+from copl_dist.data.synth import make_synthetic
+from copl_dist.distributed.ray_runtime import ensure_ray
+from copl_dist.method.engine import LocalVoter
+from copl_dist.method.model import IOCNet
+from copl_dist.run import driver
+from copl_dist.run.report import table
 
 MB = 1 << 20
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--videos", type=positive_int, default=100, help="videos per subset of the synthetic corpus")
-    parser.add_argument(
-        "--actors", default="1,2",
-        help="comma-separated actor counts; N:T = N actors with T torch threads each; 0:T = in-process with T threads",
-    )
-    parser.add_argument("--epochs", type=positive_int, default=2, help="voting epochs per configuration (the first is reported apart)")
-    parser.add_argument("--classes", type=positive_int, default=20)
-    parser.add_argument("--hidden-dim", type=positive_int, default=512, help="IOCNet width of the teacher (paper: 512)")
-    parser.add_argument("--duration-scale", type=positive_float, default=1.0)
-    parser.add_argument("--seed", type=nonnegative_int, default=0)
-    parser.add_argument("--out", default="runs/bench-has")
 
 
 def parse_actors(spec: str) -> list[tuple[int, int | None]]:
@@ -73,10 +67,6 @@ def parse_actors(spec: str) -> list[tuple[int, int | None]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from copl_dist.data.formats import import_dataset
-    from copl_dist.data.synth import make_synthetic
-    from copl_dist.run.report import table
-
     if args.videos < 1 or args.epochs < 1:
         raise InputError("--videos and --epochs must be >= 1")
     configs: list[tuple[int, int | None]] = [(0, None), *parse_actors(args.actors)]
@@ -145,11 +135,6 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from copl_dist.config import resolve
-    from copl_dist.data.corpus import Corpus
-    from copl_dist.method.engine import LocalVoter
-    from copl_dist.method.model import IOCNet
-    from copl_dist.run import driver as pipeline
 
     corpus = Corpus.open(spec["corpus"])
     cfg = resolve("thumos14", overrides={"model.hidden_dim": spec["hidden_dim"], "model.feature_dim": corpus.feature_dim, "tracking.enabled": False})
@@ -160,9 +145,7 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     pool = None
     if actors:
-        from copl_dist.config import DistributedConfig
         from copl_dist.distributed.has_actors import HASActorPool
-        from copl_dist.distributed.ray_runtime import ensure_ray
 
         # A local Ray on 127.0.0.1 only, whatever $RAY_ADDRESS says: the benchmark measures this machine.
         ensure_ray(DistributedConfig(ray_address="local"), num_cpus=max(os.cpu_count() or 1, actors))
@@ -185,7 +168,7 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
         voter.vote(epoch, teacher)
         epoch_s.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
-    features = pool.global_features(ids) if pool is not None else pipeline.has_features(corpus, ids, voter.votes, cfg.has.centre)
+    features = pool.global_features(ids) if pool is not None else driver.has_features(corpus, ids, voter.votes, cfg.has.centre)
     global_s = time.perf_counter() - t0
 
     digest = hashlib.sha256()

@@ -26,25 +26,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from copl_dist.common.arg_types import positive_int
+from copl_dist.common.errors import InputError
+from copl_dist.config import resolve, to_dict
+from copl_dist.data.corpus import Corpus
+from copl_dist.data.formats import import_dataset
+from copl_dist.data.synth import make_synthetic
+from copl_dist.distributed.ray_runtime import ensure_ray
+from copl_dist.run.driver import default_train_fn
 
 MODES = {"in-process": 0, "ray-1": 1, "ray-2": 2}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--videos", type=positive_int, default=48, help="training videos (synthetic THUMOS-like corpus)")
-    p.add_argument("--classes", type=positive_int, default=6)
-    p.add_argument("--epochs", type=positive_int, default=3, help="at least 2: the first epoch is warm-up")
-    p.add_argument("--snippets", type=positive_int, default=128, help="snippets sampled per training video")
-    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
-    p.add_argument("--out", default="runs/bench-train")
-
-
 def run(args: argparse.Namespace) -> int:
-    from copl_dist.common.errors import InputError
-    from copl_dist.data.formats import import_dataset
-    from copl_dist.data.synth import make_synthetic
-
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]
     if unknown:
@@ -165,9 +158,6 @@ def _child(argv: list[str]) -> int:
 
     import numpy as np
 
-    from copl_dist.config import resolve, to_dict
-    from copl_dist.data.corpus import Corpus
-    from copl_dist.run.driver import default_train_fn
 
     workers = MODES[a.child]
     cfg = resolve("thumos14", overrides={"train.epochs": a.epochs, "data.snippets": a.snippets,
@@ -193,8 +183,6 @@ def _child(argv: list[str]) -> int:
     train_fn = default_train_fn(cfg, scratch)
     ray_init_s = 0.0
     if workers:
-        from copl_dist.distributed.ray_runtime import ensure_ray
-
         t0 = time.time()
         ensure_ray(cfg.distributed)  # timed apart: a run pays it once, not per training
         ray_init_s = time.time() - t0

@@ -1,7 +1,7 @@
 """Video clustering: Gaussian affinity, spectral clustering and PLRI (paper §3.3, Eqs. 6-10).
 
 Pure numpy/scikit-learn functions on the (N, D) global features of N videos. This is the exact
-O(N^2) path; above `exact_max_n` videos cluster_videos hands over to cluster_scale.py.
+O(N^2) path; above `exact_max_n` videos cluster_videos hands over to cluster/scale.py.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def spectral_clustering(W: np.ndarray, n_clusters: int, seed: int) -> np.ndarray
 
     scikit-learn's `spectral_clustering`: the top eigenvectors x of the normalised Laplacian,
     rescaled to u = D^-1/2 x (the random-walk / Shi-Malik embedding), then k-means on u with no row
-    normalisation, so not Ng-Jordan-Weiss (the scale path, cluster_scale.spectral_labels, is NJW:
+    normalisation, so not Ng-Jordan-Weiss (the scale path, scale.spectral_labels, is NJW:
     it normalises the rows to unit length). random_state=seed and n_init=KMEANS_N_INIT, so the
     labels are deterministic for a seed; they are relabelled in order of first appearance. (N,) int64.
     """

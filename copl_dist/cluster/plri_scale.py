@@ -3,7 +3,7 @@ Gaussian kernel over cluster members, computed from the features, exactly in row
 (`plri_scores_blocked`, O(block * N) memory) or from per-cluster samples with an error estimate per
 video that covers both a_i's sampling error and which cluster is b_i's nearest, re-computing exactly
 the videos whose P/U side that error could flip, up to a cap that `info` reports
-(`plri_scores_sampled`). Part of the scale path of `cluster_scale.py`.
+(`plri_scores_sampled`). Part of the scale path of `cluster/scale.py`.
 
 The kernel sums are the whole cost (N x columns x D multiply-adds): with `device` (a torch device
 such as "cuda") they run there, the column features held on the device once and only the (rows,

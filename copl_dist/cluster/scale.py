@@ -1,6 +1,6 @@
 """Video clustering at scale: spectral clustering and PLRI without an N x N matrix.
 
-The exact path in `cluster.py` holds several dense (N, N) float64 matrices (0.8 GB each at N = 10,000,
+The exact path in `cluster/exact.py` holds several dense (N, N) float64 matrices (0.8 GB each at N = 10,000,
 80 GB at N = 100,000). This module computes the same quantities (paper §3.3, Eqs. 6-10) in
 O(N m) memory (m landmarks or k neighbours):
 
@@ -34,7 +34,7 @@ O(N m) memory (m landmarks or k neighbours):
    videos whose P/U side the sampling error could flip; the kernel sums on the GPU when torch
    sees one (`plri_device`).
 
-Labels are canonical (clusters numbered in order of first appearance), as in `cluster.py`.
+Labels are canonical (clusters numbered in order of first appearance), as in `cluster/exact.py`.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def estimate_sigma(F: Any, sample: int = SIGMA_SAMPLE, seed: int = 0) -> float:
 
     N <= sample: exact. Else the mean over the sample's distinct pairs (an unbiased U-statistic of
     the mean distance between distinct videos) times (N - 1) / N for the diagonal. Its error is
-    measured in tests/test_cluster_scale.py: within 0.5% of the exact sigma at sample = 4096.
+    measured in tests/test_cluster/scale.py: within 0.5% of the exact sigma at sample = 4096.
     """
     X = as_features32(F)
     n = X.shape[0]

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from copl_dist.common.errors import InputError
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -53,7 +55,6 @@ def output_folder(folder: str | Path, keep: tuple[str, ...] = ()) -> Iterator[Pa
     folder it left empty, so that partial progress (metrics so far, the tracking store) remains."""
     import shutil
 
-    from copl_dist.common.errors import InputError
 
     path = Path(folder)
     existed = path.exists()

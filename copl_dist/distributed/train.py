@@ -1,7 +1,7 @@
 """IOCNet training on Ray Train: `engine.train_loop_per_worker` under a TorchTrainer with DDP.
 
 `make_ray_train_fn(cfg, storage_path)` returns a function with the in-process signature
-(`train_fn(config, report=None) -> {"teacher", "votes", "history"}`), so `pipeline.CoplRun` does not
+(`train_fn(config, report=None) -> {"teacher", "votes", "history"}`), so `driver.CoplRun` does not
 know which one it holds. On the workers, `ray_worker_loop` runs the same engine loop: each rank
 opens the corpus by its path and reads its share of every global batch from the memory-mapped
 Arrow shards; rank 0 votes and checkpoints after every epoch through `ray.train.report`.
@@ -326,7 +326,7 @@ def _interrupt_as_keyboard_interrupt(trainer: Any) -> list[bool]:
 
 
 def make_ray_train_fn(cfg: Any, storage_path: str | os.PathLike[str] | None = None):
-    """A train_fn for `pipeline.CoplRun` that trains on Ray Train with `cfg.distributed` settings.
+    """A train_fn for `driver.CoplRun` that trains on Ray Train with `cfg.distributed` settings.
 
     `cfg` is the run's CoplConfig (only `cfg.distributed` is read here, and `train.batch_size` if
     the per-iteration config dict, which carries the rest, lacks it). The workers are capped at the

@@ -25,6 +25,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from copl_dist.common.errors import InputError, parse_number
+from copl_dist.data.formats import DuplicateKeyError, reject_duplicate_keys
 
 # The one class of class-agnostic mAP (detection_map(class_agnostic=True)).
 AGNOSTIC_LABEL = "action"
@@ -273,7 +274,6 @@ def detection_map(
 def _load_json(path: Path) -> Any:
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    from copl_dist.data.formats import DuplicateKeyError, reject_duplicate_keys
 
     try:
         with path.open("r", encoding="utf-8") as f:

@@ -40,10 +40,20 @@ from copl_dist.cluster.naming import (
 from copl_dist.cluster.videos import cluster_videos
 from copl_dist.common.errors import InputError
 from copl_dist.common.seeding import STREAM_CLUSTER, derive_seed
-from copl_dist.config import PRESET_TIOUS, CoplConfig, config_hash, to_dict
+from copl_dist.config import (
+    PRESET_TIOUS,
+    CoplConfig,
+    config_hash,
+    flag_name,
+    source_of,
+    to_dict,
+)
 from copl_dist.data.corpus import Corpus
+from copl_dist.distributed.ray_runtime import ensure_ray, ray_address
+from copl_dist.distributed.train import make_ray_train_fn
 from copl_dist.method import baseline as baseline_lib
 from copl_dist.method import has as has_lib
+from copl_dist.method.checkpoint import check_state_shapes
 from copl_dist.method.engine import (
     TeacherOutputs,
     infer_video,
@@ -231,7 +241,6 @@ def default_train_fn(cfg: CoplConfig, out_dir: Path | None = None) -> TrainFn:
     machine or cluster) on Ray Train, checkpointing to distributed.storage_path, else OUT/ray_storage."""
     if cfg.distributed.workers == 0:
         return train_loop_per_worker
-    from copl_dist.distributed.train import make_ray_train_fn
 
     storage = cfg.distributed.storage_path or (str(out_dir / "ray_storage") if out_dir is not None else None)
     return make_ray_train_fn(cfg, storage)
@@ -242,8 +251,6 @@ def check_run_inputs(cfg: CoplConfig, corpus: Corpus, where: str | Path | None =
     CoplRun trusts its caller): both subsets exist, classes are known, the training subset has at least
     one video per cluster. A subset is blamed on where it was set (preset, file, --set or flag).
     `where`: the data as the user named it (default: the corpus folder)."""
-    from copl_dist.config import flag_name, source_of
-
     place = where if where is not None else corpus.root
     have = corpus.subsets()
     for key, subset in (("data.train_subset", cfg.data.train_subset), ("data.test_subset", cfg.data.test_subset)):
@@ -293,7 +300,7 @@ class CoplRun:
     ):
         self.cfg = cfg
         self.init_state = init_state  # the first training starts from these weights (`copl run --init-from`)
-        self.state_dir = state_dir  # per-iteration state for `--resume` (run_state.py); None: not kept
+        self.state_dir = state_dir  # per-iteration state for `--resume` (run/state.py); None: not kept
         self.resume = resume
         self.data_source = data_source  # what the user named as data (`copl run --data`): --resume checks it
         self.data_files = data_files  # run_state.files_fingerprint of it: --resume checks it too
@@ -396,7 +403,6 @@ class CoplRun:
         state = run_state.load_latest(self.state_dir, config_hash(self.cfg), self._provenance())
         if state is None:
             return 0, None, None, [], None
-        from copl_dist.method.checkpoint import check_state_shapes
 
         check_state_shapes(state["teacher"], self.num_classes, self.cfg, f"{self.state_dir}: the saved teacher")
         labels, scores, mask = state["labels"], state["scores"], state["mask"].astype(bool)
@@ -444,7 +450,6 @@ class CoplRun:
         n_actors = self.cfg.distributed.has_actors
         if n_actors > 0:
             from copl_dist.distributed.has_actors import HASActorPool
-            from copl_dist.distributed.ray_runtime import ensure_ray, ray_address
 
             ensure_ray(self.cfg.distributed)
             remote = ray_address(self.cfg.distributed) != "local"

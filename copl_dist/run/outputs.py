@@ -16,6 +16,7 @@ from typing import Any
 
 from copl_dist.common.atomic import write_json, write_text
 from copl_dist.config import CoplConfig, config_hash, to_yaml
+from copl_dist.data.corpus import write_table
 from copl_dist.data.formats import write_detections
 from copl_dist.method.checkpoint import save_checkpoint
 from copl_dist.run.driver import RunResult
@@ -61,8 +62,6 @@ def write_run_outputs(out_dir: Path, cfg: CoplConfig, result: RunResult, class_n
         cluster_to_class = [int(result.cluster_to_class.get(c, -1)) for c in range(result.num_classes)]
         save_checkpoint(paths["teacher"], cfg, result.teacher_state, result.num_classes, class_names, cluster_to_class)
     if result.pseudo_labels:
-        from copl_dist.data.corpus import write_table
-
         paths["pseudo_labels"] = out_dir / "pseudo_labels.parquet"
         write_table(paths["pseudo_labels"], result.pseudo_labels)
     return paths

@@ -22,6 +22,7 @@ from typing import Any
 from copl_dist.cluster.naming import naming_note
 from copl_dist.common.atomic import output_folder
 from copl_dist.common.errors import InputError
+from copl_dist.common.interrupts import deferred_interrupt
 from copl_dist.config import CoplConfig, config_hash, resolve, to_dict
 from copl_dist.data.corpus import Corpus
 from copl_dist.data.formats import import_dataset
@@ -31,7 +32,11 @@ from copl_dist.method.checkpoint import check_init_mode, init_state_for
 from copl_dist.run.driver import CoplRun, RunResult, check_run_inputs, load_teacher
 from copl_dist.run.outputs import write_metrics, write_run_outputs
 from copl_dist.run.state import files_fingerprint
-from copl_dist.tracking.registry import check_registry_names, load_teacher_checkpoint
+from copl_dist.tracking.registry import (
+    check_registry_names,
+    load_teacher_checkpoint,
+    register_teacher,
+)
 from copl_dist.tracking.runs import (
     Tracker,
     check_sqlite_store,
@@ -317,8 +322,6 @@ def execute(prepared: PreparedRun, on_iteration: Callable[[list[dict[str, Any]]]
 def _log_and_register(plan: RunPlan, tracker: Tracker, result: RunResult, checkpoint: Path, tags: dict[str, str]) -> str | None:
     import numpy as np
 
-    from copl_dist.common.interrupts import deferred_interrupt
-    from copl_dist.tracking.registry import register_teacher
 
     cfg = plan.cfg
     teacher = load_teacher(result.teacher_state, result.num_classes, cfg)

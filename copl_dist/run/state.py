@@ -35,7 +35,7 @@ PROVENANCE = {
 }
 
 
-# The parts of a --data folder the importers read (formats.py): annotation files at its top level,
+# The parts of a --data folder the importers read (data/formats.py): annotation files at its top level,
 # the feature folders, W-TALC's *-Annotations folder, a corpus' features/ shards.
 _DATA_FOLDERS = ("features", "rgb", "flow")
 
@@ -76,7 +76,7 @@ def files_fingerprint(src: Path) -> str:
     return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
 
 
-# What pipeline.CoplRun reads back from a state (checked on load: a damaged file is one clear error).
+# What driver.CoplRun reads back from a state (checked on load: a damaged file is one clear error).
 STATE_KEYS = ("iterations", "labels", "scores", "mask", "teacher", "votes", "next_features", "detections", "mapping",
               "traces")
 

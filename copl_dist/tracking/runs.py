@@ -19,6 +19,7 @@ from typing import Any
 from copl_dist.common.errors import InputError, first_line
 from copl_dist.common.interrupts import deferred_interrupt
 from copl_dist.config import TrackingConfig, flatten
+from copl_dist.method.model import ExportedTeacher
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -246,7 +247,6 @@ class Tracker:
         import torch
         from mlflow.models import infer_signature
 
-        from copl_dist.method.model import ExportedTeacher
 
         exported = ExportedTeacher(model).eval()
         with torch.no_grad():

@@ -6,7 +6,7 @@ scores a trial without any label, so hyper-parameters can be chosen without test
               clustering with the next iteration's seed): how well separated the videos it groups are.
   agreement   mean over training videos of the Pearson correlation over time between A_ca(x) and
               A_ca(shift(x)), A_ca the teacher's class-agnostic attention (Eq. 13), shift the
-              student's temporal feature shift (seeded per iteration). See tune.py for why a
+              student's temporal feature shift (seeded per iteration). See search.py for why a
               correlation rather than 1 - MSE.
 """
 
@@ -17,19 +17,19 @@ from typing import Any
 
 import numpy as np
 
+from copl_dist.cluster.videos import cluster_videos
 from copl_dist.common.seeding import STREAM_CLUSTER, derive_seed
 from copl_dist.config import CoplConfig
+from copl_dist.method import has as has_lib
+from copl_dist.method.augment import temporal_feature_shift
+from copl_dist.method.engine import infer_video
+from copl_dist.run.driver import cluster_scale_options
 
 _STREAM_AGREEMENT = 101
 
 
 def silhouette_objective(cfg: CoplConfig, corpus: Any, video_ids: list[str], teacher: Any, num_classes: int, iteration: int) -> float:
     """Mean PLRI score of the clustering that this teacher's HAS global features give (label-free)."""
-    from copl_dist.cluster.videos import cluster_videos
-    from copl_dist.method import has as has_lib
-    from copl_dist.method.engine import infer_video
-    from copl_dist.run.driver import cluster_scale_options
-
     feats = []
     for vid in video_ids:
         x = corpus.features(vid)
@@ -48,7 +48,6 @@ def agreement_objective(cfg: CoplConfig, corpus: Any, video_ids: list[str], teac
     """Mean over videos of corr_t(A_ca(x), A_ca(shift(x))) of the teacher; 0 for a flat curve (label-free)."""
     import torch
 
-    from copl_dist.method.augment import temporal_feature_shift
 
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, _STREAM_AGREEMENT, iteration))
     teacher.eval()

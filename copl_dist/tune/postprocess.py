@@ -12,6 +12,9 @@ import numpy as np
 from copl_dist.common.atomic import atomic_path
 from copl_dist.common.seeding import derive_seed
 from copl_dist.config import PRESET_TIOUS, CoplConfig
+from copl_dist.method.engine import infer_video
+from copl_dist.method.localize import localize_video
+from copl_dist.method.metrics import detection_map
 from copl_dist.tune.space import get_key, in_space, sample_spec, with_values
 
 RAW_FILE = "raw_predictions.npz"
@@ -42,8 +45,6 @@ def raw_predictions(
 ) -> RawPredictions:
     """The teacher's outputs on `subset`; labels are `class_names[cluster_to_class[c]]` (the run's
     RunResult.class_names; default the corpus classes)."""
-    from copl_dist.method.engine import infer_video
-
     vids = corpus.video_ids(subset)
     outs = [infer_video(teacher, corpus.features(v), cfg.train.beta, cfg.train.topl_ratio) for v in vids]
     return RawPredictions(
@@ -90,9 +91,7 @@ def load_raw(path: str | Path) -> RawPredictions:
 
 
 def detections_from_raw(raw: RawPredictions, inference: Any) -> dict[str, Any]:
-    """pipeline.localize_all on the cache: the same detections the trial evaluated."""
-    from copl_dist.method.localize import localize_video
-
+    """driver.localize_all on the cache: the same detections the trial evaluated."""
     results: dict[str, list[dict[str, Any]]] = {}
     for i, vid in enumerate(raw.video_ids):
         dets = localize_video(raw.h_cs[i], raw.class_scores[i], float(raw.durations_s[i]), inference)
@@ -116,8 +115,6 @@ def search_postprocess(
     returns something worse on the validation set than not searching); the rest are draws from a
     stream of the root seed. Ties keep the earlier candidate.
     """
-    from copl_dist.method.metrics import detection_map
-
     tious = [f"{t:g}" for t in PRESET_TIOUS[cfg.preset]]
 
     def score(values: dict[str, Any]) -> float:

@@ -6,7 +6,7 @@
 A space file (YAML, see tune_spaces/README.md) names a preset, fixed `base` overrides, the `search`
 space (one COPL training per trial) and a `postprocess` space (inference.* only). Each trial resolves
 preset -> --config -> base -> --set -> flags -> sampled values, runs the COPL iterations in its Ray
-actor (pipeline.CoplRun, no MLflow, no Ray Train) and reports its objective after every iteration,
+actor (driver.CoplRun, no MLflow, no Ray Train) and reports its objective after every iteration,
 so ASHA (time_attr "iteration") stops bad trials early.
 
 Objectives, all maximised:
@@ -58,8 +58,9 @@ from copl_dist.common.atomic import atomic_path, output_folder, write_json, writ
 from copl_dist.common.errors import InputError
 from copl_dist.common.interrupts import deferred_interrupt
 from copl_dist.config import CoplConfig, flatten, resolve, to_dict, validate
+from copl_dist.data.corpus import Corpus
 from copl_dist.distributed.ray_runtime import RaySession
-from copl_dist.run.driver import check_run_inputs
+from copl_dist.run.driver import CoplRun, check_run_inputs, load_teacher
 from copl_dist.run.plan import (
     EMBEDDED_OVERRIDES,
     RunPlan,
@@ -69,6 +70,7 @@ from copl_dist.run.plan import (
     plan_run,
     synthetic_source,
 )
+from copl_dist.run.report import table
 from copl_dist.tracking.runs import Tracker
 from copl_dist.tune.objectives import agreement_objective, silhouette_objective
 from copl_dist.tune.postprocess import (  # noqa: F401
@@ -173,8 +175,6 @@ def trial_trainable(params: dict[str, Any], ctx: dict[str, Any]) -> None:
     """One trial: COPL with the sampled values; `tune.report` after every COPL iteration."""
     from ray import tune
 
-    from copl_dist.data.corpus import Corpus
-    from copl_dist.run.driver import CoplRun, load_teacher
 
     base = with_values(ctx["base"], {k: _plain(v) for k, v in params.items()}, source="trial")
     cfg = with_values(base, ctx["overrides"], source="trial")
@@ -222,31 +222,6 @@ def _trial_dirname(trial: Any) -> str:
 # ---------------------------------------------------------------------------------------------
 # The command
 # ---------------------------------------------------------------------------------------------
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--space", required=True, help="search space YAML (tune_spaces/thumos14.yaml, tune_spaces/anet12.yaml)")
-    p.add_argument("--data", help="dataset root or converted corpus (default: the embedded synthetic corpus of `copl run`)")
-    p.add_argument("--out", help="output folder (default runs/tune-<space name>)")
-    p.add_argument("--samples", type=int, default=8, help="trials to sample (default 8)")
-    p.add_argument("--objective", choices=OBJECTIVES, default="silhouette",
-                   help="silhouette / agreement: label-free; map: map@avg on --val-subset (default silhouette)")
-    p.add_argument("--val-subset", help="labelled validation subset for --objective map (never the test subset)")
-    p.add_argument("--preset", help="thumos14 or anet12 (default: the space's preset)")
-    p.add_argument("--config", help="YAML config applied before the space's base")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="fixed override, e.g. train.batch_size=8")
-    p.add_argument("--iterations", type=int, help="COPL iterations per trial (ASHA's time axis)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--snippets", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--train-subset")
-    p.add_argument("--test-subset", help="the subset `copl run` reports on; trials never evaluate on it")
-    p.add_argument("--max-concurrent", type=int, default=1, help="trials at once (default 1)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--grace-period", type=int, default=1, help="ASHA: iterations before a trial can be stopped")
-    p.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA reduction factor")
-    p.add_argument("--pp-samples", type=int, default=64, help="post-processing candidates scored on the cache (objective map)")
-    p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled W-TALC object arrays")
 
 
 def _check_val_subset(objective: str, val_subset: str | None, cfg: CoplConfig) -> None:
@@ -308,8 +283,6 @@ def _select_best(
 
 
 def _summary(records: dict[str, dict[str, Any]], best_id: str, keys: list[str]) -> str:
-    from copl_dist.run.report import table
-
     rows = []
     for rec in records.values():
         last = rec["history"][-1] if rec["history"] else {}

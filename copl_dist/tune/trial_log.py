@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from copl_dist.common.interrupts import deferred_interrupt
+from copl_dist.tracking.runs import mlflow_key
 from copl_dist.tune.space import _plain
 
 # Numbers reported by a trial besides "iteration" and "objective" (diagnostics, never selected on).
@@ -28,7 +29,6 @@ def make_trial_log(max_iterations: int, mlflow_target: tuple[str, str, str] | No
     """
     from ray.tune import Callback
 
-    from copl_dist.tracking.runs import mlflow_key
 
     class TrialLog(Callback):
         def __init__(self) -> None:
