@@ -287,7 +287,7 @@ def test_init_from_a_wtal_teacher_into_utal_is_refused(runs, data, tmp_path, cap
     carry them in. Refused before anything is written; a wtal run may still start from it."""
     from copl_dist.common.errors import InputError
     from copl_dist.config import resolve
-    from copl_dist.method.checkpoint import init_state_for
+    from copl_dist.method.checkpoint import check_init_mode, init_state_for
 
     ckpt = torch.load(runs["0"] / "teacher.pt", weights_only=True)
     ckpt["config"]["mode"] = "wtal"
@@ -299,7 +299,8 @@ def test_init_from_a_wtal_teacher_into_utal_is_refused(runs, data, tmp_path, cap
     assert not out.exists()
     sets = ["model.hidden_dim=32"]
     with pytest.raises(InputError, match="mode 'wtal'"):
-        init_state_for(ckpt, str(teacher), 3, resolve("thumos14", sets=sets))
+        check_init_mode(ckpt, str(teacher), "utal")
+    check_init_mode(ckpt, str(teacher), "wtal")
     assert init_state_for(ckpt, str(teacher), 3, resolve("thumos14", sets=sets, overrides={"mode": "wtal"})) is ckpt["state_dict"]
 
 

@@ -116,8 +116,8 @@ def check_init_mode(ckpt: dict[str, Any], source: str, mode: str) -> None:
 
 
 def init_state_for(ckpt: dict[str, Any], source: str, num_classes: int, cfg: Any) -> dict[str, Any]:
-    """The checkpoint's state dict if it fits this run's IOCNet and mode; InputError naming `source` if not."""
-    check_init_mode(ckpt, source, cfg.mode)
+    """The checkpoint's state dict if it fits this run's IOCNet; InputError naming `source` if not. Its
+    mode is checked before, with the rest of the plan (check_init_mode)."""
     have = int(ckpt["num_classes"])
     if have != num_classes:
         raise InputError(
