@@ -323,7 +323,7 @@ def exact_5000_2048():
 
 @pytest.mark.slow
 def test_n5000_exact_and_default_scale_path_agree(exact_5000_2048):
-    """The issue's acceptance on the default scale path (FAISS kNN graph of the top 256 principal
+    """The scale path's agreement bar on its defaults (FAISS kNN graph of the top 256 principal
     components, sparse eigsh, FAISS k-means, sampled PLRI): ARI >= 0.95 and >= 98% of videos on
     the same P/U side (measured: ARI 0.990, 99.4%)."""
     X, _, labels, _, mask = exact_5000_2048
@@ -381,7 +381,7 @@ def test_n5000_exact_path_seed_stable_where_it_was_not():
     """Data seed 2 is where the exact path's k-means with 10 restarts landed in different optima by
     seed (its seeds 0 and 1 agreed at ARI 0.92). With cluster.KMEANS_N_INIT = 50 both seeds give one
     partition (measured: ARI 1.0). The Nystroem path agrees with it (0.998, 99.9% same P/U side).
-    One of the two raw 256-dim sets where the kNN graph stays under the issue's 98% (the exact path
+    One of the two raw 256-dim sets where the kNN graph stays under the 98% bar (the exact path
     itself reaches only ARI 0.973 against the generating labels): ARI 0.966 against the exact path,
     97.8% same side (data seed 0: 97.2%; all six sets, raw and projected, for both scale paths in
     docs/bench/knn-pca/scan256.out)."""

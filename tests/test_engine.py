@@ -63,7 +63,7 @@ def test_epoch_batches_drop_only_a_short_last_batch():
 
 
 def test_epoch_batches_refuse_a_batch_smaller_than_the_world():
-    # 17 workers on a batch of 16 used to drop every batch: nothing trained, losses 0, no error.
+    # 17 workers on a batch of 16 would drop every batch: nothing trained, losses 0, no error.
     with pytest.raises(ValueError, match="global batch of 16 videos.*smaller than the 17 workers"):
         epoch_batches(200, 16, 17, seed=0, iteration=0, epoch=0)
     with pytest.raises(ValueError, match="global batch of 3 videos"):

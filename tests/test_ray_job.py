@@ -140,7 +140,7 @@ def test_ray_job_stop_ends_the_run_as_terminated(ray_head, tmp_path):
     submit = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--no-wait", "--address", ray_head.address, "--submission-id", job_id,
          "--runtime-env", str(shipped_runtime_env(tmp_path)), "--",
-         "exec", *_copl_run(data, out, storage, iterations=3, epochs=500)],  # as the README submits it
+         "exec", *_copl_run(data, out, storage, iterations=3, epochs=500)],  # as docs/cluster.md submits it
         env=ray_env(), cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-2000:]

@@ -451,7 +451,7 @@ def test_ray_train_report_lines_are_quietened():
 @pytest.mark.slow
 def test_copl_run_on_the_local_ray_prints_no_preemption_watcher_error(corpus, tmp_path):
     """A whole `copl run` in its own process (its own local Ray, one Ray Train worker): Ray Train's
-    preemption watcher, meaningless on one local node, used to log a C++ ERROR line per training."""
+    preemption watcher, meaningless on one local node, logs a C++ ERROR line per training unless copl turns it off."""
     import os
     import subprocess
     import sys
