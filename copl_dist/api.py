@@ -7,9 +7,9 @@
     for it in outcome.iterations:           # one dict per iteration: nmi, purity, |P|, |U|, map@..., ...
         print(it["iteration"], it["nmi"], it["map@avg"])
     teacher = api.load_teacher("runs/notebook/teacher.pt")  # or "models:/copl-teacher@champion"
-    detections = teacher.detect(features, duration_s=212.5)  # (T, D) snippet features of a new video
+    detections = teacher.detect(features, duration_s=212.5)  # features: a new video's (T, D) array
 
-Every call validates its inputs once, as the command line does (run/plan.py), and raises
+(`map@...` keys exist where the test subset is annotated; README.md has a runnable example.) Every call validates its inputs once, as the command line does (run/plan.py), and raises
 copl_dist.common.errors.InputError with the command line's one-line message on bad input.
 """
 
@@ -25,6 +25,7 @@ from copl_dist.data.synth import make_synthetic
 from copl_dist.run.plan import (
     RunOutcome,
     RunRequest,
+    check_preset,
     execute,
     plan_run,
     prepare,
@@ -37,13 +38,15 @@ __all__ = ["InputError", "RunOutcome", "Teacher", "config", "detect", "load_teac
 
 
 def config(
-    preset: str = "thumos14", overrides: Mapping[str, Any] | None = None, config_file: str | Path | None = None,
+    preset: str | None = None, overrides: Mapping[str, Any] | None = None, config_file: str | Path | None = None,
     sets: Sequence[str] = (),
 ) -> CoplConfig:
-    """A validated config: the preset's values, then the YAML file's, then `sets` (KEY=VALUE strings as
-    --set takes them), then `overrides` (dotted keys: {"train.epochs": 5}). Unlike `copl run`, training
-    stays in this process (distributed.workers = 0) unless the overrides say otherwise."""
-    return resolve(preset, config_file, list(sets), dict(overrides or {}))
+    """A validated config: the preset's values (default thumos14, or the config file's), then the YAML
+    file's, then `sets` (KEY=VALUE strings as --set takes them), then `overrides` (dotted keys:
+    {"train.epochs": 5}). Unlike `copl run`, training stays in this process (distributed.workers = 0)
+    unless the file, `sets` or `overrides` say otherwise."""
+    check_preset(preset, config_file)
+    return resolve(preset or "thumos14", config_file, list(sets), dict(overrides or {}))
 
 
 def run(
@@ -58,8 +61,8 @@ def run(
     on_iteration: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> RunOutcome:
     """COPL (or the config's mode) on a data folder or converted corpus, as `copl run` runs it, writing
-    the same outputs under `out`. No data: the embedded synthetic corpus and schedule. No config: the
-    thumos14 preset, in this process. `on_iteration` receives the iterations so far after each one.
+    the same outputs under `out`. No data: the embedded synthetic corpus (and, with no config, its
+    short schedule). No config: the thumos14 preset, in this process. `on_iteration` receives the iterations so far after each one.
     Returns the outcome: `.iterations`, `.final`, `.paths` (output files), `.registered`."""
     request = RunRequest(data=data, out=out, workers=0, init_from=init_from, resume=resume, allow_pickle=allow_pickle,
                          progress=progress)

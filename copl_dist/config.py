@@ -276,7 +276,7 @@ def inherit_sources(dst: CoplConfig, src: CoplConfig) -> None:
         dst.__dict__[_SOURCES_ATTR] = dict(recorded)
 
 
-def _merge(obj: Any, updates: dict[str, Any], source: str, prefix: str = "", sources: dict[str, str] | None = None) -> None:
+def merge_into(obj: Any, updates: dict[str, Any], source: str, prefix: str = "", sources: dict[str, str] | None = None) -> None:
     if sources is None:  # the top-level call: obj is the CoplConfig whose sources are recorded
         sources = _sources(obj)
     hints = _type_hints(type(obj))
@@ -289,13 +289,13 @@ def _merge(obj: Any, updates: dict[str, Any], source: str, prefix: str = "", sou
         if is_dataclass(current):
             if not isinstance(value, dict):
                 raise InputError(f"{source}: config key '{path}' expects a mapping, got {value!r}")
-            _merge(current, value, source, prefix=f"{path}.", sources=sources)
+            merge_into(current, value, source, prefix=f"{path}.", sources=sources)
         else:
             setattr(obj, key, _coerce(value, hints[key], path, source))
             sources[path] = source
 
 
-def _dotted_to_nested(key: str, value: Any) -> dict[str, Any]:
+def dotted_to_nested(key: str, value: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     node = out
     parts = key.split(".")
@@ -379,7 +379,7 @@ def _get(cfg: CoplConfig, key: str) -> Any:
 
 def validate(cfg: CoplConfig, source: str = "config") -> None:
     """Value checks that types alone cannot express; the message quotes the bad value and names where
-    it came from: the source `_merge` recorded for the key, else `source` (a config built otherwise)."""
+    it came from: the source `merge_into` recorded for the key, else `source` (a config built otherwise)."""
     for key, allowed in _CHOICES.items():
         value = _get(cfg, key)
         if value not in allowed:
@@ -419,7 +419,7 @@ def resolve(
     if preset not in PRESETS:
         raise InputError(f"--preset: unknown preset '{preset}' (choose from {sorted(PRESETS)})")
     cfg = CoplConfig()
-    _merge(cfg, PRESETS[preset], source=f"preset {preset}")
+    merge_into(cfg, PRESETS[preset], source=f"preset {preset}")
     if config_file is not None:
         path = Path(config_file)
         loaded = read_yaml_mapping(path, "config file", "a mapping of config keys at the top level")
@@ -428,13 +428,13 @@ def resolve(
             if not isinstance(file_preset, str) or file_preset not in PRESETS:  # a list is no dict key
                 raise InputError(f"{path}: unknown preset {file_preset!r} (choose from {sorted(PRESETS)})")
             cfg = CoplConfig()
-            _merge(cfg, PRESETS[file_preset], source=f"preset {file_preset}")
-        _merge(cfg, loaded, source=str(path))
+            merge_into(cfg, PRESETS[file_preset], source=f"preset {file_preset}")
+        merge_into(cfg, loaded, source=str(path))
     for key, value in parse_set(sets or []):
-        _merge(cfg, _dotted_to_nested(key, value), source="--set")
+        merge_into(cfg, dotted_to_nested(key, value), source="--set")
     for key, value in (overrides or {}).items():
         if value is not None:
-            _merge(cfg, _dotted_to_nested(key, value), source=flag_name(key))
+            merge_into(cfg, dotted_to_nested(key, value), source=flag_name(key))
     validate(cfg)  # each bad value is blamed on the preset, file, --set item or flag that set it
     return cfg
 
@@ -450,7 +450,7 @@ def to_dict(cfg: CoplConfig) -> dict[str, Any]:
 
 def from_dict(data: dict[str, Any], source: str = "config") -> CoplConfig:
     cfg = CoplConfig()
-    _merge(cfg, data, source=source)
+    merge_into(cfg, data, source=source)
     validate(cfg, source=source)
     return cfg
 

@@ -77,3 +77,14 @@ def test_plan_refuses_before_writing(tmp_path, argv, message):
     with pytest.raises(InputError, match=message):
         plan.plan_run(_request(*argv))
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_device_the_machine_lacks_is_refused_before_the_corpus_is_converted(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    data = tiny_synthetic(tmp_path / "data", videos=4)
+    with pytest.raises(InputError, match="'train.device' is 'cuda', but torch sees no CUDA device"):
+        plan.plan_run(_request("--data", str(data), "--out", str(tmp_path / "out"), "--set", "train.device=cuda"))
+    assert not (tmp_path / "out").exists()

@@ -11,8 +11,8 @@ features, before clustering):
 
 - exact: cluster/exact.py (dense (N, N) float64 Gaussian affinity, scikit-learn spectral clustering, dense
   PLRI), only while its N x N matrices fit (`--exact-max-gb`), else "skipped: would need X GB";
-- nystrom: cluster_scale with affinity='nystrom' (landmark approximation of the full kernel);
-- knn: cluster_scale with affinity='knn' (the default scale path: the FAISS kNN graph of the top
+- nystrom: cluster/scale.py with affinity='nystrom' (landmark approximation of the full kernel);
+- knn: cluster/scale.py with affinity='knn' (the default scale path: the FAISS kNN graph of the top
   `--knn-pca` (256) principal components; exact flat index up to 50,000 rows, above IVF-Flat with
   exact re-ranking of 2k candidates; recall@k of the search in that space measured on 500 queries).
 

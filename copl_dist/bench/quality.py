@@ -22,7 +22,7 @@ from copl_dist.common.errors import InputError
 from copl_dist.config import resolve
 from copl_dist.data.formats import import_dataset
 from copl_dist.data.synth import make_synthetic
-from copl_dist.run.driver import CoplRun
+from copl_dist.run.driver import CoplRun, check_run_inputs
 from copl_dist.run.report import table
 
 PAPER_ROW = "COPL as in the paper (mean features first, Eq. 5 uncentred, no projection)"
@@ -80,6 +80,7 @@ def run_quality_bench(args: argparse.Namespace) -> int:
                 sets=["has.vote_last=6", *args.sets, *sets, "tracking.enabled=false"],
                 overrides=_overrides(args, mode, seed),
             )
+            check_run_inputs(cfg, corpus)  # CoplRun trusts its caller to have checked
             t0 = time.perf_counter()
             result = CoplRun(cfg, corpus, tracker=None, progress=False).execute()
             runs[name].append({"seed": seed, "iterations": result.iterations, "final": result.final})

@@ -25,7 +25,7 @@ SIGMA_SAMPLE = 4096
 NYSTROM_LANDMARKS = 1000  # landmarks of the Nystroem approximation of the full kernel
 NYSTROM_RCOND = 1e-6  # landmark-kernel eigenvalues below this * the largest are dropped
 SPECTRAL_REG = 0.1  # uniform term: tau = SPECTRAL_REG * mean degree (see spectral_embedding)
-# k-means restarts at scale: fewer than the dense path's 50 (cluster.KMEANS_N_INIT), since FAISS
+# k-means restarts at scale: fewer than the dense path's 50 (exact.KMEANS_N_INIT), since FAISS
 # Lloyd steps on the small (N, C) spectral embedding from k-means++ seeds settle the same way on
 # it: seeds 0-3 agree at ARI 1.000 with 10 restarts on both the knn and nystrom paths
 # (docs/bench/kmeans-seeds/, N = 1,000, the benchmark's features).

@@ -136,7 +136,7 @@ def plri_scores_blocked(
     device: str | None = None,
     row_block: int = ROW_BLOCK,
 ) -> np.ndarray:
-    """Exact PLRI (cluster.plri_scores on the full Gaussian kernel of bandwidth `sigma`) without the
+    """Exact PLRI (exact.plri_scores on the full Gaussian kernel of bandwidth `sigma`) without the
     N x N matrix: blocks of `row_block` rows x blocks of columns (`block_bytes` of float64 kernel),
     O(block_bytes) memory beyond the features, O(N^2 D) time.
 

@@ -120,7 +120,7 @@ def sparse_gaussian_affinity(dist: np.ndarray, idx: np.ndarray, sigma: float, sy
     the two directions; w depends only on d_ij, so both directions carry the same weight and max is
     simply "the edge exists"); 'mean' halves one-directional edges. Zero diagonal (no self-loops),
     as in the dense path's spectral step (scipy's Laplacian ignores the diagonal of W); PLRI does not
-    use this matrix (it uses the full kernel, with w_ii = 1 excluded as in cluster.plri_scores).
+    use this matrix (it uses the full kernel, with w_ii = 1 excluded as in exact.plri_scores).
     sigma = 0 (all features equal) gives weights 1.
     """
     if symmetrize not in ("max", "mean"):
@@ -381,7 +381,7 @@ def cluster_videos_scale(
     plri_device: str | None = "auto",
     info: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """cluster.cluster_videos without N x N matrices: (labels (N,) int64, PLRI scores (N,), mask (N,) bool).
+    """videos.cluster_videos without N x N matrices: (labels (N,) int64, PLRI scores (N,), mask (N,) bool).
 
     affinity: 'knn' (default: the `graph_neighbours(knn, ...)`-nearest-neighbour graph from `knn_search` with `backend` on
     the top `knn_pca` principal components (0 or >= D: the raw features), `sparse_gaussian_affinity`

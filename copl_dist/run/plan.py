@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import yaml
+
 from copl_dist.cluster.naming import naming_note
 from copl_dist.common.atomic import output_folder
 from copl_dist.common.errors import InputError
@@ -29,6 +32,7 @@ from copl_dist.data.formats import import_dataset
 from copl_dist.data.synth import make_synthetic
 from copl_dist.distributed.ray_runtime import check_ray_address, ray_address
 from copl_dist.method.checkpoint import check_init_mode, init_state_for
+from copl_dist.method.engine import resolve_device
 from copl_dist.run.driver import CoplRun, RunResult, check_run_inputs, load_teacher
 from copl_dist.run.outputs import write_metrics, write_run_outputs
 from copl_dist.run.state import files_fingerprint
@@ -88,7 +92,7 @@ class RunPlan:
     out: Path
     data: Path | None  # None: the embedded synthetic corpus
     dataset: str  # what the registry tags as the dataset: what the user named, not the converted copy
-    tracking_uri: str | None  # the resolved store (None: tracking off and no --init-from)
+    tracking_uri: str | None  # the resolved store (None: tracking off)
     registered_model: str | None  # the registry name the teacher goes to (None: not registered)
     ray_address: str | None  # None: no Ray (in-process training, no HAS actors)
     init_checkpoint: dict[str, Any] | None
@@ -104,7 +108,6 @@ class PreparedRun:
 
     plan: RunPlan
     corpus: Corpus
-    source: Path  # the data the corpus was converted from
     data_files: str  # the source's files fingerprint (--resume refuses other data)
     init_state: dict[str, Any] | None
 
@@ -131,7 +134,8 @@ def plan_run(request: RunRequest, cfg: CoplConfig | None = None, register: bool 
     """Every check of `request` that writes nothing. `cfg`: an already resolved config (`copl tune`
     builds its own from a search space), else resolved here from the request. `register`: whether the
     run registers its teacher (and so needs a valid registry name). `ray`: whether it runs on Ray
-    (None: when the config trains on Ray Train or votes in HAS actors)."""
+    (None: when the config trains on Ray Train or votes in HAS actors). With `cfg` given, the request's
+    preset, config file, --set, overrides, workers and tracking URI are not read: `cfg` holds them."""
     if cfg is None:
         cfg = resolve_config(request)
     out = Path(request.out or f"runs/{cfg.preset}-{cfg.mode}-seed{cfg.seed}")
@@ -141,10 +145,9 @@ def plan_run(request: RunRequest, cfg: CoplConfig | None = None, register: bool 
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
     tracking_uri = None
-    if cfg.tracking.enabled or request.init_from:
-        tracking_uri = resolve_tracking_uri(cfg.tracking, out)
     registered_model = None
     if cfg.tracking.enabled:
+        tracking_uri = resolve_tracking_uri(cfg.tracking, out)
         check_tracking_store(tracking_uri, "tracking store")
         if register and cfg.tracking.log_model:
             check_registry_names(cfg.tracking.registered_model, source="tracking.registered_model")
@@ -157,11 +160,12 @@ def plan_run(request: RunRequest, cfg: CoplConfig | None = None, register: bool 
     if request.init_from:
         if cfg.mode == "baseline":
             raise InputError(f"--init-from {request.init_from}: mode 'baseline' trains no model")
-        init_checkpoint = load_teacher_checkpoint(request.init_from, tracking_uri)
+        store = tracking_uri or resolve_tracking_uri(cfg.tracking, out)  # where models:/ URIs are read
+        init_checkpoint = load_teacher_checkpoint(request.init_from, store)
         check_init_mode(init_checkpoint, request.init_from, cfg.mode)
+    resolve_device(cfg.train.device)  # a device this machine lacks, before the corpus is converted
     dataset = f"synthetic:{cfg.preset}:seed{cfg.seed}" if data is None else str(data.resolve())
-    return RunPlan(request, cfg, out, data, dataset, tracking_uri if cfg.tracking.enabled else None,
-                   registered_model, address, init_checkpoint)
+    return RunPlan(request, cfg, out, data, dataset, tracking_uri, registered_model, address, init_checkpoint)
 
 
 def resolve_config(request: RunRequest) -> CoplConfig:
@@ -174,11 +178,16 @@ def resolve_config(request: RunRequest) -> CoplConfig:
         for key, value in EMBEDDED_OVERRIDES.items():
             if overrides.get(key) is None and not any(s.startswith(f"{key}=") for s in request.sets):
                 overrides[key] = value
-    file_preset = _config_file_value(request.config, "preset")
-    if request.preset is not None and file_preset not in (_ABSENT, None) and file_preset != request.preset:
-        # resolve() lets the file's preset win: a tuned THUMOS config must not quietly run as ActivityNet.
-        raise InputError(f"--preset {request.preset}: the --config file {request.config} is for preset '{file_preset}'")
+    check_preset(request.preset, request.config)
     return resolve(request.preset or "thumos14", request.config, list(request.sets), overrides)
+
+
+def check_preset(preset: str | None, config: str | Path | None) -> None:
+    """A preset named beside a config file must be the file's: resolve() lets the file's preset win,
+    and a tuned THUMOS config must not quietly run as ActivityNet."""
+    file_preset = _config_file_value(config, "preset")
+    if preset is not None and file_preset not in (_ABSENT, None) and file_preset != preset:
+        raise InputError(f"--preset {preset}: the --config file {config} is for preset '{file_preset}'")
 
 
 def _tracking_uri(value: str | None) -> str | None:
@@ -216,8 +225,6 @@ def _config_file_value(config: str | Path | None, key: str) -> Any:
     resolve() will report as bad)."""
     if not config or not Path(config).is_file():
         return _ABSENT  # resolve() reports a missing file
-    import yaml
-
     try:
         node: Any = yaml.safe_load(Path(config).read_text())
     except (yaml.YAMLError, UnicodeDecodeError, OSError):
@@ -246,13 +253,18 @@ def embedded_source(plan: RunPlan) -> Path:
 
 
 def import_corpus(plan: RunPlan, src: Path, who: str = "copl") -> Corpus:
-    """The source converted into OUT/corpus (reused by --resume), importer warnings as one line each."""
+    """The source converted into OUT/corpus (reused by --resume)."""
     corpus_dir = plan.out / "corpus"
     if plan.request.resume and (corpus_dir / "corpus.json").is_file():
         return import_dataset(corpus_dir, corpus_dir)  # converted before the interruption
+    return import_reporting(src, corpus_dir, plan.request.allow_pickle, plan.cfg.data.min_snippets, who)
+
+
+def import_reporting(src: str | Path, corpus_dir: Path, allow_pickle: bool, min_snippets: int, who: str = "copl") -> Corpus:
+    """import_dataset, with the importer's warnings printed as one line each."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        corpus = import_dataset(src, corpus_dir, allow_pickle=plan.request.allow_pickle, min_snippets=plan.cfg.data.min_snippets)
+        corpus = import_dataset(src, corpus_dir, allow_pickle=allow_pickle, min_snippets=min_snippets)
     for w in caught:
         print(f"{who}: warning: {w.message}", file=sys.stderr)
     return corpus
@@ -280,7 +292,7 @@ def prepare(plan: RunPlan) -> PreparedRun:
         if plan.init_checkpoint is not None:
             clusters = len(corpus.classes) if cfg.mode == "wtal" else (cfg.num_classes or len(corpus.classes))
             init_state = init_state_for(plan.init_checkpoint, plan.request.init_from, clusters, cfg)
-    return PreparedRun(plan, corpus, src, data_files, init_state)
+    return PreparedRun(plan, corpus, data_files, init_state)
 
 
 # -- execute ---------------------------------------------------------------------------------------
@@ -320,9 +332,6 @@ def execute(prepared: PreparedRun, on_iteration: Callable[[list[dict[str, Any]]]
 
 
 def _log_and_register(plan: RunPlan, tracker: Tracker, result: RunResult, checkpoint: Path, tags: dict[str, str]) -> str | None:
-    import numpy as np
-
-
     cfg = plan.cfg
     teacher = load_teacher(result.teacher_state, result.num_classes, cfg)
     example = np.zeros((1, 16, cfg.model.feature_dim), dtype=np.float32)

@@ -9,8 +9,6 @@ New videos need no annotations: their ground truth, if any, is not read.
 
 from __future__ import annotations
 
-import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +19,12 @@ from copl_dist.cluster.naming import cluster_names
 from copl_dist.common.atomic import output_folder
 from copl_dist.common.errors import InputError
 from copl_dist.config import CoplConfig, from_dict
-from copl_dist.data.formats import import_dataset, write_detections
+from copl_dist.data.formats import write_detections
 from copl_dist.method.engine import infer_video
 from copl_dist.method.localize import localize_video
 from copl_dist.method.model import IOCNet
 from copl_dist.run.driver import load_teacher
+from copl_dist.run.plan import import_reporting
 from copl_dist.tracking.registry import load_teacher_checkpoint
 
 
@@ -106,11 +105,7 @@ def predict(plan: PredictPlan) -> tuple[Path, dict[str, list[dict[str, Any]]]]:
     """Import the data into OUT/corpus, detect in every video (of the subset), write OUT/detections.json."""
     with output_folder(plan.out):
         min_snippets = int(plan.checkpoint["config"].get("data", {}).get("min_snippets", 4))
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            corpus = import_dataset(plan.data, plan.out / "corpus", allow_pickle=plan.allow_pickle, min_snippets=min_snippets)
-        for w in caught:
-            print(f"copl: warning: {w.message}", file=sys.stderr)
+        corpus = import_reporting(plan.data, plan.out / "corpus", plan.allow_pickle, min_snippets)
         if plan.subset is not None and plan.subset not in corpus.subsets():
             raise InputError(f"--subset {plan.subset}: no such subset in {plan.data} (it has: {', '.join(corpus.subsets()) or 'none'})")
         video_ids = corpus.video_ids(plan.subset)

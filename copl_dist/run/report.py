@@ -46,7 +46,7 @@ def results_table(result: Any, cfg: CoplConfig) -> str:
         keys = [k for k in result.final if k != "map@avg"] + ["map@avg"]
         parts.append(table([k.replace("map@", "mAP@") for k in keys], [[_fmt(result.final.get(k), ".2f") for k in keys]]))
     elif result.iterations and "agnostic_map@avg" in result.iterations[-1]:
-        # An annotated test subset, clusters without class names (cluster_naming.naming_note).
+        # An annotated test subset, clusters without class names (naming.naming_note).
         last = result.iterations[-1]
         keys = [k for k in last if k.startswith("agnostic_map@") and k != "agnostic_map@avg"] + ["agnostic_map@avg"]
         parts.append("class-agnostic mAP (the clusters have no class names to score by class):")

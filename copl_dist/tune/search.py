@@ -82,10 +82,10 @@ from copl_dist.tune.postprocess import (  # noqa: F401
 )
 from copl_dist.tune.space import (  # noqa: F401  (re-exported: callers use copl_dist.tune.search)
     Space,
-    _plain,
     get_key,
     in_space,
     load_space,
+    plain_value,
     spec_values,
     tune_domain,
     with_values,
@@ -113,15 +113,15 @@ def user_config(
     """preset -> --config -> the space's base -> --set -> flags; the sampled values come on top per trial."""
     cfg = resolve(preset or space.preset or "thumos14", config_file)
     for key, value in space.base.items():
-        config_lib._merge(cfg, config_lib._dotted_to_nested(key, value), source=f"{space.path} (base)")
+        config_lib.merge_into(cfg, config_lib.dotted_to_nested(key, value), source=f"{space.path} (base)")
     searched = set(space.search) | set(space.postprocess)
     for key, value in config_lib.parse_set(sets):
         if key in searched:
             raise InputError(f"--set {key}: the space {space.path} searches this key; drop one of the two")
-        config_lib._merge(cfg, config_lib._dotted_to_nested(key, value), source="--set")
+        config_lib.merge_into(cfg, config_lib.dotted_to_nested(key, value), source="--set")
     for key, value in flags.items():
         if value is not None:
-            config_lib._merge(cfg, config_lib._dotted_to_nested(key, value), source=config_lib.flag_name(key))
+            config_lib.merge_into(cfg, config_lib.dotted_to_nested(key, value), source=config_lib.flag_name(key))
     validate(cfg, source=space.path)  # a bad value is blamed on the file, base, --set or flag that set it
     if cfg.mode != "utal":
         raise InputError(f"{space.path}: copl tune searches the unsupervised mode (mode: utal), got mode '{cfg.mode}'")
@@ -176,7 +176,7 @@ def trial_trainable(params: dict[str, Any], ctx: dict[str, Any]) -> None:
     from ray import tune
 
 
-    base = with_values(ctx["base"], {k: _plain(v) for k, v in params.items()}, source="trial")
+    base = with_values(ctx["base"], {k: plain_value(v) for k, v in params.items()}, source="trial")
     cfg = with_values(base, ctx["overrides"], source="trial")
     corpus = Corpus.open(ctx["corpus"])
     objective = ctx["objective"]
@@ -211,7 +211,7 @@ def trial_trainable(params: dict[str, Any], ctx: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Driver side (the trial log and its MLflow runs: tune_trial_log.py)
+# Driver side (the trial log and its MLflow runs: trial_log.py)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -319,7 +319,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out or f"runs/tune-{Path(space.path).stem}").resolve()
     # The checks `copl run` makes, in the same place (trials always run on Ray; they register nothing).
-    plan = plan_run(RunRequest(data=args.data, out=out, allow_pickle=args.allow_pickle), cfg=cfg, register=False, ray=True)
+    plan = plan_run(RunRequest(data=Path(args.data) if args.data is not None else None, out=out, allow_pickle=args.allow_pickle), cfg=cfg, register=False, ray=True)
     # Bad input found while the data is prepared removes what this command added to OUT; once the
     # trials start, their logs and tracking history stay, whatever ends the search.
     with output_folder(out):

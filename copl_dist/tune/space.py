@@ -149,12 +149,12 @@ def tune_domain(spec: dict[str, Any]) -> Any:
     return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[kind](*arg)
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """numpy scalars from the samplers -> Python numbers (the config and YAML want plain types)."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_value(v) for v in value]
     return value
 
 def get_key(cfg: CoplConfig, key: str) -> Any:
@@ -169,6 +169,6 @@ def with_values(cfg: CoplConfig | dict[str, Any], values: dict[str, Any], source
     if isinstance(cfg, CoplConfig):  # keep blaming a bad value on whoever set it in `cfg`
         config_lib.inherit_sources(out, cfg)
     for key, value in values.items():
-        config_lib._merge(out, config_lib._dotted_to_nested(key, _plain(value)), source=source)
+        config_lib.merge_into(out, config_lib.dotted_to_nested(key, plain_value(value)), source=source)
     validate(out, source=source)
     return out

@@ -15,7 +15,7 @@ from typing import Any
 
 from copl_dist.common.interrupts import deferred_interrupt
 from copl_dist.tracking.runs import mlflow_key
-from copl_dist.tune.space import _plain
+from copl_dist.tune.space import plain_value
 
 # Numbers reported by a trial besides "iteration" and "objective" (diagnostics, never selected on).
 REPORTED = ("silhouette", "agreement", "map@avg", "map@0.5", "purity", "nmi", "ari", "num_pseudo_labelled", "loss")
@@ -44,7 +44,7 @@ def make_trial_log(max_iterations: int, mlflow_target: tuple[str, str, str] | No
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             if trial.trial_id in self.records:
                 return
-            params = {k: _plain(v) for k, v in trial.config.items()}
+            params = {k: plain_value(v) for k, v in trial.config.items()}
             rec = {"trial_id": trial.trial_id, "params": params, "history": [], "status": "running", "error": None, "mlflow_run_id": None}
             self.records[trial.trial_id] = rec
             if self.client is not None:
