@@ -126,10 +126,11 @@ def test_copl_run_workers_default(monkeypatch, tmp_path):
 
 def test_default_train_fn_in_process_unless_workers(monkeypatch, tmp_path):
     from copl_dist.distributed import train as ray_train
+    from copl_dist.run import driver
 
     assert default_train_fn(_cfg()) is engine.train_loop_per_worker
     built = []
-    monkeypatch.setattr(ray_train, "make_ray_train_fn", lambda cfg, storage: built.append((cfg.distributed.workers, storage)) or "ray")
+    monkeypatch.setattr(driver, "make_ray_train_fn", lambda cfg, storage: built.append((cfg.distributed.workers, storage)) or "ray")
     assert default_train_fn(_cfg(workers=2), tmp_path) == "ray"
     assert default_train_fn(_cfg(workers=-1)) == "ray"
     assert built == [(2, str(tmp_path / "ray_storage")), (-1, None)]
