@@ -9,7 +9,7 @@ from tiny_corpus import TINY, tiny_synthetic
 from copl_dist.cli.parser import build_parser
 from copl_dist.cli.run import run_request
 from copl_dist.common.errors import InputError
-from copl_dist.run import driver, plan
+from copl_dist.run import plan
 from copl_dist.tracking import runs
 
 
@@ -18,8 +18,8 @@ def _request(*argv: str):
 
 
 def test_each_check_runs_once_per_run(tmp_path, monkeypatch):
-    """`copl run` with tracking on: the store resolved once, the data checked once (CoplRun trusts the
-    plan), the registry name checked once."""
+    """`copl run` with tracking on: the store resolved once, the data checked once, the registry name
+    checked once. (CoplRun cannot check again: the checks live in run/plan.py, which imports it.)"""
     calls = {"resolve_tracking_uri": 0, "check_run_inputs": 0, "check_registry_names": 0, "check_tracking_store": 0}
 
     def counting(module, name):
@@ -34,7 +34,6 @@ def test_each_check_runs_once_per_run(tmp_path, monkeypatch):
     for name in ("resolve_tracking_uri", "check_run_inputs", "check_registry_names", "check_tracking_store"):
         counting(plan, name)
     counting(runs, "resolve_tracking_uri")  # a Tracker that resolved the store again would call this
-    counting(driver, "check_run_inputs")  # a CoplRun that checked again would call this
     data = tiny_synthetic(tmp_path / "data", videos=4)
     request = _request("--data", str(data), "--out", str(tmp_path / "out"), *TINY, "--iterations", "1")
     prepared = plan.prepare(plan.plan_run(request))

@@ -22,7 +22,8 @@ from copl_dist.common.errors import InputError
 from copl_dist.config import resolve
 from copl_dist.data.formats import import_dataset
 from copl_dist.data.synth import make_synthetic
-from copl_dist.run.driver import CoplRun, check_run_inputs
+from copl_dist.run.driver import CoplRun
+from copl_dist.run.plan import check_run_inputs
 from copl_dist.run.report import table
 
 PAPER_ROW = "COPL as in the paper (mean features first, Eq. 5 uncentred, no projection)"

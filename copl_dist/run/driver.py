@@ -30,7 +30,6 @@ import torch
 from tqdm.auto import tqdm
 
 from copl_dist.cluster.naming import (
-    check_class_names,
     class_names_for,
     cluster_metrics,
     label_targets,
@@ -38,14 +37,11 @@ from copl_dist.cluster.naming import (
     primary_labels,
 )
 from copl_dist.cluster.videos import cluster_videos
-from copl_dist.common.errors import InputError
 from copl_dist.common.seeding import STREAM_CLUSTER, derive_seed
 from copl_dist.config import (
     PRESET_TIOUS,
     CoplConfig,
     config_hash,
-    flag_name,
-    source_of,
     to_dict,
 )
 from copl_dist.data.corpus import Corpus
@@ -244,41 +240,6 @@ def default_train_fn(cfg: CoplConfig, out_dir: Path | None = None) -> TrainFn:
 
     storage = cfg.distributed.storage_path or (str(out_dir / "ray_storage") if out_dir is not None else None)
     return make_ray_train_fn(cfg, storage)
-
-
-def check_run_inputs(cfg: CoplConfig, corpus: Corpus, where: str | Path | None = None) -> None:
-    """What a run needs of its data, checked once before it starts (run/plan.py `prepare`, `copl tune`;
-    CoplRun trusts its caller): both subsets exist, classes are known, the training subset has at least
-    one video per cluster. A subset is blamed on where it was set (preset, file, --set or flag).
-    `where`: the data as the user named it (default: the corpus folder)."""
-    place = where if where is not None else corpus.root
-    have = corpus.subsets()
-    for key, subset in (("data.train_subset", cfg.data.train_subset), ("data.test_subset", cfg.data.test_subset)):
-        if subset not in have:
-            raise InputError(
-                f"{source_of(cfg, key, flag_name(key))}: subset '{subset}' ({key}) is not in {place} "
-                f"(it has: {', '.join(have) or 'none'})"
-            )
-    if corpus.feature_dim != cfg.model.feature_dim:
-        raise InputError(
-            f"{place}: features have {corpus.feature_dim} dimensions, but model.feature_dim is {cfg.model.feature_dim} "
-            f"({source_of(cfg, 'model.feature_dim', 'default')}); for such features pass --set model.feature_dim={corpus.feature_dim}"
-        )
-    if cfg.mode == "wtal" and not any(corpus.record(v).labels for v in corpus.video_ids(cfg.data.train_subset)):
-        raise InputError(
-            f"{place}: mode 'wtal' trains on video-level labels, but no video of subset '{cfg.data.train_subset}' "
-            "has annotations (mode utal needs none)"
-        )
-    if len(corpus.classes) == 0 and cfg.num_classes == 0:
-        raise InputError(
-            f"{place}: no video has annotations, so the number of clusters cannot be read from them: "
-            "pass --set num_classes=K (the number of action classes expected)"
-        )
-    check_class_names(corpus.classes, place)
-    clusters = cfg.num_classes or len(corpus.classes)
-    train = len(corpus.video_ids(cfg.data.train_subset))
-    if train < clusters:
-        raise InputError(f"{place}: subset '{cfg.data.train_subset}' has {train} videos, fewer than the {clusters} clusters")
 
 
 class CoplRun:

@@ -22,18 +22,25 @@ from typing import Any
 import numpy as np
 import yaml
 
-from copl_dist.cluster.naming import naming_note
+from copl_dist.cluster.naming import check_class_names, naming_note
 from copl_dist.common.atomic import output_folder
 from copl_dist.common.errors import InputError
 from copl_dist.common.interrupts import deferred_interrupt
-from copl_dist.config import CoplConfig, config_hash, resolve, to_dict
+from copl_dist.config import (
+    CoplConfig,
+    config_hash,
+    flag_name,
+    resolve,
+    source_of,
+    to_dict,
+)
 from copl_dist.data.corpus import Corpus
 from copl_dist.data.formats import import_dataset
 from copl_dist.data.synth import make_synthetic
 from copl_dist.distributed.ray_runtime import check_ray_address, ray_address
 from copl_dist.method.checkpoint import check_init_mode, init_state_for
 from copl_dist.method.engine import resolve_device
-from copl_dist.run.driver import CoplRun, RunResult, check_run_inputs, load_teacher
+from copl_dist.run.driver import CoplRun, RunResult, load_teacher
 from copl_dist.run.outputs import write_metrics, write_run_outputs
 from copl_dist.run.state import files_fingerprint
 from copl_dist.tracking.registry import (
@@ -234,6 +241,41 @@ def _config_file_value(config: str | Path | None, key: str) -> Any:
             return _ABSENT
         node = node[part]
     return node
+
+
+def check_run_inputs(cfg: CoplConfig, corpus: Corpus, where: str | Path | None = None) -> None:
+    """What a run needs of its data, checked once before it starts (run/plan.py `prepare`, `copl tune`;
+    CoplRun trusts its caller): both subsets exist, classes are known, the training subset has at least
+    one video per cluster. A subset is blamed on where it was set (preset, file, --set or flag).
+    `where`: the data as the user named it (default: the corpus folder)."""
+    place = where if where is not None else corpus.root
+    have = corpus.subsets()
+    for key, subset in (("data.train_subset", cfg.data.train_subset), ("data.test_subset", cfg.data.test_subset)):
+        if subset not in have:
+            raise InputError(
+                f"{source_of(cfg, key, flag_name(key))}: subset '{subset}' ({key}) is not in {place} "
+                f"(it has: {', '.join(have) or 'none'})"
+            )
+    if corpus.feature_dim != cfg.model.feature_dim:
+        raise InputError(
+            f"{place}: features have {corpus.feature_dim} dimensions, but model.feature_dim is {cfg.model.feature_dim} "
+            f"({source_of(cfg, 'model.feature_dim', 'default')}); for such features pass --set model.feature_dim={corpus.feature_dim}"
+        )
+    if cfg.mode == "wtal" and not any(corpus.record(v).labels for v in corpus.video_ids(cfg.data.train_subset)):
+        raise InputError(
+            f"{place}: mode 'wtal' trains on video-level labels, but no video of subset '{cfg.data.train_subset}' "
+            "has annotations (mode utal needs none)"
+        )
+    if len(corpus.classes) == 0 and cfg.num_classes == 0:
+        raise InputError(
+            f"{place}: no video has annotations, so the number of clusters cannot be read from them: "
+            "pass --set num_classes=K (the number of action classes expected)"
+        )
+    check_class_names(corpus.classes, place)
+    clusters = cfg.num_classes or len(corpus.classes)
+    train = len(corpus.video_ids(cfg.data.train_subset))
+    if train < clusters:
+        raise InputError(f"{place}: subset '{cfg.data.train_subset}' has {train} videos, fewer than the {clusters} clusters")
 
 
 # -- prepare ---------------------------------------------------------------------------------------

@@ -60,11 +60,12 @@ from copl_dist.common.interrupts import deferred_interrupt
 from copl_dist.config import CoplConfig, flatten, resolve, to_dict, validate
 from copl_dist.data.corpus import Corpus
 from copl_dist.distributed.ray_runtime import RaySession
-from copl_dist.run.driver import CoplRun, check_run_inputs, load_teacher
+from copl_dist.run.driver import CoplRun, load_teacher
 from copl_dist.run.plan import (
     EMBEDDED_OVERRIDES,
     RunPlan,
     RunRequest,
+    check_run_inputs,
     embedded_source,
     import_corpus,
     plan_run,
