@@ -410,7 +410,7 @@ class CoplRun:
     def _utal(self) -> RunResult:
         n_actors = self.cfg.distributed.has_actors
         if n_actors > 0:
-            from copl_dist.distributed.has_actors import HASActorPool
+            from copl_dist.distributed.has_actors import HASActorPool  # deferred: imports ray (runs in-process need none)
 
             ensure_ray(self.cfg.distributed)
             remote = ray_address(self.cfg.distributed) != "local"
