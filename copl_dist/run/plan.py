@@ -317,7 +317,7 @@ def prepare(plan: RunPlan) -> PreparedRun:
     removes what the run added to OUT (except --resume's state)."""
     cfg = plan.cfg
     with output_folder(plan.out, keep=("state",)):
-        if plan.data is None:
+        if plan.synthetic:
             print(
                 f"copl: no --data given: running on a synthetic {cfg.preset} corpus ({EMBEDDED_SYNTH['videos']} "
                 f"videos per subset, {EMBEDDED_SYNTH['classes']} classes) in {synthetic_source(plan)}",

@@ -324,7 +324,7 @@ def run(args: argparse.Namespace) -> int:
     # Bad input found while the data is prepared removes what this command added to OUT; once the
     # trials start, their logs and tracking history stay, whatever ends the search.
     with output_folder(out):
-        if plan.data is None:
+        if plan.synthetic:
             print(f"copl tune: no --data given: a synthetic {cfg.preset} corpus in {synthetic_source(plan)}", file=sys.stderr)
         corpus = import_corpus(plan, plan.data or embedded_source(plan), who="copl tune")
         check_run_inputs(cfg, corpus, where=args.data)
