@@ -241,7 +241,7 @@ def test_open_refuses_what_is_not_a_corpus(tmp_path):
     with pytest.raises(InputError, match="version 99"):
         Corpus.open(tmp_path / "c")
     manifest.write_text("{not json")
-    with pytest.raises(InputError, match="corpus.json: not a readable corpus manifest"):
+    with pytest.raises(InputError, match="corpus.json: not valid JSON"):
         Corpus.open(tmp_path / "c")
 
 

@@ -34,7 +34,7 @@ def test_evaluate_files_errors(tmp_path):
     g, p = _write(tmp_path / "gt.json", gt), _write(tmp_path / "pred.json", perfect)
     cases = [
         ((tmp_path / "missing.json", p, "test", ["0.5"]), "missing.json: no such file"),
-        ((_write(tmp_path / "bad.json", "{not json"), p, "test", ["0.5"]), "bad.json: invalid JSON"),
+        ((_write(tmp_path / "bad.json", "{not json"), p, "test", ["0.5"]), "bad.json: not valid JSON"),
         ((_write(tmp_path / "nodb.json", {"x": 1}), p, "test", ["0.5"]), "nodb.json: missing 'database'"),
         ((g, _write(tmp_path / "nores.json", {"x": 1}), "test", ["0.5"]), "nores.json: missing 'results'"),
         ((g, p, "training", ["0.5"]), "no subset 'training' \\(it has: test, validation\\)"),

@@ -28,3 +28,5 @@ def parse_number(value: Any, what: str) -> float:
         return float(value)
     except ValueError:
         raise InputError(f"{what} {value!r} is not a number") from None
+    except OverflowError:  # an int beyond float's range (a pickled W-TALC array can hold one)
+        raise InputError(f"{what} {str(value)[:12]}... is too large (beyond 1.8e308)") from None

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from copl_dist.common.atomic import atomic_path
 from copl_dist.common.errors import InputError
+from copl_dist.common.user_json import read_json
 
 FORMAT_NAME = "copl-corpus"
 FORMAT_VERSION = 1
@@ -235,10 +236,7 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     path = root / MANIFEST
     if not path.is_file():
         raise InputError(f"{root}: not a corpus (no {MANIFEST})")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: not a readable corpus manifest ({e})") from None
+    manifest = read_json(path)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise InputError(f"{path}: not a corpus manifest (format is not '{FORMAT_NAME}')")
     if manifest.get("version") != FORMAT_VERSION:

@@ -27,6 +27,7 @@ from numpy.lib import format as npy_format
 
 from copl_dist.common.atomic import write_text
 from copl_dist.common.errors import InputError, parse_number
+from copl_dist.common.user_json import read_json
 from copl_dist.data.corpus import MANIFEST, Corpus, Segment, VideoRecord, write_corpus
 
 WTALC_FEATURES_SUFFIX = "-I3D-JOINTFeatures.npy"
@@ -229,7 +230,7 @@ def clip_segments(
 def _activitynet_inputs(
     root: Path, json_path: Path, allow_pickle: bool = False
 ) -> tuple[list[AnnotatedVideo], dict[str, list[_FeaturePart]]]:
-    videos = _parse_database(_read_json(json_path), json_path)
+    videos = _parse_database(read_json(json_path), json_path)
     if not videos:
         raise InputError(f"{json_path}: 'database' has no videos; nothing to import")
     if (root / "features").is_dir():
@@ -260,7 +261,7 @@ def load_ground_truth(path: str | os.PathLike[str]) -> dict[str, Any]:
     """ActivityNet-style ground truth with float segments (and durations where present)."""
     path = Path(path)
     database: dict[str, Any] = {}
-    for v in _parse_database(_read_json(path), path):
+    for v in _parse_database(read_json(path), path):
         entry: dict[str, Any] = {"subset": v.subset}
         if v.duration_s is not None:
             entry["duration"] = v.duration_s
@@ -269,34 +270,6 @@ def load_ground_truth(path: str | os.PathLike[str]) -> dict[str, Any]:
         ]
         database[v.video_id] = entry
     return {"database": database}
-
-
-class DuplicateKeyError(ValueError):
-    pass
-
-
-def reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # json keeps the last of two equal keys: a video listed twice would silently change subsets.
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise DuplicateKeyError(key)
-        out[key] = value
-    return out
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f, object_pairs_hook=reject_duplicate_keys)
-    except DuplicateKeyError as e:
-        raise InputError(f"{path}: key '{e}' appears twice in one object (a video listed twice?)") from None
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot be read ({e})") from None
 
 
 def _parse_database(obj: Any, path: Path) -> list[AnnotatedVideo]:
@@ -506,7 +479,7 @@ def write_detections(
 def read_detections(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a detections JSON; numbers (possibly strings) become floats."""
     path = Path(path)
-    obj = _read_json(path)
+    obj = read_json(path)
     if not isinstance(obj, dict) or not isinstance(obj.get("results"), dict):
         raise InputError(f"{path}: no 'results' object; not a detections file")
     results: dict[str, list[dict[str, Any]]] = {}
@@ -521,7 +494,10 @@ def read_detections(path: str | os.PathLike[str]) -> dict[str, Any]:
                 raise InputError(
                     f"{where}: detection {d!r} lacks 'segment': [start, end] or 'label'"
                 )
-            out.append({"segment": [parse_number(x, f"{where}: segment value") for x in seg],
-                        "label": d["label"], "score": parse_number(d.get("score"), f"{where}: score")})
+            segment = [parse_number(x, f"{where}: segment value") for x in seg]
+            score = parse_number(d.get("score"), f"{where}: score")
+            if not all(math.isfinite(x) for x in (*segment, score)):  # "nan", or 1e400 read as inf
+                raise InputError(f"{where}: detection {segment} (score {score}) is not finite")
+            out.append({"segment": segment, "label": d["label"], "score": score})
         results[str(vid)] = out
     return {"results": results}

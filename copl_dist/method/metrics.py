@@ -13,7 +13,6 @@ penalise a detections file that covers several subsets), and tied scores keep th
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Hashable, Iterable, Mapping, Sequence
@@ -25,7 +24,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from copl_dist.common.errors import InputError, parse_number
-from copl_dist.data.formats import DuplicateKeyError, reject_duplicate_keys
+from copl_dist.common.user_json import read_json
 
 # The one class of class-agnostic mAP (detection_map(class_agnostic=True)).
 AGNOSTIC_LABEL = "action"
@@ -271,21 +270,6 @@ def detection_map(
     return _detection_map(ground_truth, detections, tiou_thresholds, subset, "ground truth", "detections", class_agnostic)[0]
 
 
-def _load_json(path: Path) -> Any:
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-
-    try:
-        with path.open("r", encoding="utf-8") as f:
-            return json.load(f, object_pairs_hook=reject_duplicate_keys)
-    except DuplicateKeyError as e:
-        raise InputError(f"{path}: key '{e}' appears twice in one object (a video listed twice?)") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: invalid JSON (not UTF-8 text)") from None
-
-
 def evaluate_files(
     gt_path: str | Path, pred_path: str | Path, subset: str | None, tious: Sequence[str | float], class_agnostic: bool = False
 ) -> dict[str, float]:
@@ -295,7 +279,7 @@ def evaluate_files(
     detector may find nothing), but it is more often the wrong file or subset: one line on stderr.
     """
     thresholds = [key for key, _ in _parse_thresholds(tious)]  # bad arguments before file errors
-    gt, pred = _load_json(Path(gt_path)), _load_json(Path(pred_path))
+    gt, pred = read_json(gt_path), read_json(pred_path)
     result, covered = _detection_map(gt, pred, thresholds, subset, str(gt_path), str(pred_path), class_agnostic)
     if not covered:
         scope = f"subset {subset!r} of {gt_path}" if subset is not None else str(gt_path)

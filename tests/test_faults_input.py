@@ -1,0 +1,116 @@
+"""Input that used to end in a traceback or a wrong result, through the `copl` command: numbers no
+float holds, JSON nested past the parser's depth, sizes no machine allocates, a corpus edited by hand,
+null labels and a teacher with NaN weights. Each ends in one line on stderr and exit status 2, with
+nothing written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from one_line import one_line_error
+from test_metrics import _toy
+from tiny_corpus import TINY_SETS, tiny_synthetic
+
+from copl_dist.cli import main
+
+# A run that only has to get as far as its checks of the input.
+QUICK = ["--iterations", "1", "--epochs", "1", "--snippets", "32", "--no-progress", "--set", "tracking.enabled=false", *TINY_SETS]
+HUGE_INT = "1" + "0" * 400  # an integer no float holds
+HUGER_INT = "1" * 5000  # past Python's 4300-digit limit of int()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return tiny_synthetic(tmp_path_factory.mktemp("data") / "synth", videos=4)
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory) -> Path:
+    """A finished run: OUT/corpus, OUT/teacher.pt and OUT/detections.json."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    assert main(["run", "--data", str(data), "--out", str(out), *QUICK]) == 0
+    return out
+
+
+def _json_with(obj, literal: str) -> str:
+    """obj as JSON text with the string "@" replaced by `literal` (a number json.dumps cannot write)."""
+    return json.dumps(obj).replace('"@"', literal)
+
+
+def _first_annotated(gt: dict, subset: str) -> str:
+    return sorted(v for v, r in gt["database"].items() if r["subset"] == subset and r["annotations"])[0]
+
+
+# -- 1, 2: numbers too large for a float, JSON nested too deeply -----------------------------------
+
+@pytest.mark.parametrize("literal, fragment", [
+    (HUGE_INT, "number 100000000000... (401 characters) is too large"),
+    (HUGER_INT, "number 111111111111... (5000 characters) is too large"),
+])
+def test_import_annotations_with_an_integer_too_large(literal, fragment, data, tmp_path, capsys):
+    src = shutil.copytree(data, tmp_path / "data")
+    gt = json.loads((src / "annotations.json").read_text())
+    gt["database"][_first_annotated(gt, "test")]["annotations"][0]["segment"][1] = "@"
+    (src / "annotations.json").write_text(_json_with(gt, literal))
+    assert main(["import", str(src), str(tmp_path / "corpus")]) == 2
+    one_line_error(capsys, f"{src / 'annotations.json'}: {fragment}")
+    assert not (tmp_path / "corpus").exists()
+
+
+def test_run_on_annotations_with_an_integer_too_large(data, tmp_path, capsys):
+    src = shutil.copytree(data, tmp_path / "data")
+    gt = json.loads((src / "annotations.json").read_text())
+    gt["database"][_first_annotated(gt, "validation")]["duration"] = "@"
+    (src / "annotations.json").write_text(_json_with(gt, HUGE_INT))
+    assert main(["run", "--data", str(src), "--out", str(tmp_path / "out"), *QUICK]) == 2
+    one_line_error(capsys, f"{src / 'annotations.json'}: number 100000000000")
+    assert not (tmp_path / "out").exists()
+
+
+def _eval_files(tmp_path, gt_text: str, pred_text: str) -> tuple[Path, Path]:
+    g, p = tmp_path / "gt.json", tmp_path / "pred.json"
+    g.write_text(gt_text)
+    p.write_text(pred_text)
+    return g, p
+
+
+@pytest.mark.parametrize("where", ["gt", "pred"])
+@pytest.mark.parametrize("literal", [HUGE_INT, HUGER_INT])
+def test_eval_with_an_integer_too_large(where, literal, tmp_path, capsys):
+    gt, pred = _toy()
+    if where == "gt":
+        gt["database"]["v2"]["annotations"][0]["segment"][1] = "@"
+    else:
+        pred["results"]["v2"][0]["score"] = "@"
+    files = dict(zip(("gt", "pred"), _eval_files(tmp_path, _json_with(gt, literal), _json_with(pred, literal))))
+    assert main(["eval", "--gt", str(files["gt"]), "--pred", str(files["pred"]), "--subset", "test"]) == 2
+    one_line_error(capsys, f"{files[where]}: number ", "is too large")
+
+
+def test_eval_with_a_float_too_large(tmp_path, capsys):
+    # 1e400 reads as inf, refused as any non-finite time is (with the video named).
+    gt, pred = _toy()
+    pred["results"]["v2"][0]["segment"][1] = "@"
+    g, p = _eval_files(tmp_path, json.dumps(gt), _json_with(pred, "1e400"))
+    assert main(["eval", "--gt", str(g), "--pred", str(p), "--subset", "test"]) == 2
+    one_line_error(capsys, f"{p}: video 'v2': segment [30.0, inf] (Jump) is not finite")
+
+
+@pytest.mark.parametrize("where", ["gt", "pred"])
+def test_eval_with_json_nested_too_deeply(where, tmp_path, capsys):
+    gt, pred = _toy()
+    texts = {"gt": json.dumps(gt), "pred": json.dumps(pred), where: "[" * 100_000}
+    files = dict(zip(("gt", "pred"), _eval_files(tmp_path, texts["gt"], texts["pred"])))
+    assert main(["eval", "--gt", str(files["gt"]), "--pred", str(files["pred"]), "--subset", "test"]) == 2
+    one_line_error(capsys, f"{files[where]}: not valid JSON (nested too deeply to read)")
+
+
+def test_import_annotations_nested_too_deeply(data, tmp_path, capsys):
+    src = shutil.copytree(data, tmp_path / "data")
+    (src / "annotations.json").write_text('{"database": ' + "[" * 100_000)
+    assert main(["import", str(src), str(tmp_path / "corpus")]) == 2
+    one_line_error(capsys, f"{src / 'annotations.json'}: not valid JSON (nested too deeply to read)")
+    assert not (tmp_path / "corpus").exists()
