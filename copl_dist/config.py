@@ -330,6 +330,11 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("data.min_snippets", lambda v: v >= 1, ">= 1"),
     ("model.feature_dim", lambda v: v >= 2 and v % 2 == 0, ">= 2 and even (RGB | Flow)"),
     ("model.hidden_dim", lambda v: v >= 1, ">= 1"),
+    # Upper bounds far above any real use (the paper: 750 snippets, 512 hidden, I3D's 2048 features;
+    # 100,000 snippets are 18 hours of video) keep a typo from ending in an allocation of terabytes.
+    ("data.snippets", lambda v: v <= 100_000, "<= 100000"),
+    ("model.feature_dim", lambda v: v <= 65536, "<= 65536"),
+    ("model.hidden_dim", lambda v: v <= 65536, "<= 65536"),
     ("model.dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("has.vote_last", lambda v: v >= 0, ">= 0"),
     ("has.gamma", lambda v: math.isfinite(v) and v >= 1, ">= 1 and finite"),

@@ -9,7 +9,9 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from one_line import one_line_error
 from test_metrics import _toy
 from tiny_corpus import TINY_SETS, tiny_synthetic
@@ -114,3 +116,30 @@ def test_import_annotations_nested_too_deeply(data, tmp_path, capsys):
     assert main(["import", str(src), str(tmp_path / "corpus")]) == 2
     one_line_error(capsys, f"{src / 'annotations.json'}: not valid JSON (nested too deeply to read)")
     assert not (tmp_path / "corpus").exists()
+
+
+# -- 3: sizes no machine allocates -----------------------------------------------------------------
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--snippets", "100000000000"], "--snippets: config key 'data.snippets' must be <= 100000, got 100000000000"),
+    (["--set", "model.hidden_dim=10000000000"], "--set: config key 'model.hidden_dim' must be <= 65536"),
+    (["--set", "model.feature_dim=10000000000"], "--set: config key 'model.feature_dim' must be <= 65536"),
+])
+def test_run_with_sizes_too_large(extra, fragment, data, tmp_path, capsys):
+    assert main(["run", "--data", str(data), "--out", str(tmp_path / "out"), *QUICK, *extra]) == 2
+    one_line_error(capsys, fragment)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("allocate, fragment", [
+    (lambda: np.zeros(2**43), "Unable to allocate 64.0 TiB"),
+    (lambda: torch.empty(2**43), "can't allocate memory"),
+])
+def test_an_allocation_the_machine_refuses_is_one_line(allocate, fragment, tmp_path, monkeypatch, capsys):
+    # Sizes within the limits can still exceed a machine: numpy's MemoryError and torch's
+    # RuntimeError, raised by a real allocation of 32 TiB or more inside `copl eval`.
+    monkeypatch.setattr("copl_dist.method.metrics.average_precision", lambda *args: allocate())
+    gt, pred = _toy()
+    g, p = _eval_files(tmp_path, json.dumps(gt), json.dumps(pred))
+    assert main(["eval", "--gt", str(g), "--pred", str(p), "--subset", "test"]) == 2
+    one_line_error(capsys, "copl: error: out of memory: ", fragment)

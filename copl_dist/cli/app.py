@@ -23,6 +23,13 @@ def _os_error_line(exc: OSError) -> str:
     return first_line(exc)
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, MemoryError) or any(
+        words in text for words in ("can't allocate memory", "not enough memory", "out of memory")
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -44,6 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"copl: error: {_os_error_line(exc)}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as exc:
+        # An allocation this machine cannot make (numpy's MemoryError, torch's "can't allocate
+        # memory" or CUDA's out of memory, both RuntimeErrors): sizes too large for it, not a bug.
+        if args.debug or not _out_of_memory(exc):
+            raise
+        print(f"copl: error: out of memory: {first_line(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:
         # MLflow refusing a store, a name or an alias (checked by MLflow itself): one line, naming it.
