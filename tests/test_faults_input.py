@@ -10,6 +10,9 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
 import pytest
 import torch
 from one_line import one_line_error
@@ -143,3 +146,79 @@ def test_an_allocation_the_machine_refuses_is_one_line(allocate, fragment, tmp_p
     g, p = _eval_files(tmp_path, json.dumps(gt), json.dumps(pred))
     assert main(["eval", "--gt", str(g), "--pred", str(p), "--subset", "test"]) == 2
     one_line_error(capsys, "copl: error: out of memory: ", fragment)
+
+
+# -- 4: a corpus edited by hand --------------------------------------------------------------------
+
+def _edit_manifest(**changes):
+    def edit(corpus: Path) -> None:
+        manifest = corpus / "corpus.json"
+        values = {k: v(corpus) if callable(v) else v for k, v in changes.items()}
+        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), **values}))
+    return edit
+
+
+def _nan_in_shard(corpus: Path) -> None:
+    path = corpus / "features" / "shard-00000.arrow"
+    table = ipc.open_file(pa.BufferReader(path.read_bytes())).read_all()
+    batches = table.to_batches()
+    x = batches[1].column(0).flatten().to_numpy().copy()
+    x[7] = np.nan
+    width = table.schema.field("features").type.list_size
+    batches[1] = pa.record_batch([pa.FixedSizeListArray.from_arrays(pa.array(x), width)], schema=table.schema)
+    with ipc.new_file(str(path), table.schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+
+
+def _second_video(corpus: Path) -> str:
+    return pq.read_table(corpus / "videos.parquet").column("video_id")[1].as_py()
+
+
+def _videos_column(name, values):
+    def edit(corpus: Path) -> None:
+        table = pq.read_table(corpus / "videos.parquet")
+        column = pa.array(values(table.column(name).to_pylist()))
+        pq.write_table(table.set_column(table.schema.get_field_index(name), name, column), corpus / "videos.parquet")
+    return edit
+
+
+CORPUS_EDITS = {
+    "feature_dim a string": (_edit_manifest(feature_dim="2048"), "corpus.json: 'feature_dim' '2048' is not a feature width"),
+    "feature_dim a list": (_edit_manifest(feature_dim=[2048]), "corpus.json: 'feature_dim' '[2048]' is not a feature width"),
+    "classes a dict": (_edit_manifest(classes={"class_00": 0}), "corpus.json: 'classes' is not a list of class names"),
+    "shards a string": (_edit_manifest(shards="features/shard-00000.arrow"), "corpus.json: 'shards' is not a list of shard files"),
+    "shard outside": (_edit_manifest(shards=["../x.arrow"]), "corpus.json: shard '../x.arrow' is not a file inside the corpus folder"),
+    "shard absolute": (
+        _edit_manifest(shards=lambda c: [str((c / "features" / "shard-00000.arrow").resolve())]),
+        "is not a file inside the corpus folder",
+    ),
+    "feature_dim too large": (
+        lambda c: (c / "corpus.json").write_text((c / "corpus.json").read_text().replace('"feature_dim": 2048', f'"feature_dim": {HUGE_INT}')),
+        "corpus.json: number 100000000000... (401 characters) is too large",
+    ),
+    "feature_dim of other shards": (_edit_manifest(feature_dim=1024), "shard-00000.arrow: holds features: ", "expected features: float32 x 1024"),
+    "NaN features": (_nan_in_shard, "features/shard-00000.arrow: features of video '{second}' hold NaN, Inf or empty values"),
+    "durations as text": (_videos_column("duration_s", lambda old: [str(x) for x in old]), "videos.parquet: column 'duration_s' is string, expected double"),
+    "rows past the shard": (_videos_column("row_offset", lambda old: [10**6, *old[1:]]), "rows, but videos.parquet puts video '{first}' at rows 1000000 to"),
+}
+
+
+@pytest.mark.parametrize("edit", list(CORPUS_EDITS))
+def test_run_on_a_corpus_edited_by_hand(edit, trained, tmp_path, capsys):
+    corpus = shutil.copytree(trained / "corpus", tmp_path / "corpus")
+    first = pq.read_table(corpus / "videos.parquet").column("video_id")[0].as_py()
+    change, *fragments = CORPUS_EDITS[edit]
+    change(corpus)
+    assert main(["run", "--data", str(corpus), "--out", str(tmp_path / "out"), *QUICK]) == 2
+    one_line_error(capsys, *(f.format(first=first, second=_second_video(corpus)) for f in fragments))
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_on_a_corpus_with_nan_features(trained, tmp_path, capsys):
+    corpus = shutil.copytree(trained / "corpus", tmp_path / "corpus")
+    _nan_in_shard(corpus)
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(trained / "teacher.pt"), "--data", str(corpus), "--out", str(out)]) == 2
+    one_line_error(capsys, f"{corpus / 'features' / 'shard-00000.arrow'}: features of video '{_second_video(corpus)}'")
+    assert not out.exists()

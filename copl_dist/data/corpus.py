@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -112,18 +113,32 @@ class Corpus:
 
     @classmethod
     def open(cls, root: str | os.PathLike[str]) -> Corpus:
-        """Open a corpus directory; InputError if it is not one."""
+        """Open a corpus directory; InputError naming the file at fault if it is not one (a corpus
+        edited by hand included). Features are checked per shard when it is first read."""
         root = Path(root)
         manifest = _read_manifest(root)
-        try:
-            videos = pq.read_table(root / VIDEOS_FILE).to_pylist()
-            annotations = pq.read_table(root / ANNOTATIONS_FILE).to_pylist()
-        except (OSError, pa.ArrowException) as e:
-            raise InputError(f"{root}: not a readable corpus ({e})") from None
+        classes, feature_dim, shards = manifest["classes"], manifest["feature_dim"], manifest["shards"]
+        for shard in shards:
+            _check_shard_schema(root / shard, feature_dim)
+        videos = _read_table(root / VIDEOS_FILE, VIDEOS_SCHEMA).to_pylist()
+        annotations = _read_table(root / ANNOTATIONS_FILE, ANNOTATIONS_SCHEMA).to_pylist()
+        known = set(classes)
         records: dict[str, VideoRecord] = {}
         locations: dict[str, _Location] = {}
         for row in videos:
             vid = row["video_id"]
+            problem = None
+            if vid in records:
+                problem = "appears twice"
+            elif not (math.isfinite(row["duration_s"]) and row["duration_s"] > 0):
+                problem = f"duration_s {row['duration_s']} is not a positive number"
+            elif row["num_snippets"] < 1 or row["row_offset"] < 0 or not 0 <= row["shard"] < len(shards):
+                problem = (f"no such rows of features (shard {row['shard']} of {len(shards)}, "
+                           f"row_offset {row['row_offset']}, num_snippets {row['num_snippets']})")
+            elif not known.issuperset(row["labels"]):
+                problem = f"labels {row['labels']} are not all among {MANIFEST}'s classes"
+            if problem is not None:
+                raise InputError(f"{root / VIDEOS_FILE}: video '{vid}': {problem}")
             records[vid] = VideoRecord(
                 vid, row["subset"], row["duration_s"], row["num_snippets"], tuple(row["labels"])
             )
@@ -132,18 +147,19 @@ class Corpus:
         for row in annotations:
             if row["video_id"] not in segments:
                 raise InputError(f"{root / ANNOTATIONS_FILE}: unknown video '{row['video_id']}'")
-            segments[row["video_id"]].append(
-                Segment(row["video_id"], row["start_s"], row["end_s"], row["label"])
-            )
-        return cls(
-            root,
-            list(manifest["classes"]),
-            int(manifest["feature_dim"]),
-            list(manifest["shards"]),
-            records,
-            locations,
-            segments,
-        )
+            segment = Segment(row["video_id"], row["start_s"], row["end_s"], row["label"])
+            problem = None
+            if not (math.isfinite(segment.start_s) and math.isfinite(segment.end_s) and 0 <= segment.start_s <= segment.end_s):
+                problem = "is not a span of finite times from 0 s"
+            elif segment.label not in known:
+                problem = f"has label '{segment.label}', not among {MANIFEST}'s classes"
+            if problem is not None:
+                raise InputError(
+                    f"{root / ANNOTATIONS_FILE}: video '{segment.video_id}': segment "
+                    f"[{segment.start_s}, {segment.end_s}] {problem}"
+                )
+            segments[row["video_id"]].append(segment)
+        return cls(root, list(classes), feature_dim, list(shards), records, locations, segments)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Memory maps cannot be pickled; a copy sent to another process (Ray) reopens the root.
@@ -220,6 +236,11 @@ class Corpus:
             }
         return {"database": database}
 
+    def check_features(self) -> None:
+        """Read every shard now, with the checks of a shard's first read (rows, finite values)."""
+        for index in range(len(self._shards)):
+            self._shard_table(index)
+
     def _shard_table(self, index: int) -> pa.Table:
         table = self._tables.get(index)
         if table is None:
@@ -228,18 +249,41 @@ class Corpus:
                 table = ipc.open_file(pa.memory_map(str(path), "r")).read_all()
             except (OSError, pa.ArrowException) as e:
                 raise InputError(f"{path}: not a readable feature shard ({e})") from None
+            self._check_shard_rows(path, index, table)
             self._tables[index] = table
         return table
 
+    def _check_shard_rows(self, path: Path, index: int, table: pa.Table) -> None:
+        """Each of the shard's videos has its rows in it, all finite. Here, when the shard is first
+        read, rather than at open: it reads every value, and a run may read a few videos only."""
+        spans = sorted(
+            (loc.row_offset, loc.row_offset + self._records[vid].num_snippets, vid)
+            for vid, loc in self._locations.items() if loc.shard == index
+        )
+        for start, end, vid in spans:
+            if end > table.num_rows:
+                raise InputError(
+                    f"{path}: {table.num_rows} rows, but {VIDEOS_FILE} puts video '{vid}' at rows {start} to {end}"
+                )
+        offset = 0
+        for chunk in table.column("features").chunks:
+            finite = np.isfinite(chunk.flatten().to_numpy(zero_copy_only=False))
+            if chunk.null_count or not finite.all():
+                row = offset + (0 if chunk.null_count else int(np.argmin(finite)) // self.feature_dim)
+                vid = next((v for start, end, v in spans if start <= row < end), "?")
+                raise InputError(f"{path}: features of video '{vid}' hold NaN, Inf or empty values")
+            offset += len(chunk)
+
 
 def _read_manifest(root: Path) -> dict[str, Any]:
+    """corpus.json, its values of the types a corpus has and its shards inside the corpus folder."""
     path = root / MANIFEST
     if not path.is_file():
         raise InputError(f"{root}: not a corpus (no {MANIFEST})")
     manifest = read_json(path)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise InputError(f"{path}: not a corpus manifest (format is not '{FORMAT_NAME}')")
-    if manifest.get("version") != FORMAT_VERSION:
+    if manifest.get("version") != FORMAT_VERSION or isinstance(manifest.get("version"), bool):
         raise InputError(
             f"{path}: corpus format version {manifest.get('version')!r}, "
             f"this copl_dist reads version {FORMAT_VERSION}"
@@ -247,7 +291,54 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     for key in ("classes", "feature_dim", "shards"):
         if key not in manifest:
             raise InputError(f"{path}: manifest lacks '{key}'")
+    classes, feature_dim, shards = manifest["classes"], manifest["feature_dim"], manifest["shards"]
+    if not isinstance(classes, list) or not all(isinstance(c, str) and c for c in classes):
+        raise InputError(f"{path}: 'classes' is not a list of class names")
+    if len(set(classes)) != len(classes):
+        raise InputError(f"{path}: 'classes' names a class twice")
+    # Below 2**31: Arrow's list width is an int32.
+    if isinstance(feature_dim, bool) or not isinstance(feature_dim, int) or not 1 <= feature_dim < 2**31:
+        raise InputError(f"{path}: 'feature_dim' {str(feature_dim)[:40]!r} is not a feature width")
+    if not isinstance(shards, list) or not shards or not all(isinstance(s, str) for s in shards):
+        raise InputError(f"{path}: 'shards' is not a list of shard files")
+    for shard in shards:
+        # Relative and without '..': a shard path must not read a file outside the corpus folder.
+        parts = PurePosixPath(shard).parts
+        if not parts or PurePosixPath(shard).is_absolute() or ".." in parts or "\\" in shard:
+            raise InputError(f"{path}: shard '{shard}' is not a file inside the corpus folder")
     return manifest
+
+
+def _check_shard_schema(path: Path, feature_dim: int) -> None:
+    # The footer only (a memory map reads no values): one "features" column, feature_dim wide.
+    try:
+        schema = ipc.open_file(pa.memory_map(str(path), "r")).schema
+    except (OSError, pa.ArrowException) as e:
+        raise InputError(f"{path}: not a readable feature shard ({e})") from None
+    expected = pa.schema([pa.field("features", pa.list_(pa.float32(), feature_dim))])
+    if not schema.equals(expected):
+        found = ", ".join(f"{f.name}: {f.type}" for f in schema)
+        raise InputError(f"{path}: holds {found}, expected features: float32 x {feature_dim} ({MANIFEST}'s feature_dim)")
+
+
+def _read_table(path: Path, schema: pa.Schema) -> pa.Table:
+    """A corpus table with `schema`'s columns, of its types, without empty (null) values."""
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise InputError(f"{path}: not a readable corpus table ({e})") from None
+    for field in schema:
+        if field.name not in table.column_names:
+            raise InputError(f"{path}: no column '{field.name}'")
+        column = table.column(field.name)
+        if not column.type.equals(field.type):
+            raise InputError(f"{path}: column '{field.name}' is {column.type}, expected {field.type}")
+        nulls = column.null_count
+        if pa.types.is_list(field.type):
+            nulls += sum(chunk.flatten().null_count for chunk in column.chunks)
+        if nulls:
+            raise InputError(f"{path}: column '{field.name}' has empty (null) values")
+    return table
 
 
 def write_corpus(

@@ -82,7 +82,11 @@ def import_dataset(
                 f"{src}: already a corpus (made by `copl import`), nothing to import; "
                 f"`copl run --data {src}` takes it as it is"
             )
-        return Corpus.open(src)
+        corpus = Corpus.open(src)
+        # Its features read now (run and predict read them all anyway), so that NaN written into a
+        # shard by hand is refused before the command writes anything.
+        corpus.check_features()
+        return corpus
     elif (bundle := _find_wtalc(src)) is not None:
         videos, parts = _wtalc_inputs(*bundle, allow_pickle=allow_pickle)
         strict = False
