@@ -222,3 +222,19 @@ def test_predict_on_a_corpus_with_nan_features(trained, tmp_path, capsys):
     assert main(["predict", "--model", str(trained / "teacher.pt"), "--data", str(corpus), "--out", str(out)]) == 2
     one_line_error(capsys, f"{corpus / 'features' / 'shard-00000.arrow'}: features of video '{_second_video(corpus)}'")
     assert not out.exists()
+
+
+# -- 5: null labels in `copl eval` -----------------------------------------------------------------
+
+@pytest.mark.parametrize("where", ["gt", "pred"])
+def test_eval_with_a_null_label(where, trained, data, tmp_path, capsys):
+    gt = json.loads((data / "annotations.json").read_text())
+    pred = json.loads((trained / "detections.json").read_text())
+    vid = _first_annotated(gt, "test")
+    if where == "gt":
+        gt["database"][vid]["annotations"][0]["label"] = None
+    else:
+        pred["results"][vid][0]["label"] = None
+    files = dict(zip(("gt", "pred"), _eval_files(tmp_path, json.dumps(gt), json.dumps(pred))))
+    assert main(["eval", "--gt", str(files["gt"]), "--pred", str(files["pred"]), "--subset", "test"]) == 2
+    one_line_error(capsys, f"{files[where]}: video '{vid}': label None is not a class name")

@@ -164,6 +164,16 @@ def _segment(value: Any, label: str, where: str, ground_truth: bool) -> tuple[fl
     return start, end
 
 
+def _label(value: Any, where: str) -> str:
+    """A class name (an integer class id read as its digits); InputError naming `where` otherwise:
+    str() would make a null label the class "None"."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"{where}: label {value!r} is not a class name")
+    return value
+
+
 def _require_dict(data: Any, key: str, name: str) -> Mapping[str, Any]:
     if not isinstance(data, Mapping) or key not in data:
         raise InputError(f"{name}: missing '{key}' key")
@@ -207,7 +217,7 @@ def _detection_map(
         for ann in annotations:
             if not isinstance(ann, Mapping) or "label" not in ann or "segment" not in ann:
                 raise InputError(f"{where}: annotation {ann!r} lacks 'segment': [start, end] or 'label'")
-            label = str(ann["label"])
+            label = _label(ann["label"], where)
             segment = _segment(ann["segment"], label, where, ground_truth=True)
             label = AGNOSTIC_LABEL if class_agnostic else label
             segs, vids = gt.setdefault(label, ([], []))
@@ -229,7 +239,7 @@ def _detection_map(
         for det in dets:
             if not isinstance(det, Mapping) or not {"segment", "label", "score"} <= det.keys():
                 raise InputError(f"{where}: detection {det!r} lacks 'segment', 'label' or 'score'")
-            label = str(det["label"])
+            label = _label(det["label"], where)
             # Checked before the label is looked at: a bad line is an error whatever its class.
             segment = _segment(det["segment"], label, where, ground_truth=False)
             score = parse_number(det["score"], f"{where}: score")
