@@ -238,3 +238,28 @@ def test_eval_with_a_null_label(where, trained, data, tmp_path, capsys):
     files = dict(zip(("gt", "pred"), _eval_files(tmp_path, json.dumps(gt), json.dumps(pred))))
     assert main(["eval", "--gt", str(files["gt"]), "--pred", str(files["pred"]), "--subset", "test"]) == 2
     one_line_error(capsys, f"{files[where]}: video '{vid}': label None is not a class name")
+
+
+# -- 6: a teacher with NaN weights -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def nan_teacher(trained) -> Path:
+    ckpt = torch.load(trained / "teacher.pt", weights_only=True)
+    ckpt["state_dict"]["cs_classifier.bias"] = torch.full_like(ckpt["state_dict"]["cs_classifier.bias"], float("nan"))
+    path = trained.parent / "nan-teacher.pt"
+    torch.save(ckpt, path)
+    return path
+
+
+def test_predict_with_a_nan_teacher(nan_teacher, data, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(nan_teacher), "--data", str(data), "--out", str(out)]) == 2
+    one_line_error(capsys, f"{nan_teacher}: parameter 'cs_classifier.bias' holds NaN or Inf")
+    assert not out.exists()
+
+
+def test_run_from_a_nan_teacher(nan_teacher, data, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", "--data", str(data), "--out", str(out), *QUICK, "--init-from", str(nan_teacher)]) == 2
+    one_line_error(capsys, f"{nan_teacher}: parameter 'cs_classifier.bias' holds NaN or Inf")
+    assert not out.exists()

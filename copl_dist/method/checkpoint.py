@@ -65,8 +65,8 @@ def _load(path: str | Path, where: str) -> Any:
 
 def check_checkpoint(ckpt: Any, where: str) -> dict[str, Any]:
     """A teacher checkpoint whose parts agree: a valid config, num_classes outputs with a class
-    mapping for each, and IOCNet's parameters in the config's shapes (a file that merely has the
-    keys failed later inside torch or at indexing)."""
+    mapping for each, and IOCNet's parameters in the config's shapes, all finite (a file that merely
+    has the keys failed later inside torch or at indexing)."""
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
         raise InputError(f"{where}: not a COPL teacher checkpoint (expected keys {', '.join(CHECKPOINT_KEYS)})")
     if not isinstance(ckpt["config"], dict):
@@ -83,6 +83,10 @@ def check_checkpoint(ckpt: Any, where: str) -> dict[str, Any]:
     ):
         raise InputError(f"{where}: cluster_to_class must list one class index per output ({n}), got {mapping!r}"[:300])
     check_state_shapes(ckpt["state_dict"], n, cfg, where)
+    # A teacher with NaN weights predicts nothing and would start a run at a NaN loss.
+    for key, value in ckpt["state_dict"].items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise InputError(f"{where}: parameter '{key}' holds NaN or Inf (saved from a diverged training?)")
     return ckpt
 
 
