@@ -5,6 +5,7 @@ traceback; Ctrl-C 130, SIGTERM 143. Each command's flags and handler live in a m
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import signal
@@ -12,6 +13,7 @@ import sys
 import threading
 
 from copl_dist.cli.parser import HANDLERS, build_parser
+from copl_dist.common.disk import disk_full_error, says_disk_full
 from copl_dist.common.errors import InputError, first_line
 from copl_dist.common.interrupts import reset_terminated, sigterm_unwinds, terminated
 
@@ -21,6 +23,16 @@ def _os_error_line(exc: OSError) -> str:
         target = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else str(exc.filename)
         return f"{target}: {exc.strerror or first_line(exc)}"
     return first_line(exc)
+
+
+def _disk_full_line(exc: BaseException, args: object) -> str | None:
+    """A full disk, named with the file (or the command's output folder) and what is left on it."""
+    if not says_disk_full(exc):
+        return None
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and "no space left on the disk at" in str(exc.strerror):
+        return _os_error_line(exc)  # already said by common/disk.py
+    where = getattr(exc, "filename", None) or getattr(args, "out", None) or "."
+    return _os_error_line(disk_full_error(where))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,13 +55,15 @@ def main(argv: list[str] | None = None) -> int:
         # full disk, a server that is down): the user's environment, not a bug, so one line too.
         if args.debug:
             raise
-        print(f"copl: error: {_os_error_line(exc)}", file=sys.stderr)
+        print(f"copl: error: {_disk_full_line(exc, args) or _os_error_line(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:
-        # MLflow refusing a store, a name or an alias (checked by MLflow itself): one line, naming it.
-        if args.debug or not type(exc).__module__.startswith("mlflow"):
+        # A full disk, whoever found it (MLflow's SQLite store, pyarrow, torch); MLflow refusing a
+        # store, a name or an alias (checked by MLflow itself): one line, naming it.
+        full = _disk_full_line(exc, args)
+        if args.debug or (full is None and not type(exc).__module__.startswith("mlflow")):
             raise
-        print(f"copl: error: MLflow: {first_line(exc)}", file=sys.stderr)
+        print(f"copl: error: {full or 'MLflow: ' + first_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("copl: interrupted", file=sys.stderr)
