@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 run: venv
-	$(VENV)/bin/copl run --out runs/demo
+	$(VENV)/bin/copl run --out runs/demo --overwrite
 
 test: venv
 	$(PY) -m pytest -q

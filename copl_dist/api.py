@@ -56,6 +56,7 @@ def run(
     *,
     init_from: str | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     allow_pickle: bool = False,
     progress: bool = False,
     on_iteration: Callable[[list[dict[str, Any]]], None] | None = None,
@@ -64,8 +65,8 @@ def run(
     the same outputs under `out`. No data: the embedded synthetic corpus (and, with no config, its
     short schedule). No config: the thumos14 preset, in this process. `on_iteration` receives the iterations so far after each one.
     Returns the outcome: `.iterations`, `.final`, `.paths` (output files), `.registered`."""
-    request = RunRequest(data=data, out=out, workers=0, init_from=init_from, resume=resume, allow_pickle=allow_pickle,
-                         progress=progress)
+    request = RunRequest(data=data, out=out, workers=0, init_from=init_from, resume=resume, overwrite=overwrite,
+                         allow_pickle=allow_pickle, progress=progress)
     plan = plan_run(request, cfg=config if config is not None else resolve_config(request))
     return execute(prepare(plan), on_iteration=on_iteration)
 

@@ -145,7 +145,8 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     pool = None
     if actors:
-        from copl_dist.distributed.has_actors import HASActorPool  # deferred: imports ray (the in-process row needs none)
+        # Deferred: imports ray (the in-process row needs none).
+        from copl_dist.distributed.has_actors import HASActorPool
 
         # A local Ray on 127.0.0.1 only, whatever $RAY_ADDRESS says: the benchmark measures this machine.
         ensure_ray(DistributedConfig(ray_address="local"), num_cpus=max(os.cpu_count() or 1, actors))

@@ -5,6 +5,7 @@ traceback; Ctrl-C 130, SIGTERM 143. Each command's flags and handler live in a m
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import signal
@@ -12,6 +13,7 @@ import sys
 import threading
 
 from copl_dist.cli.parser import HANDLERS, build_parser
+from copl_dist.common.disk import disk_full_error, says_disk_full
 from copl_dist.common.errors import InputError, first_line
 from copl_dist.common.interrupts import reset_terminated, sigterm_unwinds, terminated
 
@@ -28,6 +30,16 @@ def _out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or any(
         words in text for words in ("can't allocate memory", "not enough memory", "out of memory")
     )
+
+
+def _disk_full_line(exc: BaseException, args: object) -> str | None:
+    """A full disk, named with the file (or the command's output folder) and what is left on it."""
+    if not says_disk_full(exc):
+        return None
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and "no space left on the disk at" in str(exc.strerror):
+        return _os_error_line(exc)  # already said by common/disk.py
+    where = getattr(exc, "filename", None) or getattr(args, "out", None) or "."
+    return _os_error_line(disk_full_error(where))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,20 +62,21 @@ def main(argv: list[str] | None = None) -> int:
         # full disk, a server that is down): the user's environment, not a bug, so one line too.
         if args.debug:
             raise
-        print(f"copl: error: {_os_error_line(exc)}", file=sys.stderr)
-        return 2
-    except (MemoryError, RuntimeError) as exc:
-        # An allocation this machine cannot make (numpy's MemoryError, torch's "can't allocate
-        # memory" or CUDA's out of memory, both RuntimeErrors): sizes too large for it, not a bug.
-        if args.debug or not _out_of_memory(exc):
-            raise
-        print(f"copl: error: out of memory: {first_line(exc)}", file=sys.stderr)
+        print(f"copl: error: {_disk_full_line(exc, args) or _os_error_line(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:
-        # MLflow refusing a store, a name or an alias (checked by MLflow itself): one line, naming it.
-        if args.debug or not type(exc).__module__.startswith("mlflow"):
+        # A full disk, whoever found it (MLflow's SQLite store, pyarrow, torch); an allocation this
+        # machine cannot make (numpy's MemoryError, torch's "can't allocate memory" or CUDA's out of
+        # memory, both RuntimeErrors): sizes too large for it; MLflow refusing a store, a name or an
+        # alias (checked by MLflow itself). The user's environment or input, not a bug: one line.
+        line = _disk_full_line(exc, args)
+        if line is None and _out_of_memory(exc):
+            line = f"out of memory: {first_line(exc)}"
+        if line is None and type(exc).__module__.startswith("mlflow"):
+            line = f"MLflow: {first_line(exc)}"
+        if args.debug or line is None:
             raise
-        print(f"copl: error: MLflow: {first_line(exc)}", file=sys.stderr)
+        print(f"copl: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("copl: interrupted", file=sys.stderr)

@@ -26,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--has-actors", type=int, metavar="N", help="HAS voting and global features in N Ray actors (0: in this process)")
     p.add_argument("--workers", type=int, metavar="N", help="train IOCNet on N Ray Train workers (DDP); 0: in this process; -1 (default, or $COPL_WORKERS): fit the machine, or the cluster at $RAY_ADDRESS")
     p.add_argument("--resume", action="store_true", help="continue a killed run in --out after its last completed iteration")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in an --out that holds another run's saved iterations (deletes them and its outputs)")
     p.add_argument("--init-from", metavar="MODEL", help="start the first training from a teacher: models:/NAME@ALIAS, models:/NAME/VERSION or a teacher.pt")
     p.add_argument("--tracking-uri", metavar="URI",
                    help="MLflow store the run logs to and --init-from models:/ URIs are read from: a URI, a run folder or an mlflow.db "
@@ -46,7 +48,7 @@ def run_request(args: argparse.Namespace) -> RunRequest:
     }
     return RunRequest(
         data=args.data, out=args.out, preset=args.preset, config=args.config, sets=tuple(args.sets), overrides=overrides,
-        workers=args.workers, tracking_uri=args.tracking_uri, init_from=args.init_from, resume=args.resume,
+        workers=args.workers, tracking_uri=args.tracking_uri, init_from=args.init_from, resume=args.resume, overwrite=args.overwrite,
         allow_pickle=args.allow_pickle, progress=not args.no_progress,
     )
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
+import traceback
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from copl_dist.common.disk import disk_full_error, nearly_full, says_disk_full
 from copl_dist.common.errors import InputError
 
 
@@ -25,6 +29,23 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, target)
+    except Exception as exc:
+        # Checked before the partial file is removed (which frees the disk again); torch.save says
+        # "iostream error" on a full disk, so the disk itself is asked.
+        full = says_disk_full(exc) or nearly_full(target.parent)
+        written = tmp_path.stat().st_size if full and tmp_path.exists() else None
+        if full:
+            # The writer's frames (torch.save's open stream) keep the partial file open, and so its
+            # space taken, for as long as the traceback lives: cleared, so that what comes next (the
+            # MLflow run's end status) finds the disk as it was before this write.
+            chained: BaseException | None = exc
+            while chained is not None:
+                traceback.clear_frames(chained.__traceback__)
+                chained = chained.__cause__ or chained.__context__
+        tmp_path.unlink(missing_ok=True)
+        if full:
+            raise disk_full_error(target, written) from exc
+        raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -53,9 +74,6 @@ def output_folder(folder: str | Path, keep: tuple[str, ...] = ()) -> Iterator[Pa
     e.g. `state`, which --resume needs), and so is the folder if the command created it: a
     corrected re-run starts from what was there. Any other failure (a crash, Ctrl-C) removes only a
     folder it left empty, so that partial progress (metrics so far, the tracking store) remains."""
-    import shutil
-
-
     path = Path(folder)
     existed = path.exists()
     before = set(path.iterdir()) if existed else set()
@@ -77,3 +95,47 @@ def output_folder(folder: str | Path, keep: tuple[str, ...] = ()) -> Iterator[Pa
         if not existed and path.is_dir() and not any(path.iterdir()):
             path.rmdir()
         raise
+
+
+class FolderLock:
+    """An OS lock (flock) on a folder, held while a command writes into it. The kernel releases it
+    when the process ends, however it ends: a SIGKILL leaves no stale lock. Taken on the folder
+    itself, so there is no lock file to leave behind or to clean up after bad input."""
+
+    def __init__(self, folder: str | os.PathLike[str], what: str):
+        self.path = Path(folder)
+        self.created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.release()
+            raise InputError(
+                f"{what} {folder}: another copl command is writing to this folder (it stays locked until that "
+                "command ends); wait for it, or choose another folder"
+            ) from None
+
+    def release(self, drop_if_empty: bool = False) -> None:
+        """Unlock; with `drop_if_empty`, also remove the folder if this lock created it and it is empty."""
+        if self._fd is not None:
+            os.close(self._fd)  # closing the last descriptor releases the flock
+            self._fd = None
+        if drop_if_empty and self.created and self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()
+
+    def __del__(self) -> None:
+        self.release()
+
+
+@contextmanager
+def locked_folder(folder: str | os.PathLike[str], what: str = "--out") -> Iterator[Path]:
+    """`folder` created if missing and locked (FolderLock) for the block; removed again on the way out
+    if the block failed and left it empty."""
+    lock = FolderLock(folder, what)
+    try:
+        yield lock.path
+    except BaseException:
+        lock.release(drop_if_empty=True)
+        raise
+    lock.release()

@@ -49,7 +49,6 @@ from copl_dist.distributed.ray_runtime import ensure_ray, ray_address
 from copl_dist.distributed.train import make_ray_train_fn
 from copl_dist.method import baseline as baseline_lib
 from copl_dist.method import has as has_lib
-from copl_dist.method.checkpoint import check_state_shapes
 from copl_dist.method.engine import (
     TeacherOutputs,
     infer_video,
@@ -232,6 +231,19 @@ def state_digest(state: dict[str, torch.Tensor] | None) -> str | None:
     return h.hexdigest()[:16]
 
 
+def run_provenance(
+    corpus: Corpus, data_source: str | None, data_files: str | None, init_state: dict[str, torch.Tensor] | None,
+) -> dict[str, Any]:
+    """What a saved state must match beyond the config (run_state.PROVENANCE): `--resume` reuses
+    OUT/corpus, so another --data or --init-from would otherwise be taken silently."""
+    return {
+        "corpus_digest": corpus.digest(),
+        "data": data_source,
+        "data_files": data_files,
+        "init_digest": state_digest(init_state),
+    }
+
+
 def default_train_fn(cfg: CoplConfig, out_dir: Path | None = None) -> TrainFn:
     """The trainer `cfg.distributed.workers` asks for: 0 trains in this process; N > 0 (or -1, fit the
     machine or cluster) on Ray Train, checkpointing to distributed.storage_path, else OUT/ray_storage."""
@@ -255,14 +267,15 @@ class CoplRun:
         on_iteration: Callable[[list[dict[str, Any]]], None] | None = None,
         init_state: dict[str, torch.Tensor] | None = None,
         state_dir: Path | None = None,
-        resume: bool = False,
+        resume_state: dict[str, Any] | None = None,
         data_source: str | None = None,
         data_files: str | None = None,
     ):
         self.cfg = cfg
         self.init_state = init_state  # the first training starts from these weights (`copl run --init-from`)
         self.state_dir = state_dir  # per-iteration state for `--resume` (run/state.py); None: not kept
-        self.resume = resume
+        # A saved iteration to continue after (run/state.py load_latest, checked by run/plan.py prepare).
+        self.resume_state = resume_state
         self.data_source = data_source  # what the user named as data (`copl run --data`): --resume checks it
         self.data_files = data_files  # run_state.files_fingerprint of it: --resume checks it too
         self.corpus = corpus
@@ -359,13 +372,9 @@ class CoplRun:
     ) -> tuple[int, np.ndarray | None, tuple[np.ndarray, np.ndarray] | None, list[dict[str, Any]], RunResult | None]:
         """(first iteration to run, its clustering features, the last clustering's (labels, P mask),
         records so far, last result)."""
-        if not (self.resume and self.state_dir is not None):
-            return 0, None, None, [], None
-        state = run_state.load_latest(self.state_dir, config_hash(self.cfg), self._provenance())
+        state = self.resume_state
         if state is None:
             return 0, None, None, [], None
-
-        check_state_shapes(state["teacher"], self.num_classes, self.cfg, f"{self.state_dir}: the saved teacher")
         labels, scores, mask = state["labels"], state["scores"], state["mask"].astype(bool)
         result = RunResult(
             iterations=list(state["iterations"]),
@@ -381,14 +390,7 @@ class CoplRun:
         return int(state["iteration"]) + 1, state["next_features"], (labels, mask), result.iterations, result
 
     def _provenance(self) -> dict[str, Any]:
-        """What the saved state must match beyond the config (run_state.PROVENANCE): `--resume` reuses
-        OUT/corpus, so another --data or --init-from would otherwise be taken silently."""
-        return {
-            "corpus_digest": self.corpus.digest(),
-            "data": self.data_source,
-            "data_files": self.data_files,
-            "init_digest": state_digest(self.init_state),
-        }
+        return run_provenance(self.corpus, self.data_source, self.data_files, self.init_state)
 
     def _pseudo_table(self, labels: np.ndarray, scores: np.ndarray, mask: np.ndarray) -> list[dict[str, Any]]:
         return [
@@ -410,7 +412,9 @@ class CoplRun:
     def _utal(self) -> RunResult:
         n_actors = self.cfg.distributed.has_actors
         if n_actors > 0:
-            from copl_dist.distributed.has_actors import HASActorPool  # deferred: imports ray (runs in-process need none)
+            from copl_dist.distributed.has_actors import (
+                HASActorPool,  # deferred: imports ray (runs in-process need none)
+            )
 
             ensure_ray(self.cfg.distributed)
             remote = ray_address(self.cfg.distributed) != "local"

@@ -7,10 +7,14 @@
                          loadable with torch.load(weights_only=True)
     pseudo_labels.parquet the last clustering: video, cluster, PLRI score, P or U
     plots/iterations.png, plots/actionness.png
+
+metrics.json says `"complete": true` only once every other output is written (and, with tracking,
+logged and registered): a run that failed on the way never claims to be complete.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +45,23 @@ def write_metrics(path: Path, cfg: CoplConfig, iterations: list[dict[str, Any]])
     write_json(path, {"mode": cfg.mode, "preset": cfg.preset, "seed": cfg.seed, "iterations": iterations, "final": final, "complete": False})
 
 
+# Every output a run writes under --out (a fresh run removes those of the run it replaces).
+OUTPUT_NAMES = ("detections.json", "metrics.json", "config.yaml", "teacher.pt", "pseudo_labels.parquet", "plots")
+
+
+def remove_outputs(out_dir: Path) -> None:
+    """The outputs of a run that an --overwrite replaces: none of them may outlive it into the new one."""
+    for name in OUTPUT_NAMES:
+        path = out_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def write_run_outputs(out_dir: Path, cfg: CoplConfig, result: RunResult, class_names: list[str]) -> dict[str, Path]:
+    """Every output but the final metrics.json (write_final_metrics, last); metrics.json is rewritten
+    here still incomplete, with the final record."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
         "detections": out_dir / "detections.json",
@@ -50,8 +70,7 @@ def write_run_outputs(out_dir: Path, cfg: CoplConfig, result: RunResult, class_n
         "plot_iterations": out_dir / "plots" / "iterations.png",
     }
     write_detections(paths["detections"], result.detections["results"])
-    doc = metrics_document(cfg, result, {"complete": True})
-    write_json(paths["metrics"], doc)
+    write_json(paths["metrics"], metrics_document(cfg, result, {"complete": False}))
     write_text(paths["config"], to_yaml(cfg))
     plot_iterations(result.iterations, paths["plot_iterations"])
     if result.traces:
@@ -65,3 +84,8 @@ def write_run_outputs(out_dir: Path, cfg: CoplConfig, result: RunResult, class_n
         paths["pseudo_labels"] = out_dir / "pseudo_labels.parquet"
         write_table(paths["pseudo_labels"], result.pseudo_labels)
     return paths
+
+
+def write_final_metrics(path: Path, cfg: CoplConfig, result: RunResult) -> None:
+    """metrics.json with `"complete": true`: the run's last write."""
+    write_json(path, metrics_document(cfg, result, {"complete": True}))

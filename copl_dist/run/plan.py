@@ -3,8 +3,10 @@
 `plan_run(request)` makes every check of a run that writes nothing, once, before anything is
 written, and returns a `RunPlan` that holds what they resolved (the config, the output folder, the
 data, the tracking store, the registry name, the Ray address, the init checkpoint, the dataset tag).
-`prepare(plan)` converts the data into OUT/corpus and makes the checks that need the corpus.
-`execute(prepared)` runs the iterations and writes the outputs. Nothing after the plan checks again.
+`prepare(plan)` locks OUT for the run (a second run on it is refused), converts the data into
+OUT/corpus and makes the checks that need the corpus (and a --resume's saved state).
+`execute(prepared)` runs the iterations, writes the outputs and releases OUT. Nothing after the plan
+and its preparation checks again.
 `copl run`, `copl tune` and the Python API (copl_dist.api) all start from a plan.
 """
 
@@ -23,7 +25,7 @@ import numpy as np
 import yaml
 
 from copl_dist.cluster.naming import check_class_names, naming_note
-from copl_dist.common.atomic import output_folder
+from copl_dist.common.atomic import FolderLock, output_folder
 from copl_dist.common.errors import InputError
 from copl_dist.common.interrupts import deferred_interrupt
 from copl_dist.config import (
@@ -38,11 +40,21 @@ from copl_dist.data.corpus import Corpus
 from copl_dist.data.formats import import_dataset
 from copl_dist.data.synth import make_synthetic
 from copl_dist.distributed.ray_runtime import check_ray_address, ray_address
-from copl_dist.method.checkpoint import check_init_mode, init_state_for
+from copl_dist.method.checkpoint import (
+    check_init_mode,
+    check_state_shapes,
+    init_state_for,
+)
 from copl_dist.method.engine import resolve_device
-from copl_dist.run.driver import CoplRun, RunResult, load_teacher
-from copl_dist.run.outputs import write_metrics, write_run_outputs
-from copl_dist.run.state import files_fingerprint
+from copl_dist.run.driver import CoplRun, RunResult, load_teacher, run_provenance
+from copl_dist.run.outputs import (
+    metrics_document,
+    remove_outputs,
+    write_final_metrics,
+    write_metrics,
+    write_run_outputs,
+)
+from copl_dist.run.state import files_fingerprint, load_latest, saved_iterations
 from copl_dist.tracking.registry import (
     check_registry_names,
     load_teacher_checkpoint,
@@ -86,6 +98,7 @@ class RunRequest:
     tracking_uri: str | None = None
     init_from: str | None = None
     resume: bool = False
+    overwrite: bool = False  # start again over a folder holding another run's saved iterations
     allow_pickle: bool = False
     progress: bool = True
 
@@ -117,6 +130,8 @@ class PreparedRun:
     corpus: Corpus
     data_files: str  # the source's files fingerprint (--resume refuses other data)
     init_state: dict[str, Any] | None
+    resume_state: dict[str, Any] | None  # the saved iteration a --resume continues after (None: from the start)
+    lock: FolderLock  # OUT, locked from prepare() to the end of execute()
 
 
 @dataclass(frozen=True)
@@ -149,12 +164,13 @@ def plan_run(request: RunRequest, cfg: CoplConfig | None = None, register: bool 
     data = Path(request.data) if request.data is not None else None
     if data is not None and not data.exists():
         raise InputError(f"{request.data}: data folder not found")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a folder")
+    check_output_folder(out, data)
+    check_saved_state(out, request)
     tracking_uri = None
     registered_model = None
     if cfg.tracking.enabled:
         tracking_uri = resolve_tracking_uri(cfg.tracking, out)
+        check_store_outside_data(tracking_uri, data)
         check_tracking_store(tracking_uri, "tracking store")
         if register and cfg.tracking.log_model:
             check_registry_names(cfg.tracking.registered_model, source="tracking.registered_model")
@@ -173,6 +189,70 @@ def plan_run(request: RunRequest, cfg: CoplConfig | None = None, register: bool 
     resolve_device(cfg.train.device)  # a device this machine lacks, before the corpus is converted
     dataset = f"synthetic:{cfg.preset}:seed{cfg.seed}" if data is None else str(data.resolve())
     return RunPlan(request, cfg, out, data, dataset, tracking_uri, registered_model, address, init_checkpoint)
+
+
+def _data_root(data: Path) -> Path:
+    return (data if data.is_dir() else data.parent).resolve()  # an annotation file's features lie beside it
+
+
+def check_output_folder(out: Path, data: Path | None, flag: str = "--out") -> None:
+    """OUT must be a folder this process can write, outside --data: the run's own files would change
+    the data's fingerprint (a killed run could never be resumed) and the importers would read them."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{flag} {out}: exists and is not a folder")
+    if data is not None:
+        root, target = _data_root(data), out.resolve()
+        if target == root or root in target.parents:
+            raise InputError(
+                f"{flag} {out}: inside the data folder {data}; the run's files would become part of its data: "
+                "choose an output folder outside it"
+            )
+    here = out.absolute()
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not os.access(here, os.W_OK | os.X_OK):
+        why = "read-only file system" if os.statvfs(here).f_flag & os.ST_RDONLY else "permission denied"
+        raise InputError(f"{flag} {out}: cannot write in {here} ({why})")
+
+
+def check_saved_state(out: Path, request: RunRequest) -> None:
+    """A fresh run over another run's saved iterations would delete them: refused unless asked for."""
+    if request.resume and request.overwrite:
+        raise InputError("--resume and --overwrite: choose one (continue the run in --out, or start it again)")
+    saved = saved_iterations(out / "state")
+    if not saved or request.resume or request.overwrite:
+        return
+    if _finished(out):
+        raise InputError(
+            f"--out {out}: holds a finished run (its saved iterations in state/); start again over it with "
+            "--overwrite, or choose another --out"
+        )
+    raise InputError(
+        f"--out {out}: holds an unfinished run ({_iterations(saved)} saved in state/); continue it with "
+        "--resume, or start again with --overwrite or another --out"
+    )
+
+
+def _iterations(saved: list[int]) -> str:
+    return f"iteration {saved[0]}" if len(saved) == 1 else f"iterations {saved[0]}-{saved[-1]}"
+
+
+def _finished(out: Path) -> bool:
+    import json
+
+    try:
+        return json.loads((out / "metrics.json").read_text()).get("complete") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_store_outside_data(uri: str, data: Path | None) -> None:
+    """A local tracking store must not be written into --data (its files would become the data's)."""
+    if data is None or not uri.startswith("sqlite:///"):
+        return
+    db, root = Path(uri[len("sqlite:///"):]).resolve(), _data_root(data)
+    if root in db.parents:
+        raise InputError(f"tracking store {uri}: inside the data folder {data}; keep the MLflow store outside the data")
 
 
 def resolve_config(request: RunRequest) -> CoplConfig:
@@ -313,39 +393,60 @@ def import_reporting(src: str | Path, corpus_dir: Path, allow_pickle: bool, min_
 
 
 def prepare(plan: RunPlan) -> PreparedRun:
-    """Convert the data into OUT/corpus and check it against the config. Bad input found here
-    removes what the run added to OUT (except --resume's state)."""
+    """Lock OUT, convert the data into OUT/corpus and check it against the config (and a --resume's
+    saved state against the run). Bad input found here removes what the run added to OUT (except
+    --resume's state) and releases OUT."""
     cfg = plan.cfg
-    with output_folder(plan.out, keep=("state",)):
-        if plan.synthetic:
-            print(
-                f"copl: no --data given: running on a synthetic {cfg.preset} corpus ({EMBEDDED_SYNTH['videos']} "
-                f"videos per subset, {EMBEDDED_SYNTH['classes']} classes) in {synthetic_source(plan)}",
-                file=sys.stderr,
-            )
-        src = plan.data or embedded_source(plan)
-        corpus = import_corpus(plan, src)
-        check_run_inputs(cfg, corpus, where=src)
-        note = naming_note(cfg, corpus)
-        if note is not None:
-            print(f"copl: {note}", file=sys.stderr)
-        data_files = files_fingerprint(src)
-        init_state = None
-        if plan.init_checkpoint is not None:
+    lock = FolderLock(plan.out, "--out")
+    try:
+        with output_folder(plan.out, keep=("state",)):
+            if plan.synthetic:
+                print(
+                    f"copl: no --data given: running on a synthetic {cfg.preset} corpus ({EMBEDDED_SYNTH['videos']} "
+                    f"videos per subset, {EMBEDDED_SYNTH['classes']} classes) in {synthetic_source(plan)}",
+                    file=sys.stderr,
+                )
+            src = plan.data or embedded_source(plan)
+            corpus = import_corpus(plan, src)
+            check_run_inputs(cfg, corpus, where=src)
+            note = naming_note(cfg, corpus)
+            if note is not None:
+                print(f"copl: {note}", file=sys.stderr)
+            data_files = files_fingerprint(src)
             clusters = len(corpus.classes) if cfg.mode == "wtal" else (cfg.num_classes or len(corpus.classes))
-            init_state = init_state_for(plan.init_checkpoint, plan.request.init_from, clusters, cfg)
-    return PreparedRun(plan, corpus, data_files, init_state)
+            init_state = None
+            if plan.init_checkpoint is not None:
+                init_state = init_state_for(plan.init_checkpoint, plan.request.init_from, clusters, cfg)
+            resume_state = None
+            if plan.request.resume:  # checked here, before the run opens its MLflow runs
+                provenance = run_provenance(corpus, plan.dataset, data_files, init_state)
+                resume_state = load_latest(plan.out / "state", config_hash(cfg), provenance)
+                if resume_state is not None:
+                    check_state_shapes(resume_state["teacher"], clusters, cfg, f"{plan.out / 'state'}: the saved teacher")
+    except BaseException:
+        lock.release(drop_if_empty=True)
+        raise
+    return PreparedRun(plan, corpus, data_files, init_state, resume_state, lock)
 
 
 # -- execute ---------------------------------------------------------------------------------------
 
 def execute(prepared: PreparedRun, on_iteration: Callable[[list[dict[str, Any]]], None] | None = None) -> RunOutcome:
-    """Run the plan's mode on its corpus and write every output. From here the run writes its
-    progress (metrics per iteration, the tracking store, --resume's state): bad input found later (say,
-    by a Ray worker) leaves it in place, as any other failure does."""
+    """Run the plan's mode on its corpus and write every output, metrics.json's `"complete": true`
+    last. From here the run writes its progress (metrics per iteration, the tracking store, --resume's
+    state): bad input found later (say, by a Ray worker) leaves it in place, as any other failure does.
+    OUT is released at the end, however the run ends."""
+    try:
+        return _execute(prepared, on_iteration)
+    finally:
+        prepared.lock.release()
+
+
+def _execute(prepared: PreparedRun, on_iteration: Callable[[list[dict[str, Any]]], None] | None) -> RunOutcome:
     plan, cfg, out = prepared.plan, prepared.plan.cfg, prepared.plan.out
-    if not plan.request.resume:  # a fresh run must never continue from another run's state
+    if not plan.request.resume:  # a fresh run never continues from, or leaves behind, another run's files
         shutil.rmtree(out / "state", ignore_errors=True)
+        remove_outputs(out)
     tracker = Tracker(cfg.tracking, out, uri=plan.tracking_uri)
 
     def progress(iterations: list[dict[str, Any]]) -> None:
@@ -355,8 +456,8 @@ def execute(prepared: PreparedRun, on_iteration: Callable[[list[dict[str, Any]]]
 
     run = CoplRun(
         cfg, prepared.corpus, tracker, progress=plan.request.progress, on_iteration=progress,
-        init_state=prepared.init_state, state_dir=out / "state", resume=plan.request.resume,
-        data_source=plan.dataset, data_files=prepared.data_files,  # --resume refuses state saved on other data
+        init_state=prepared.init_state, state_dir=out / "state", resume_state=prepared.resume_state,
+        data_source=plan.dataset, data_files=prepared.data_files,  # saved with each state: --resume compares them
     )
     registered = None
     tags = {"dataset": plan.dataset, "dataset_digest": prepared.corpus.digest(), "seed": str(cfg.seed),
@@ -365,11 +466,13 @@ def execute(prepared: PreparedRun, on_iteration: Callable[[list[dict[str, Any]]]
         result = run.execute()
         paths = write_run_outputs(out, cfg, result, result.class_names)
         tracker.log_metrics({k: v for k, v in result.final.items()})
-        for key in ("detections", "metrics", "config", "plot_iterations", "plot_actionness"):
+        for key in ("detections", "config", "plot_iterations", "plot_actionness"):
             if key in paths:
                 tracker.log_artifact(paths[key], "plots" if key.startswith("plot") else None)
+        tracker.log_dict(metrics_document(cfg, result, {"complete": True}), "metrics.json")
         if result.teacher_state is not None and tracker.enabled:
             registered = _log_and_register(plan, tracker, result, paths["teacher"], tags)
+    write_final_metrics(paths["metrics"], cfg, result)  # after the MLflow run ended FINISHED
     return RunOutcome(plan, result, paths, registered)
 
 

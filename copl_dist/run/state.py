@@ -115,17 +115,22 @@ def save_iteration(state_dir: Path, iteration: int, config_hash: str, state: dic
         torch.save(payload, tmp)
 
 
+def saved_iterations(state_dir: Path) -> list[int]:
+    """The iterations whose state is saved in `state_dir`, in order."""
+    names = state_dir.glob("iteration-*.pt") if state_dir.is_dir() else []
+    return sorted(int(m.group(1)) for p in names if (m := STATE_NAME.fullmatch(p.name)))
+
+
 def load_latest(state_dir: Path, config_hash: str, provenance: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The last completed iteration's state in `state_dir`, or None when none was saved.
 
     `provenance` (keys of PROVENANCE): what this run uses; a state saved with other values is
     refused, like one saved with another config.
     """
-    names = state_dir.glob("iteration-*.pt") if state_dir.is_dir() else []
-    numbered = [(int(m.group(1)), p) for p in names if (m := STATE_NAME.fullmatch(p.name))]
-    if not numbered:
+    saved = saved_iterations(state_dir)
+    if not saved:
         return None
-    path = max(numbered)[1]
+    path = state_path(state_dir, saved[-1])
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: say which

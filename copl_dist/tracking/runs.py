@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +25,10 @@ from copl_dist.method.model import ExportedTeacher
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
+# It logs each database error, with its SQL, before raising it: the error itself reaches the user (one line).
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+# It warns of the pickle format on every log_model: chosen on purpose (Tracker.log_teacher), said once in docs/usage.md.
+logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
 
 
 def mlflow_key(key: str) -> str:
@@ -57,7 +63,7 @@ def check_sqlite_store(uri: str, source: str, must_exist: bool) -> None:
     """A sqlite:/// store must be MLflow's own: MLflow would add its tables to any SQLite file it is
     pointed at (a user's other database), and reads of a missing file would create an empty store.
     must_exist: reading (the registry) needs the file; a run creates it (its folder must exist).
-    An empty file is taken as new (MLflow creates the schema in it), unless it must exist."""
+    An empty .db file is taken as new (the run creates the schema in it), unless it must exist."""
     if not uri.startswith("sqlite:///"):
         return
     import sqlite3
@@ -74,8 +80,8 @@ def check_sqlite_store(uri: str, source: str, must_exist: bool) -> None:
         return
     if not db.is_file():
         raise InputError(f"{source} {uri}: {db} is not a file")
-    if db.stat().st_size == 0 and not must_exist:
-        return
+    if db.stat().st_size == 0 and not must_exist and db.suffix == ".db":
+        return  # a new store (create_sqlite_store fills it); any other empty file is not for MLflow
     try:
         # As a file: URI (escaped: a '#' or '?' in the path would cut it short) so that mode=ro holds.
         with sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True) as con:
@@ -141,6 +147,34 @@ def resolve_tracking_uri(cfg: TrackingConfig, out_dir: Path) -> str:
     return uri
 
 
+def create_sqlite_store(uri: str, artifact_location: str) -> None:
+    """Create a new sqlite:/// store whole: MLflow's migrations run on a temporary file beside it,
+    which is renamed into place only once complete. A SIGKILL during the migrations (seconds) leaves
+    the temporary file, never a half-made store that every later run and registry command would trip
+    on; leftovers of such a kill are removed here. An existing store is left alone."""
+    db = Path(uri[len("sqlite:///"):])
+    if db.is_file() and db.stat().st_size > 0:
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    for stale in db.parent.glob(f".{db.name}.*.creating*"):
+        stale.unlink(missing_ok=True)
+    tmp = db.parent / f".{db.name}.{uuid.uuid4().hex[:12]}.creating"
+    try:
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", artifact_location)
+        store.engine.dispose()  # no connection may outlive the rename
+        os.replace(tmp, db)
+    finally:
+        for leftover in db.parent.glob(f"{tmp.name}*"):
+            leftover.unlink(missing_ok=True)
+
+
+# Tags that say which --out folder and machine a parent run writes from: a run that the next run on
+# the same folder finds still RUNNING died without ending it (SIGKILL, a full disk), since the
+# folder lock (common/atomic.py FolderLock) keeps two live runs apart.
+OUT_TAG, HOST_TAG = "copl.out", "copl.host"
+
+
 class Tracker:
     """A thin, explicit wrapper: the pipeline says what to log, this says where."""
 
@@ -156,18 +190,33 @@ class Tracker:
     def _setup(self) -> Any:
         import mlflow
 
+        # A local store keeps artifacts beside its database (MLflow would pick a folder of the
+        # working directory); a server decides for itself.
+        location = None
+        if self.uri.startswith("sqlite:///"):
+            location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+            create_sqlite_store(self.uri, location)
         mlflow.set_tracking_uri(self.uri)
         client = mlflow.MlflowClient()
         exp = client.get_experiment_by_name(self.cfg.experiment)
         if exp is None:
-            # A local store keeps artifacts beside its database (MLflow would pick a folder of the
-            # working directory); a server decides for itself.
-            location = None
-            if self.uri.startswith("sqlite:///"):
-                location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
             client.create_experiment(self.cfg.experiment, artifact_location=location)
-        mlflow.set_experiment(self.cfg.experiment)
+        exp = mlflow.set_experiment(self.cfg.experiment)
+        self._end_dead_runs(client, exp.experiment_id)
         return mlflow
+
+    def _identity(self) -> dict[str, str]:
+        return {OUT_TAG: str(self.out_dir.resolve()), HOST_TAG: socket.gethostname()}
+
+    def _end_dead_runs(self, client: Any, experiment_id: str) -> None:
+        """End FAILED the runs of this --out (and their iterations) that a process which died left RUNNING."""
+        mine = self._identity()
+        running = client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000)
+        dead = {r.info.run_id for r in running if all(r.data.tags.get(k) == v for k, v in mine.items())}
+        for r in running:
+            if r.info.run_id in dead or r.data.tags.get("mlflow.parentRunId") in dead:
+                client.set_tag(r.info.run_id, "copl.ended", "its process died; ended by the next run on the same --out")
+                client.set_terminated(r.info.run_id, "FAILED")
 
     @contextmanager
     def parent_run(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> Iterator[None]:
@@ -181,7 +230,7 @@ class Tracker:
         try:
             with deferred_interrupt():
                 self._mlflow = self._setup()
-            with self._run(run_name=run_name, tags=tags) as run:
+            with self._run(run_name=run_name, tags={**tags, **self._identity()}) as run:
                 self.parent_run_id = run.info.run_id
                 with deferred_interrupt():
                     self._mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
@@ -223,7 +272,13 @@ class Tracker:
                     # mlflow.end_run ends the innermost active run: a nested one whose own end a
                     # Ctrl-C skipped (between `finally:` and its shield) is ended here first.
                     while (active := self._mlflow.active_run()) is not None:
-                        self._mlflow.end_run(status)
+                        try:
+                            self._mlflow.end_run(status)  # takes the run off MLflow's stack, then writes
+                        except Exception:
+                            if status == "FINISHED":
+                                raise
+                            # The store refused the end status too (a full disk): the error that ended
+                            # the run is the one to report; the next run on this --out ends this one.
                         if active.info.run_id == run.info.run_id:
                             break
 
@@ -233,6 +288,11 @@ class Tracker:
         clean = {mlflow_key(k): float(v) for k, v in metrics.items() if v is not None}
         with deferred_interrupt():
             self._mlflow.log_metrics(clean, step=step)
+
+    def log_dict(self, document: dict[str, Any], name: str) -> None:
+        if self.enabled:
+            with deferred_interrupt():
+                self._mlflow.log_dict(document, name)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         if self.enabled and path.exists():

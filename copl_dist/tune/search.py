@@ -54,7 +54,13 @@ import yaml
 
 from copl_dist import config as config_lib
 from copl_dist.cluster.naming import labels_name_clusters
-from copl_dist.common.atomic import atomic_path, output_folder, write_json, write_text
+from copl_dist.common.atomic import (
+    atomic_path,
+    locked_folder,
+    output_folder,
+    write_json,
+    write_text,
+)
 from copl_dist.common.errors import InputError
 from copl_dist.common.interrupts import deferred_interrupt
 from copl_dist.config import CoplConfig, flatten, resolve, to_dict, validate
@@ -321,16 +327,18 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/tune-{Path(space.path).stem}").resolve()
     # The checks `copl run` makes, in the same place (trials always run on Ray; they register nothing).
     plan = plan_run(RunRequest(data=Path(args.data) if args.data is not None else None, out=out, allow_pickle=args.allow_pickle), cfg=cfg, register=False, ray=True)
-    # Bad input found while the data is prepared removes what this command added to OUT; once the
-    # trials start, their logs and tracking history stay, whatever ends the search.
-    with output_folder(out):
-        if plan.synthetic:
-            print(f"copl tune: no --data given: a synthetic {cfg.preset} corpus in {synthetic_source(plan)}", file=sys.stderr)
-        corpus = import_corpus(plan, plan.data or embedded_source(plan), who="copl tune")
-        check_run_inputs(cfg, corpus, where=args.data)
-        if args.val_subset:
-            _check_val_in_corpus(args.val_subset, corpus, args.objective, cfg.data.train_subset)
-    return _run_in(args, space, cfg, plan, corpus)
+    # OUT is locked for the whole search (a second command on it is refused). Bad input found while
+    # the data is prepared removes what this command added to OUT; once the trials start, their logs
+    # and tracking history stay, whatever ends the search.
+    with locked_folder(out, "--out"):
+        with output_folder(out):
+            if plan.synthetic:
+                print(f"copl tune: no --data given: a synthetic {cfg.preset} corpus in {synthetic_source(plan)}", file=sys.stderr)
+            corpus = import_corpus(plan, plan.data or embedded_source(plan), who="copl tune")
+            check_run_inputs(cfg, corpus, where=args.data)
+            if args.val_subset:
+                _check_val_in_corpus(args.val_subset, corpus, args.objective, cfg.data.train_subset)
+        return _run_in(args, space, cfg, plan, corpus)
 
 
 def _run_in(args: argparse.Namespace, space: Space, cfg: CoplConfig, plan: RunPlan, corpus: Any) -> int:
