@@ -216,6 +216,59 @@ def epoch_batches(n: int, batch: int, world: int, seed: int, iteration: int, epo
     return [b for b in batches if len(b) >= world]
 
 
+def build_models(
+    cfg: CoplConfig, num_classes: int, iteration: int, device: torch.device,
+    init_state: dict[str, torch.Tensor] | None = None,
+) -> tuple[IOCNet, IOCNet, torch.optim.Optimizer]:
+    """(student, EMA teacher, optimizer) as a training starts them: the student's weights from the
+    iteration's seed (or `init_state`), the teacher a copy of it."""
+    seed_everything(derive_seed(cfg.seed, STREAM_INIT, iteration))
+    student = IOCNet(num_classes, cfg.model.feature_dim, cfg.model.hidden_dim, cfg.model.dropout)
+    if init_state is not None:
+        student.load_state_dict(init_state)
+    student.to(device)
+    teacher = make_teacher(student)
+    optimizer = torch.optim.Adam(student.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    return student, teacher, optimizer
+
+
+def form_batch(
+    corpus: Corpus, video_ids: list[str], idx: np.ndarray, cfg: CoplConfig, iteration: int, epoch: int, b: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch `b` of an epoch: (teacher input, student input), each (B, snippets, D) on `device`; the
+    student's is temporally shifted (the shift drawn on the CPU, so every device sees the same channels)."""
+    x = build_batch(corpus, video_ids, idx, cfg.data.snippets, cfg.seed, iteration, epoch)
+    shift_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, STREAM_SHIFT, iteration, epoch, b))
+    x_student = temporal_feature_shift(x, cfg.train.shift_channels, generator=shift_gen)
+    return x.to(device), x_student.to(device)
+
+
+def train_step(
+    model: torch.nn.Module, teacher: IOCNet, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+    x_student: torch.Tensor, targets: torch.Tensor, labelled: torch.Tensor, cfg: CoplConfig, step: int,
+    sup_scale: float = 1.0, un_scale: float = 1.0,
+) -> tuple[float, dict[str, float]]:
+    """One optimizer step: the student (`model`: IOCNet, or DDP around it) forward on `x_student`
+    and backward, the teacher forward on `x`, Eq. 22's losses (total_loss), gradient clipping, Adam,
+    the EMA update at `step`. Returns (the scaled loss, total_loss's unscaled terms)."""
+    student = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    student_out = model(x_student)
+    with torch.no_grad():
+        teacher_out = teacher(x)
+    l_count = topl_count(x.shape[1], cfg.train.topl_ratio)
+    loss, terms = total_loss(
+        student_out, teacher_out, targets, labelled, cfg.loss, cfg.train.beta, l_count,
+        sup_scale=sup_scale, un_scale=un_scale,
+    )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.train.max_grad_norm)
+    optimizer.step()
+    ema_update(teacher, student, ema_decay_at(step, cfg.train.ema_decay))
+    return float(loss.detach()), terms
+
+
 def train_loop_per_worker(
     config: dict[str, Any], report: ReportFn | None = None, on_step: Callable[[int], None] | None = None
 ) -> dict[str, Any]:
@@ -245,13 +298,7 @@ def train_loop_per_worker(
     rank, world = distributed_context()
     seed = cfg.seed
 
-    seed_everything(derive_seed(seed, STREAM_INIT, iteration))
-    student = IOCNet(num_classes, cfg.model.feature_dim, cfg.model.hidden_dim, cfg.model.dropout)
-    if config.get("init_state") is not None:
-        student.load_state_dict(config["init_state"])
-    student.to(device)
-    teacher = make_teacher(student)
-    optimizer = torch.optim.Adam(student.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    student, teacher, optimizer = build_models(cfg, num_classes, iteration, device, config.get("init_state"))
     voter = config.get("voter") or (LocalVoter(corpus, video_ids, cfg) if collect_votes and rank == 0 else None)
 
     start_epoch, step, history = 0, 0, []
@@ -272,8 +319,6 @@ def train_loop_per_worker(
             student, device_ids=[device.index] if device.type == "cuda" else None
         )
 
-    length = cfg.data.snippets
-    l_count = topl_count(length, cfg.train.topl_ratio)
     batch = min(cfg.train.batch_size, len(video_ids))
     first_vote_epoch = 0 if cfg.has.vote_last == 0 else max(0, cfg.train.epochs - cfg.has.vote_last)
     for epoch in range(start_epoch, cfg.train.epochs):
@@ -282,30 +327,18 @@ def train_loop_per_worker(
         batches = epoch_batches(len(video_ids), batch, world, seed, iteration, epoch)
         for b, global_idx in enumerate(batches):
             idx = np.array_split(global_idx, world)[rank]
-            x = build_batch(corpus, video_ids, idx, length, seed, iteration, epoch)
-            shift_gen = torch.Generator().manual_seed(derive_seed(seed, STREAM_SHIFT, iteration, epoch, b))
-            # The shift is drawn on the CPU, so every device sees the same channels.
-            x_student = temporal_feature_shift(x, cfg.train.shift_channels, generator=shift_gen).to(device)
-            x = x.to(device)
+            x, x_student = form_batch(corpus, video_ids, idx, cfg, iteration, epoch, b, device)
             torch.manual_seed(derive_seed(seed, STREAM_DROPOUT, iteration, epoch, b, rank))
-            student_out = model(x_student)
-            with torch.no_grad():
-                teacher_out = teacher(x)
             # DDP averages the ranks' gradients; scaling each rank's means by its share of the global
             # batch (and of its labelled videos) makes that average the global batch's means.
             sup_scale, un_scale = batch_scales(labelled_np, global_idx, idx, world)
-            loss, terms = total_loss(
-                student_out, teacher_out, targets[idx], labelled[idx], cfg.loss, cfg.train.beta, l_count,
+            loss, terms = train_step(
+                model, teacher, optimizer, x, x_student, targets[idx], labelled[idx], cfg, step,
                 sup_scale=sup_scale, un_scale=un_scale,
             )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.train.max_grad_norm)
-            optimizer.step()
-            ema_update(teacher, student, ema_decay_at(step, cfg.train.ema_decay))
             step += 1
             # Logged like the gradients: the ranks' average is then the global batch's mean.
-            share = rank_share(terms, float(loss.detach()), sup_scale, un_scale)
+            share = rank_share(terms, loss, sup_scale, un_scale)
             for key in LOSS_KEYS:
                 sums[key] += share[key]
             if on_step is not None:

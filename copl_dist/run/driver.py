@@ -123,6 +123,25 @@ def project_features(
     return features if projected is None else projected
 
 
+def cluster_iteration(
+    features: np.ndarray, previous: tuple[np.ndarray, np.ndarray] | None, cfg: CoplConfig, num_classes: int,
+    iteration: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One COPL iteration's clustering of the training videos' global features: (the features
+    clustered, cluster labels, PLRI scores, the pseudo-labelled mask P; U is its complement)."""
+    seed = derive_seed(cfg.seed, STREAM_CLUSTER, iteration)
+    clustered = project_features(features, previous, cfg, seed)
+    labels, scores, mask = cluster_videos(
+        clustered, num_classes, seed, cfg.cluster.delta, cfg.cluster.plri, **cluster_scale_options(cfg)
+    )
+    return clustered, labels, scores, mask
+
+
+def pseudo_targets(labels: np.ndarray, mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """(N, C) training targets: one-hot pseudo-labels on P, zero rows on U."""
+    return np.eye(num_classes, dtype=np.float32)[labels] * mask[:, None]
+
+
 def has_features(corpus: Corpus, video_ids: list[str], votes: dict[str, np.ndarray], centre: bool = False) -> np.ndarray:
     """Eq. 5 for each video from its voted HAS attention (centred on the video mean: has.centre)."""
     return np.stack([has_lib.global_feature(corpus.features(v), votes[v], centre) for v in video_ids])
@@ -440,17 +459,13 @@ class CoplRun:
             started = time.perf_counter()
             ctx = self.tracker.iteration_run(it) if self.tracker else _null()
             with ctx:
-                seed = derive_seed(cfg.seed, STREAM_CLUSTER, it)
-                clustered = project_features(features, previous, cfg, seed)
-                labels, scores, mask = cluster_videos(
-                    clustered, self.num_classes, seed, cfg.cluster.delta, cfg.cluster.plri, **cluster_scale_options(cfg)
-                )
+                clustered, labels, scores, mask = cluster_iteration(features, previous, cfg, self.num_classes, it)
                 previous = (labels, mask)
                 record: dict[str, Any] = {"iteration": it, **cluster_metrics(self.primary, labels)}
                 record["cluster_dim"] = int(clustered.shape[1])
                 record["num_pseudo_labelled"] = int(mask.sum())
                 record["num_unlabelled"] = int((~mask).sum())
-                targets = np.eye(self.num_classes, dtype=np.float32)[labels] * mask[:, None]
+                targets = pseudo_targets(labels, mask, self.num_classes)
                 collect = cfg.has.enabled and it < cfg.iterations - 1
                 trained = self._train(targets, mask, it, collect_votes=collect)
                 history = trained["history"]
