@@ -1,8 +1,12 @@
 """`copl bench train`: IOCNet training throughput in-process and on 1 and 2 Ray Train workers.
 
 Each mode runs in a fresh Python process (so no mode inherits another's warm caches, threads or
-Ray), on the same synthetic corpus and config (the `copl run` demo's model: THUMOS preset,
-hidden 512, batch 16; no HAS voting, which is inference). Figures per mode:
+Ray), on the same synthetic corpus and config (the THUMOS preset's model: hidden 512, batch 16),
+trained as `copl run` trains iteration 0: the targets and the P / U split come from iteration 0's
+clustering with PLRI, and every step runs the student forward and backward, the EMA teacher forward
+and all of Eq. 22's losses (no HAS voting, which is inference). Two cases (`--case`): `small` (48
+short videos x 128 snippets, 6 classes) and `acceptance` (the acceptance check's corpus: the THUMOS
+preset's 200 training videos of synthetic seed 2029, 20 classes, 256 snippets). Figures per mode:
 
 - snippets/s: videos x snippets per epoch over the median wall time of the epochs after the first
   (steady state; with Ray this includes rank 0's per-epoch checkpoint);
@@ -11,7 +15,16 @@ hidden 512, batch 16; no HAS voting, which is inference). Figures per mode:
 - peak memory: the driver's own peak RSS (ru_maxrss), the peak over time of the summed RSS of the
   driver's whole process tree (driver + Ray's GCS, raylet, agents, controller and workers), and of
   the Ray Train workers alone, sampled from /proc every 0.25 s. Summed RSS counts shared pages (torch
-  libraries, the memory-mapped corpus) once per process, so it overstates the physical total.
+  libraries, the memory-mapped corpus) once per process, so it overstates the physical total;
+- step GFLOP: one training step on a global batch (engine.train_step), counted by torch's
+  FlopCounterMode from the shapes of the matmuls and convolutions it runs, forward and backward;
+  counted in the mode's own process, not in Ray workers (the count depends on shapes only);
+- achieved GFLOP/s: the FLOPs of an epoch (step FLOPs x the videos trained per epoch / the step's
+  videos: they are linear in the batch) over the epoch's wall time;
+- GEMM peak GFLOP/s: float32 torch.matmul on the model's own shapes (its widest convolutions
+  unfolded, forward and weight gradient), the median of 5 repeats after a warm-up, the best shape,
+  at the training's total torch threads, timed in the same process after training; peak ratio is
+  achieved / peak.
 """
 
 from __future__ import annotations
@@ -26,15 +39,30 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from copl_dist.common.errors import InputError
-from copl_dist.config import resolve, to_dict
+from copl_dist.config import CoplConfig, resolve, to_dict
 from copl_dist.data.corpus import Corpus
 from copl_dist.data.formats import import_dataset
 from copl_dist.data.synth import make_synthetic
 from copl_dist.distributed.ray_runtime import ensure_ray
-from copl_dist.run.driver import default_train_fn
+from copl_dist.method.engine import build_models, epoch_batches, form_batch, train_step
+from copl_dist.run.driver import (
+    cluster_iteration,
+    default_train_fn,
+    initial_features,
+    pseudo_targets,
+)
 
 MODES = {"in-process": 0, "ray-1": 1, "ray-2": 2}
+# The synthetic corpus and schedule of each case; --videos / --classes / --snippets override them.
+# videos None: the preset's subsets (200 training / 210 test videos), as `copl synth` writes them.
+CASES = {
+    "small": {"videos": 48, "classes": 6, "snippets": 128, "seed": 0, "duration_scale": 0.5},
+    "acceptance": {"videos": None, "classes": 20, "snippets": 256, "seed": 2029, "duration_scale": 1.0},
+}
+GEMM_REPEATS = 5
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,19 +72,28 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--modes: unknown mode(s) {unknown} (choose from {list(MODES)})")
     if args.epochs < 2:
         raise InputError(f"--epochs: needs at least 2 (the first is warm-up), got {args.epochs}")
+    case = {**CASES[args.case]}
+    for key in ("videos", "classes", "snippets"):
+        if getattr(args, key) is not None:
+            case[key] = getattr(args, key)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = out / f"synthetic-{args.videos}v-{args.classes}c"
+    name = f"{args.case}-{case['videos'] or 'preset'}v-{case['classes']}c-seed{case['seed']}"
+    data = out / f"synthetic-{name}"
     if not (data / "annotations.json").exists():
-        make_synthetic(data, preset="thumos14", videos=args.videos, classes=args.classes, seed=0, duration_scale=0.5)
-    corpus = import_dataset(data, out / f"corpus-{args.videos}v-{args.classes}c")
+        make_synthetic(data, preset="thumos14", videos=case["videos"], classes=case["classes"], seed=case["seed"],
+                       duration_scale=case["duration_scale"])
+    corpus = import_dataset(data, out / f"corpus-{name}")
+    split = out / f"split-{name}.npz"
+    mask = _write_split(corpus, case["snippets"], split)
 
     rows = []
     for mode in modes:
         print(f"bench train: {mode} ...", file=sys.stderr, flush=True)
-        rows.append(_measure(mode, corpus.root, args, out))
-    doc = {"machine": _machine(), "videos": args.videos, "epochs": args.epochs, "snippets": args.snippets,
-           "results": rows}
+        rows.append(_measure(mode, corpus.root, split, case["snippets"], args, out))
+    doc = {"machine": _machine(), "case": args.case, "videos": int(mask.size), "classes": len(corpus.classes),
+           "pseudo_labelled": int(mask.sum()), "unlabelled": int((~mask).sum()), "epochs": args.epochs,
+           "snippets": case["snippets"], "results": rows}
     (out / "bench_train.json").write_text(json.dumps(doc, indent=2))
     print(format_table(rows))
     print(f"written: {(out / 'bench_train.json').resolve()}")
@@ -65,15 +102,99 @@ def run(args: argparse.Namespace) -> int:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     head = f"{'mode':<11} {'workers':>7} {'snippets/s':>10} {'epoch s':>8} {'end-to-end s':>12} " \
+           f"{'step GFLOP':>10} {'GFLOP/s':>8} {'peak GFLOP/s':>12} {'of peak':>7} " \
            f"{'driver MB':>9} {'tree MB':>8} {'workers MB':>10} {'load':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r['mode']:<11} {r['workers']:>7} {r['snippets_per_s']:>10.0f} {r['epoch_s']:>8.2f} "
-            f"{r['end_to_end_s']:>12.1f} {r['driver_peak_mb']:>9.0f} {r['tree_peak_mb']:>8.0f} "
+            f"{r['end_to_end_s']:>12.1f} {r['step_gflop']:>10.2f} {r['achieved_gflops']:>8.1f} "
+            f"{r['gemm_peak_gflops']:>12.1f} {r['peak_ratio']:>7.1%} "
+            f"{r['driver_peak_mb']:>9.0f} {r['tree_peak_mb']:>8.0f} "
             f"{r['workers_peak_mb']:>10.0f} {r['load_avg_1min'][0]:>4.1f}-{r['load_avg_1min'][1]:<4.1f}"
         )
     return "\n".join(lines)
+
+
+def bench_config(snippets: int, epochs: int = 2, workers: int = 0) -> CoplConfig:
+    """The config every mode trains with: the THUMOS preset, as `copl run` resolves it."""
+    return resolve("thumos14", overrides={"train.epochs": epochs, "data.snippets": snippets,
+                                          "distributed.workers": workers, "distributed.max_failures": 0,
+                                          "tracking.enabled": False})
+
+
+def _write_split(corpus: Corpus, snippets: int, path: Path) -> np.ndarray:
+    """Iteration 0's pseudo-labels as `copl run` makes them (initial features, clustering, PLRI),
+    saved for the modes' processes; returns the P mask."""
+    cfg = bench_config(snippets)
+    video_ids = corpus.video_ids(cfg.data.train_subset)
+    classes = cfg.num_classes or len(corpus.classes)
+    features = initial_features(corpus, video_ids, cfg.has.init, cfg.has.gamma)
+    _, labels, _, mask = cluster_iteration(features, None, cfg, classes, 0)
+    np.savez(path, targets=pseudo_targets(labels, mask, classes), labelled=mask)
+    return mask
+
+
+# -- FLOPs and the GEMM peak -----------------------------------------------------------------------
+def step_flops(
+    cfg: CoplConfig, corpus: Corpus, video_ids: list[str], targets: np.ndarray, labelled: np.ndarray
+) -> dict[str, Any]:
+    """The FLOPs of one training step as the engine takes it: the first global batch of iteration 0's
+    first epoch, formed by engine.form_batch, through engine.train_step on fresh models, under torch's
+    FlopCounterMode (matmuls and convolutions, forward and backward, counted from their shapes;
+    elementwise work is not counted). On the CPU: the count depends on shapes only."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = torch.device("cpu")
+    num_classes = targets.shape[1]
+    student, teacher, optimizer = build_models(cfg, num_classes, 0, device)
+    student.train()
+    batch = min(cfg.train.batch_size, len(video_ids))
+    idx = epoch_batches(len(video_ids), batch, 1, cfg.seed, 0, 0)[0]
+    x, x_student = form_batch(corpus, video_ids, idx, cfg, 0, 0, 0, device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        train_step(student, teacher, optimizer, x, x_student, torch.as_tensor(targets[idx]),
+                   torch.as_tensor(labelled[idx]), cfg, 0)
+    by_op = {str(op).removeprefix("aten."): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
+    return {"flops": int(counter.get_total_flops()), "by_op": by_op, "videos": len(idx),
+            "pseudo_labelled": int(labelled[idx].sum()), "snippets": int(x.shape[1])}
+
+
+def gemm_shapes(rows: int, feature_dim: int, hidden_dim: int) -> dict[str, tuple[int, int, int]]:
+    """(m, k, n) of IOCNet's widest GEMMs on `rows` = videos x snippets: the class-specific k=3
+    convolution unfolded (forward and weight gradient) and an agnostic head's k=3 convolution."""
+    return {
+        "cs_conv": (rows, 3 * feature_dim, hidden_dim),
+        "cs_conv_weight_grad": (3 * feature_dim, rows, hidden_dim),
+        "ca_conv": (rows, 3 * (feature_dim // 2), hidden_dim),
+    }
+
+
+def gemm_peak(shapes: dict[str, tuple[int, int, int]], threads: int, repeats: int = GEMM_REPEATS) -> dict[str, float]:
+    """GFLOP/s of float32 torch.matmul per (m, k, n) shape at `threads` torch threads: the median of
+    `repeats` timings after one warm-up."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        rates = {}
+        for name, (m, k, n) in shapes.items():
+            a = torch.randn(m, k, generator=gen)
+            b = torch.randn(k, n, generator=gen)
+            torch.matmul(a, b)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                torch.matmul(a, b)
+                times.append(time.perf_counter() - t0)
+            rates[name] = 2.0 * m * k * n / float(np.median(times)) / 1e9
+        return rates
+    finally:
+        torch.set_num_threads(before)
 
 
 def _machine() -> dict[str, Any]:
@@ -86,11 +207,14 @@ def _machine() -> dict[str, Any]:
 
 
 # -- the parent: one child per mode, its process tree sampled ----------------------------------------
-def _measure(mode: str, corpus_root: Path, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+def _measure(
+    mode: str, corpus_root: Path, split: Path, snippets: int, args: argparse.Namespace, out: Path
+) -> dict[str, Any]:
     result_file = out / f"{mode}.json"
     result_file.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "copl_dist.bench.train", "--child", mode, "--corpus", str(corpus_root),
-           "--epochs", str(args.epochs), "--snippets", str(args.snippets), "--result", str(result_file),
+           "--split", str(split),
+           "--epochs", str(args.epochs), "--snippets", str(snippets), "--result", str(result_file),
            "--scratch", str(out / "scratch")]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONWARNINGS": "ignore"}
     log = (out / f"{mode}.log").open("w")
@@ -150,29 +274,27 @@ def _child(argv: list[str]) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--child", required=True, choices=list(MODES))
     p.add_argument("--corpus", required=True)
+    p.add_argument("--split", required=True)
     p.add_argument("--epochs", type=int, required=True)
     p.add_argument("--snippets", type=int, required=True)
     p.add_argument("--result", required=True)
     p.add_argument("--scratch", required=True)
     a = p.parse_args(argv)
 
-    import numpy as np
-
-
     workers = MODES[a.child]
-    cfg = resolve("thumos14", overrides={"train.epochs": a.epochs, "data.snippets": a.snippets,
-                                         "distributed.workers": workers, "distributed.max_failures": 0,
-                                         "tracking.enabled": False})
+    cfg = bench_config(a.snippets, a.epochs, workers)
     corpus = Corpus.open(a.corpus)
     video_ids = corpus.video_ids(cfg.data.train_subset)
-    n, classes = len(video_ids), len(corpus.classes)
-    targets = np.eye(classes, dtype=np.float32)[np.random.default_rng(0).integers(0, classes, n)]
+    with np.load(a.split) as split:
+        targets, labelled = split["targets"], split["labelled"]
+    n, classes = len(video_ids), targets.shape[1]
+    counted = step_flops(cfg, corpus, video_ids, targets, labelled)
     scratch = Path(a.scratch)
     scratch.mkdir(parents=True, exist_ok=True)
     clock = scratch / f"{a.child}.clock"
     clock.unlink(missing_ok=True)
     config = {"cfg": to_dict(cfg), "corpus": str(corpus.root), "video_ids": video_ids, "targets": targets,
-              "labelled": np.ones(n, dtype=bool), "num_classes": classes, "iteration": 0, "collect_votes": False,
+              "labelled": labelled, "num_classes": classes, "iteration": 0, "collect_votes": False,
               "clock": str(clock)}
     ends: list[float] = []
 
@@ -194,10 +316,30 @@ def _child(argv: list[str]) -> int:
     intervals = np.diff(ends)
     snippets_per_epoch = n * a.snippets
     epoch_s = float(np.median(intervals))  # robust to a neighbour's burst on a shared machine
+    threads = _torch_threads(workers)
+    world = max(1, workers)
+    batch = min(cfg.train.batch_size, n)
+    # Videos trained per epoch (a last batch too small for every rank is dropped); FLOPs are linear in them.
+    trained_videos = sum(len(b) for b in epoch_batches(n, batch, world, cfg.seed, 0, 0))
+    epoch_flops = counted["flops"] * trained_videos / counted["videos"]
+    rows_per_rank = -(-batch // world) * a.snippets  # the largest rank's share of a batch, x snippets
+    rates = gemm_peak(gemm_shapes(rows_per_rank, cfg.model.feature_dim, cfg.model.hidden_dim), threads * world)
+    achieved = epoch_flops / epoch_s / 1e9
+    peak = max(rates.values())
     row = {
         "mode": a.child,
         "workers": workers,
-        "torch_threads": _torch_threads(workers),
+        "torch_threads": threads,
+        "step_gflop": counted["flops"] / 1e9,
+        "step_videos": counted["videos"],
+        "step_pseudo_labelled": counted["pseudo_labelled"],
+        "step_gflop_by_op": {op: f / 1e9 for op, f in counted["by_op"].items()},
+        "epoch_gflop": epoch_flops / 1e9,
+        "achieved_gflops": achieved,
+        "gemm_peak_gflops": peak,
+        "gemm_gflops_by_shape": rates,
+        "gemm_threads": threads * world,
+        "peak_ratio": achieved / peak,
         "snippets_per_s": snippets_per_epoch / epoch_s,
         "epoch_s": epoch_s,
         "epoch_intervals_s": [float(x) for x in intervals],

@@ -57,10 +57,13 @@ def _add_cluster(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--videos", type=positive_int, default=48, help="training videos (synthetic THUMOS-like corpus)")
-    p.add_argument("--classes", type=positive_int, default=6)
+    p.add_argument("--case", default="small", choices=list(bench_train.CASES),
+                   help="small: 48 videos x 128 snippets, 6 classes; acceptance: the acceptance check's corpus "
+                        "(synthetic seed 2029, 200 training videos, 20 classes, 256 snippets)")
+    p.add_argument("--videos", type=positive_int, help="videos per subset of the synthetic THUMOS-like corpus (default: the case's)")
+    p.add_argument("--classes", type=positive_int, help="default: the case's")
     p.add_argument("--epochs", type=positive_int, default=3, help="at least 2: the first epoch is warm-up")
-    p.add_argument("--snippets", type=positive_int, default=128, help="snippets sampled per training video")
+    p.add_argument("--snippets", type=positive_int, help="snippets sampled per training video (default: the case's)")
     p.add_argument("--modes", default=",".join(bench_train.MODES), help=f"comma-separated subset of {','.join(bench_train.MODES)}")
     p.add_argument("--out", default="runs/bench-train")
 
