@@ -335,6 +335,10 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("data.snippets", lambda v: v <= 100_000, "<= 100000"),
     ("model.feature_dim", lambda v: v <= 65536, "<= 65536"),
     ("model.hidden_dim", lambda v: v <= 65536, "<= 65536"),
+    # A batch is padded to its longest video: beyond a million videos per batch no machine holds one;
+    # a million epochs never end.
+    ("train.batch_size", lambda v: v <= 1_000_000, "<= 1000000"),
+    ("train.epochs", lambda v: v <= 1_000_000, "<= 1000000"),
     ("model.dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("has.vote_last", lambda v: v >= 0, ">= 0"),
     ("has.gamma", lambda v: math.isfinite(v) and v >= 1, ">= 1 and finite"),

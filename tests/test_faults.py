@@ -153,7 +153,10 @@ def test_a_second_run_on_a_busy_folder_is_refused(data, tmp_path, capsys):
     assert _complete(out) and len(_statuses(out / "mlflow.db")) == 3  # the first run's, whole
 
 
-def test_a_sigkill_leaves_no_stale_lock_and_its_mlflow_runs_are_ended(data, tmp_path, capsys):
+@pytest.mark.parametrize("then", [
+    ["--resume"], ["--overwrite", "--set", "tracking.enabled=false"], ["--overwrite", "--set", "tracking.experiment=other"],
+])
+def test_a_sigkill_leaves_no_stale_lock_and_its_mlflow_runs_are_ended(data, tmp_path, capsys, then):
     out = tmp_path / "r"
     proc = _copl("run", "--data", str(data), "--out", str(out), *TINY)
     try:
@@ -167,7 +170,7 @@ def test_a_sigkill_leaves_no_stale_lock_and_its_mlflow_runs_are_ended(data, tmp_
         if proc.poll() is None:
             proc.kill()
     assert "RUNNING" in _statuses(out / "mlflow.db")  # what the killed process could not end
-    assert main(["run", "--data", str(data), "--out", str(out), "--resume", *TINY]) == 0
+    assert main(["run", "--data", str(data), "--out", str(out), *then, *TINY]) == 0
     assert _complete(out) and "RUNNING" not in _statuses(out / "mlflow.db")
     assert "FAILED" in _statuses(out / "mlflow.db")  # the dead run, ended by the next one on the folder
 
@@ -222,7 +225,7 @@ def test_tracking_store_inside_data_or_in_a_foreign_file_is_refused(data, tmp_pa
     shutil.copytree(data, copy)
     before = sorted(str(p) for p in copy.rglob("*"))
     out = tmp_path / "r"
-    for uri in (str(copy), str(copy / "store.db")):
+    for uri in (str(copy), str(copy / "store.db"), (copy / "mlruns").as_uri()):
         assert main(["run", "--data", str(copy), "--out", str(out), "--tracking-uri", uri, *ONE]) == 2
         one_line_error(capsys, "inside the data folder")
     notes = tmp_path / "notes.txt"
@@ -241,6 +244,11 @@ def test_a_read_only_out_is_refused_before_anything_is_written(data, tmp_path, c
     for out in (ro, ro / "r"):
         assert main(["run", "--data", str(data), "--out", str(out), *ONE]) == 2
         one_line_error(capsys, f"--out {out}", "read-only file system")
+    # The commands that write one folder or file whole name it, not their temporary sibling.
+    assert main(["import", str(data), str(ro / "c")]) == 2
+    assert one_line_error(capsys, "Read-only file system").startswith(f"copl: error: {ro / 'c'}:")
+    assert main(["synth", str(ro / "s"), "--videos", "2", "--classes", "2"]) == 2
+    assert one_line_error(capsys, "Read-only file system").startswith(f"copl: error: {ro / 's'}:")
 
 
 def test_a_device_the_machine_lacks_is_refused_before_the_corpus_is_converted(data, tmp_path, capsys):
@@ -252,3 +260,48 @@ def test_a_device_the_machine_lacks_is_refused_before_the_corpus_is_converted(da
     assert main(["run", "--data", str(data), "--out", str(out), "--set", "train.device=cuda", *ONE]) == 2
     one_line_error(capsys, "cuda")
     assert not out.exists()
+
+
+def test_predict_never_writes_into_a_run_folder(data, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["run", "--data", str(data), "--out", str(out), *ONE]) == 0
+    before = (out / "detections.json").read_bytes()
+    capsys.readouterr()
+    assert main(["predict", "--model", str(out / "teacher.pt"), "--data", str(data), "--out", str(out)]) == 2
+    one_line_error(capsys, f"--out {out}", "holds a copl run's outputs")
+    assert (out / "detections.json").read_bytes() == before and _complete(out)
+
+
+def test_predict_on_a_busy_folder_is_refused(data, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["run", "--data", str(data), "--out", str(out), *ONE]) == 0
+    busy = tmp_path / "busy"
+    first = _copl("run", "--data", str(data), "--out", str(busy), *TINY)
+    try:
+        deadline = time.time() + 120
+        while not (busy / "corpus" / "corpus.json").exists() and time.time() < deadline and first.poll() is None:
+            time.sleep(0.1)
+        assert first.poll() is None, first.communicate()[1][-2000:]
+        capsys.readouterr()
+        # Not yet a run folder by its files (no metrics.json before the first iteration ends): the lock refuses it.
+        assert main(["predict", "--model", str(out / "teacher.pt"), "--data", str(data), "--out", str(busy)]) == 2
+        one_line_error(capsys, f"--out {busy}", "another copl command is writing to this folder")
+    finally:
+        first.kill()
+        first.wait(timeout=60)
+
+
+def test_what_a_killed_import_left_is_removed_by_the_next(data, tmp_path, capsys):
+    """A SIGKILL runs no cleanup: the half-written corpus (a hidden sibling named after the process)
+    stays until the next import of the same target finds its process gone."""
+    from copl_dist.common.atomic import temp_sibling
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(gone.stdout)
+    target = tmp_path / "c"
+    live = temp_sibling(target)  # this process's: alive, so kept
+    stale = live.with_name(live.name.replace(f"-{os.getpid()}-", f"-{pid}-"))
+    (stale / "features").mkdir(parents=True)
+    live.mkdir()
+    assert main(["import", str(data), str(target)]) == 0
+    assert not stale.exists() and live.exists() and (target / "corpus.json").exists()

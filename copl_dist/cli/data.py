@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from copl_dist.common.arg_types import nonnegative_int, positive_float, positive_int
+from copl_dist.common.arg_types import (
+    bounded_int,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
 from copl_dist.config import PRESET_TIOUS
 from copl_dist.data.formats import import_dataset
 from copl_dist.data.synth import make_synthetic
@@ -15,7 +20,7 @@ from copl_dist.method.metrics import evaluate_files, format_table
 def add_synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out")
     p.add_argument("--preset", default="thumos14", choices=["thumos14", "anet12"])
-    p.add_argument("--videos", type=positive_int, help="videos per subset (default: the real dataset's counts)")
+    p.add_argument("--videos", type=bounded_int(1, 10_000_000), help="videos per subset (default: the real dataset's counts)")
     p.add_argument("--classes", type=positive_int)
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--duration-scale", type=positive_float, default=1.0, help="shrink video durations (quick runs)")

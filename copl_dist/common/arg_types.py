@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -58,3 +59,15 @@ def positive_float(text: str) -> float:
 
 def finite_float(text: str) -> float:
     return _float(text)
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """An integer in [low, high] (an upper bound where a typo would allocate terabytes)."""
+
+    def parse(text: str) -> int:
+        value = _int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {value}")
+        return value
+
+    return parse

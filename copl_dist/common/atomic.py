@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import fcntl
+import glob
 import json
 import os
+import re
 import shutil
+import socket
 import traceback
 import uuid
 from collections.abc import Iterator
@@ -16,16 +19,55 @@ from typing import Any
 from copl_dist.common.disk import disk_full_error, nearly_full, says_disk_full
 from copl_dist.common.errors import InputError
 
+# A temporary sibling's name says which process on which machine made it, so that what a killed
+# process left behind (a SIGKILL runs no cleanup) is recognised and removed by the next writer of the
+# same target, and never a live writer's file, here or on another machine sharing the folder.
+_HOST = socket.gethostname().replace(".", "_")[:32] or "host"
+_TEMP = re.compile(r"\.(?P<name>.+)\.(?P<host>[^.]+)-(?P<pid>\d+)-[0-9a-f]{12}\.tmp")
+
+
+def temp_sibling(target: Path) -> Path:
+    """A fresh temporary name beside `target` (`.NAME.HOST-PID-RANDOM.tmp`), its stale ones removed."""
+    remove_stale_temps(target)
+    return target.parent / f".{target.name}.{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp"
+
+
+def remove_stale_temps(target: Path) -> None:
+    """Remove the temporary siblings of `target` whose process, on this machine, is gone."""
+    if not target.parent.is_dir():
+        return
+    for entry in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        m = _TEMP.fullmatch(entry.name)
+        if m is None or m["name"] != target.name or m["host"] != _HOST or _alive(int(m["pid"])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed to `path`, on error removed."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = temp_sibling(target)
     # Not tempfile.mkstemp: its files are 0600 whatever the umask, and outputs on shared storage must
     # be readable as any other file the user writes. O_EXCL with a random name is as safe.
-    tmp_path = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
-    os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as exc:  # a read-only or full folder: named as the file the user asked for
+        raise OSError(exc.errno, exc.strerror, str(target)) from None
     try:
         yield tmp_path
         os.replace(tmp_path, target)

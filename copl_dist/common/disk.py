@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 from pathlib import Path
 
 # What the libraries write when the disk is full, as found in their messages (lower case).
 _MARKERS = ("no space left on device", "database or disk is full", "disk quota exceeded", "[errno 28]", "[errno 122]")
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
 # A write that failed on a disk with less than this left: the disk was full. A real full disk shows a
 # few KiB (tmpfs, ext4's last blocks); a failed write for any other reason rarely leaves less than this.
 NEARLY_FULL_BYTES = 1 << 20
@@ -51,6 +53,8 @@ def says_disk_full(exc: BaseException) -> bool:
         if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
         if any(marker in str(current).lower() for marker in _MARKERS):
+            return True
+        if isinstance(current, OSError) and _SHORT_WRITE.search(str(current)):  # numpy's tofile, errno lost
             return True
         current = current.__cause__ or current.__context__
     return False

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from copl_dist.common.atomic import atomic_path
+from copl_dist.common.atomic import atomic_path, temp_sibling
 from copl_dist.common.errors import InputError
 from copl_dist.common.user_json import read_json
 
@@ -370,7 +370,11 @@ def write_corpus(
     classes = sorted({s.label for s in segments} | {c for r in records for c in r.labels})
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex}")
+    tmp = temp_sibling(out_dir)
+    try:
+        tmp.mkdir()
+    except OSError as exc:  # a read-only or full folder: named as the folder the user asked for
+        raise OSError(exc.errno, exc.strerror, str(out_dir)) from None
     try:
         (tmp / FEATURES_DIR).mkdir(parents=True)
         feature_dim, shards, locations = _write_shards(tmp, records, feature_source, shard_bytes)

@@ -50,12 +50,11 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from copl_dist.common.atomic import default_dir_mode
+from copl_dist.common.atomic import temp_sibling
 from copl_dist.common.errors import InputError
 
 PRESETS = {
@@ -138,8 +137,11 @@ def make_synthetic(out_dir, preset: str = "thumos14", videos: int | None = None,
     basis = _corpus_vectors(np.random.default_rng(corpus_ss), n_classes, feature_dim // 2)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    tmp.chmod(default_dir_mode())  # mkdtemp makes it 0700; the corpus is for sharing
+    tmp = temp_sibling(out)
+    try:
+        tmp.mkdir()
+    except OSError as exc:  # a read-only or full folder: named as the folder the user asked for
+        raise OSError(exc.errno, exc.strerror, str(out)) from None
     try:
         (tmp / "features").mkdir()
         database = {}

@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import numpy as np
 import yaml
@@ -64,6 +66,7 @@ from copl_dist.tracking.runs import (
     Tracker,
     check_sqlite_store,
     check_tracking_store,
+    end_dead_runs_in,
     normalize_tracking_uri,
     resolve_tracking_uri,
 )
@@ -219,6 +222,11 @@ def check_saved_state(out: Path, request: RunRequest) -> None:
     """A fresh run over another run's saved iterations would delete them: refused unless asked for."""
     if request.resume and request.overwrite:
         raise InputError("--resume and --overwrite: choose one (continue the run in --out, or start it again)")
+    if request.resume and _finished(out):
+        raise InputError(
+            f"--out {out}: holds a finished run, nothing to resume; start again over it with --overwrite, "
+            "or choose another --out"
+        )
     saved = saved_iterations(out / "state")
     if not saved or request.resume or request.overwrite:
         return
@@ -248,10 +256,11 @@ def _finished(out: Path) -> bool:
 
 def check_store_outside_data(uri: str, data: Path | None) -> None:
     """A local tracking store must not be written into --data (its files would become the data's)."""
-    if data is None or not uri.startswith("sqlite:///"):
+    if data is None or not uri.startswith(("sqlite:///", "file:")):
         return
-    db, root = Path(uri[len("sqlite:///"):]).resolve(), _data_root(data)
-    if root in db.parents:
+    where = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:") else Path(url2pathname(urlparse(uri).path))
+    db, root = where.resolve(), _data_root(data)
+    if db == root or root in db.parents:
         raise InputError(f"tracking store {uri}: inside the data folder {data}; keep the MLflow store outside the data")
 
 
@@ -447,6 +456,9 @@ def _execute(prepared: PreparedRun, on_iteration: Callable[[list[dict[str, Any]]
     if not plan.request.resume:  # a fresh run never continues from, or leaves behind, another run's files
         shutil.rmtree(out / "state", ignore_errors=True)
         remove_outputs(out)
+    local = f"sqlite:///{(out / 'mlflow.db').resolve()}"
+    if (out / "mlflow.db").is_file() and plan.tracking_uri != local:  # the run's own store: the Tracker does it
+        end_dead_runs_in(local, out)
     tracker = Tracker(cfg.tracking, out, uri=plan.tracking_uri)
 
     def progress(iterations: list[dict[str, Any]]) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from copl_dist.cluster.naming import cluster_names
-from copl_dist.common.atomic import output_folder
+from copl_dist.common.atomic import locked_folder, output_folder
 from copl_dist.common.errors import InputError
 from copl_dist.config import CoplConfig, from_dict
 from copl_dist.data.formats import write_detections
@@ -98,12 +98,15 @@ def plan_predict(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
+    if (out / "metrics.json").exists() or (out / "state").is_dir():
+        # Its detections.json and corpus/ are the run's own outputs.
+        raise InputError(f"--out {out}: holds a copl run's outputs, which predict would replace: choose another --out")
     return PredictPlan(ckpt, model, data, out, subset, allow_pickle)
 
 
 def predict(plan: PredictPlan) -> tuple[Path, dict[str, list[dict[str, Any]]]]:
     """Import the data into OUT/corpus, detect in every video (of the subset), write OUT/detections.json."""
-    with output_folder(plan.out):
+    with locked_folder(plan.out, "--out"), output_folder(plan.out):
         min_snippets = int(plan.checkpoint["config"].get("data", {}).get("min_snippets", 4))
         corpus = import_reporting(plan.data, plan.out / "corpus", plan.allow_pickle, min_snippets)
         if plan.subset is not None and plan.subset not in corpus.subsets():

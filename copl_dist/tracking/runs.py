@@ -175,6 +175,34 @@ def create_sqlite_store(uri: str, artifact_location: str) -> None:
 OUT_TAG, HOST_TAG = "copl.out", "copl.host"
 
 
+def run_identity(out_dir: Path) -> dict[str, str]:
+    return {OUT_TAG: str(out_dir.resolve()), HOST_TAG: socket.gethostname()}
+
+
+def end_dead_runs(client: Any, out_dir: Path) -> None:
+    """End FAILED the runs of `out_dir` on this machine (and their iterations), in any experiment of
+    the store, that a process which died left RUNNING. Called with the folder locked: no live run
+    of that folder can be among them."""
+    mine = run_identity(out_dir)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return
+    running = client.search_runs(experiments, "attributes.status = 'RUNNING'", max_results=5000)
+    dead = {r.info.run_id for r in running if all(r.data.tags.get(k) == v for k, v in mine.items())}
+    for r in running:
+        if r.info.run_id in dead or r.data.tags.get("mlflow.parentRunId") in dead:
+            client.set_tag(r.info.run_id, "copl.ended", "its process died; ended by the next run on the same --out")
+            client.set_terminated(r.info.run_id, "FAILED")
+
+
+def end_dead_runs_in(uri: str, out_dir: Path) -> None:
+    """end_dead_runs in the store at `uri` (a run with tracking off, over a folder whose own store
+    holds runs a dead process left RUNNING)."""
+    import mlflow
+
+    end_dead_runs(mlflow.MlflowClient(tracking_uri=uri), out_dir)
+
+
 class Tracker:
     """A thin, explicit wrapper: the pipeline says what to log, this says where."""
 
@@ -201,22 +229,12 @@ class Tracker:
         exp = client.get_experiment_by_name(self.cfg.experiment)
         if exp is None:
             client.create_experiment(self.cfg.experiment, artifact_location=location)
-        exp = mlflow.set_experiment(self.cfg.experiment)
-        self._end_dead_runs(client, exp.experiment_id)
+        mlflow.set_experiment(self.cfg.experiment)
+        end_dead_runs(client, self.out_dir)
         return mlflow
 
     def _identity(self) -> dict[str, str]:
-        return {OUT_TAG: str(self.out_dir.resolve()), HOST_TAG: socket.gethostname()}
-
-    def _end_dead_runs(self, client: Any, experiment_id: str) -> None:
-        """End FAILED the runs of this --out (and their iterations) that a process which died left RUNNING."""
-        mine = self._identity()
-        running = client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000)
-        dead = {r.info.run_id for r in running if all(r.data.tags.get(k) == v for k, v in mine.items())}
-        for r in running:
-            if r.info.run_id in dead or r.data.tags.get("mlflow.parentRunId") in dead:
-                client.set_tag(r.info.run_id, "copl.ended", "its process died; ended by the next run on the same --out")
-                client.set_terminated(r.info.run_id, "FAILED")
+        return run_identity(self.out_dir)
 
     @contextmanager
     def parent_run(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> Iterator[None]:
