@@ -41,6 +41,27 @@ def undisturbed(data, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def unfinished(undisturbed, tmp_path_factory) -> Path:
+    """The undisturbed run as if killed after saving its last iteration, before its final outputs:
+    --resume checks its state (a finished run has nothing to resume and is refused before)."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("resume") / "unfinished"
+    shutil.copytree(undisturbed, out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    (out / "metrics.json").write_text(json.dumps({**metrics, "complete": False}))
+    return out
+
+
+def test_resume_of_a_finished_run_is_refused(undisturbed, data, capsys):
+    before = _state_files(undisturbed)
+    assert main(["run", "--data", str(data), "--out", str(undisturbed), "--resume", *ARGS]) == 2
+    err = capsys.readouterr().err
+    assert "holds a finished run, nothing to resume" in err and err.count("\n") == 1
+    assert _state_files(undisturbed) == before
+
+
 def _same_result(a: Path, b: Path) -> None:
     ma, mb = (json.loads((p / "metrics.json").read_text()) for p in (a, b))
     assert ma["final"] == mb["final"]
@@ -98,8 +119,8 @@ def test_killed_driver_resumes_to_the_same_result(kill_after, when, data, undist
     assert resumed == [None] * (kill_after + 1) + [kill_after] * (2 - kill_after)
 
 
-def test_resume_with_another_config_is_refused(undisturbed, data, capsys):
-    assert main(["run", "--data", str(data), "--out", str(undisturbed), "--resume", *ARGS, "--set", "has.gamma=5"]) == 2
+def test_resume_with_another_config_is_refused(unfinished, data, capsys):
+    assert main(["run", "--data", str(data), "--out", str(unfinished), "--resume", *ARGS, "--set", "has.gamma=5"]) == 2
     err = capsys.readouterr().err
     assert "iteration-2.pt: saved by a run with another config" in err and err.count("\n") == 1
 
@@ -118,34 +139,34 @@ def test_resume_of_a_finished_run_rewrites_the_same_outputs(undisturbed, data, t
     assert all("resumed_from" not in it for it in json.loads((copy / "metrics.json").read_text())["iterations"])
 
 
-def test_resume_on_other_data_is_refused(undisturbed, tmp_path, capsys):
+def test_resume_on_other_data_is_refused(unfinished, tmp_path, capsys):
     """OUT/corpus is reused on --resume, so another --data would otherwise go unnoticed."""
     other = tiny_synthetic(tmp_path / "other", videos=10, seed=2)
-    before = _state_files(undisturbed)
-    assert main(["run", "--data", str(other), "--out", str(undisturbed), "--resume", *ARGS]) == 2
+    before = _state_files(unfinished)
+    assert main(["run", "--data", str(other), "--out", str(unfinished), "--resume", *ARGS]) == 2
     err = capsys.readouterr().err
     assert "iteration-2.pt: saved by a run on another --data" in err and err.count("\n") == 1
-    assert _state_files(undisturbed) == before
+    assert _state_files(unfinished) == before
 
 
-def test_resume_after_the_data_changed_is_refused(undisturbed, data, capsys):
+def test_resume_after_the_data_changed_is_refused(unfinished, data, capsys):
     """The same --data path, but a file in it changed since the first start: OUT/corpus, converted
     then, would be used as it was (found in review: a deleted video still got detections)."""
     feature = sorted((data / "features").glob("*.npy"))[0]
     st = feature.stat()
-    before = _state_files(undisturbed)
+    before = _state_files(unfinished)
     try:
         os.utime(feature, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-        assert main(["run", "--data", str(data), "--out", str(undisturbed), "--resume", *ARGS]) == 2
+        assert main(["run", "--data", str(data), "--out", str(unfinished), "--resume", *ARGS]) == 2
     finally:
         os.utime(feature, ns=(st.st_atime_ns, st.st_mtime_ns))  # the module's other tests use it as it was
     err = capsys.readouterr().err
     assert "saved by a run on --data whose files have changed since" in err and err.count("\n") == 1
-    assert _state_files(undisturbed) == before
+    assert _state_files(unfinished) == before
 
 
-def test_resume_from_another_init_model_is_refused(undisturbed, data, capsys):
-    assert main(["run", "--data", str(data), "--out", str(undisturbed), "--resume", *ARGS,
+def test_resume_from_another_init_model_is_refused(unfinished, undisturbed, data, capsys):
+    assert main(["run", "--data", str(data), "--out", str(unfinished), "--resume", *ARGS,
                  "--init-from", str(undisturbed / "teacher.pt")]) == 2
     err = capsys.readouterr().err
     assert "iteration-2.pt: saved by a run from another --init-from model" in err and err.count("\n") == 1
