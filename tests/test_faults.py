@@ -270,6 +270,13 @@ def test_predict_never_writes_into_a_run_folder(data, tmp_path, capsys):
     assert main(["predict", "--model", str(out / "teacher.pt"), "--data", str(data), "--out", str(out)]) == 2
     one_line_error(capsys, f"--out {out}", "holds a copl run's outputs")
     assert (out / "detections.json").read_bytes() == before and _complete(out)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    # In a process of its own, as the user runs it: nothing may follow the line at the interpreter's exit
+    # (the lock that was never taken says nothing).
+    err = _copl("predict", "--model", str(out / "teacher.pt"), "--data", str(data), "--out", str(blocked / "p"))
+    _, text = err.communicate(timeout=300)
+    assert err.returncode == 2 and text.strip() == f"copl: error: {blocked / 'p'}: Not a directory", text
 
 
 def test_predict_on_a_busy_folder_is_refused(data, tmp_path, capsys):

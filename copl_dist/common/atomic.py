@@ -145,10 +145,11 @@ class FolderLock:
     itself, so there is no lock file to leave behind or to clean up after bad input."""
 
     def __init__(self, folder: str | os.PathLike[str], what: str):
+        self._fd: int | None = None  # set first: __del__ runs even when mkdir below fails
         self.path = Path(folder)
         self.created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
-        self._fd: int | None = os.open(self.path, os.O_RDONLY)
+        self._fd = os.open(self.path, os.O_RDONLY)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -60,7 +60,8 @@ def _load(path: str | Path, where: str) -> Any:
         # Arbitrary bytes reach torch's restricted unpickler as opcodes: any of these can come out.
         # Not torch's advice (load with weights_only=False: it would run code from the file).
         reason = first_line(exc).split(" Please ")[0].split(" (1) ")[0]
-        if "weights_only" in reason:  # torch's note on weights_only: a file that is no plain tensor checkpoint
+        if "weights_only" in reason or "Weights only load failed" in reason:
+            # torch's advice to load it another way (running code from the file): not for a teacher.
             reason = "not a PyTorch checkpoint of tensors and plain data"
         raise InputError(f"{where}: not a loadable teacher checkpoint ({type(exc).__name__}: {reason[:200]})") from None
 
