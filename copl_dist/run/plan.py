@@ -222,7 +222,8 @@ def check_saved_state(out: Path, request: RunRequest) -> None:
     """A fresh run over another run's saved iterations would delete them: refused unless asked for."""
     if request.resume and request.overwrite:
         raise InputError("--resume and --overwrite: choose one (continue the run in --out, or start it again)")
-    if request.resume and _finished(out):
+    if request.resume and _finished(out) and not _missing_outputs(out):
+        # A finished run that lost an output is resumed: its saved state rebuilds it, untrained.
         raise InputError(
             f"--out {out}: holds a finished run, nothing to resume; start again over it with --overwrite, "
             "or choose another --out"
@@ -243,6 +244,10 @@ def check_saved_state(out: Path, request: RunRequest) -> None:
 
 def _iterations(saved: list[int]) -> str:
     return f"iteration {saved[0]}" if len(saved) == 1 else f"iterations {saved[0]}-{saved[-1]}"
+
+
+def _missing_outputs(out: Path) -> list[str]:
+    return [name for name in ("detections.json", "config.yaml", "teacher.pt", "pseudo_labels.parquet") if not (out / name).exists()]
 
 
 def _finished(out: Path) -> bool:
