@@ -11,6 +11,16 @@ import pytest
 from copl_dist.common.interrupts import deferred_interrupt
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_as_at_a_terminal():
+    """Python as a terminal starts it, with Ctrl-C raising KeyboardInterrupt. A suite started from a
+    background job inherits SIGINT ignored, and these tests' own Ctrl-C would then never arrive
+    (one loops until it does)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _ctrl_c() -> None:
     os.kill(os.getpid(), signal.SIGINT)
 
