@@ -47,9 +47,12 @@ class HASConfig:
     voting: bool = True  # False: the last epoch's A_HAS alone (ablation "w/o voting")
     gamma: float = 20.0  # k = max(1, floor(T / gamma)) (Eq. 3)
     alpha: float = 0.9  # voting decay (Eq. 4)
-    # Vote over the last this many epochs of each training (0: every epoch, the paper). Each vote is a
-    # teacher pass over all training videos; with alpha = 0.9 a vote 30 epochs old weighs 0.04.
-    vote_last: int = 0
+    # Which epochs of each training vote; each vote is a teacher pass over all training videos.
+    # -1: the last has.vote_window(alpha, vote_tol), the epochs older than which hold at most vote_tol
+    # of the vote's weight (22 for alpha 0.9, tol 0.1; docs/bench/voting/); 0: every epoch (the
+    # paper); N: the last N.
+    vote_last: int = -1
+    vote_tol: float = 0.1
     # Iteration 0's features (no model yet): "mean" (the paper: the mean snippet feature, which the
     # background dominates) or "novelty" (the top k = max(1, floor(T / gamma)) snippets farthest from
     # the video's mean, centred on it and pooled; label-free, see has.novelty_feature).
@@ -340,7 +343,8 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("train.batch_size", lambda v: v <= 1_000_000, "<= 1000000"),
     ("train.epochs", lambda v: v <= 1_000_000, "<= 1000000"),
     ("model.dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("has.vote_last", lambda v: v >= 0, ">= 0"),
+    ("has.vote_last", lambda v: v >= -1, ">= -1"),
+    ("has.vote_tol", lambda v: 0 < v < 1, "in (0, 1)"),
     ("has.gamma", lambda v: math.isfinite(v) and v >= 1, ">= 1 and finite"),
     ("has.alpha", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("cluster.delta", lambda v: -1 <= v <= 1, "in [-1, 1]"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from copl_dist.bench.train import gemm_peak, gemm_shapes, step_flops
+from copl_dist.bench.train import format_voting, gemm_peak, gemm_shapes, step_flops, vote_seconds
 from copl_dist.config import resolve
 from copl_dist.data.formats import import_dataset
 from copl_dist.method.engine import epoch_batches
@@ -66,3 +66,23 @@ def test_gemm_peak_times_the_models_shapes():
     assert shapes["cs_conv"] == (64, 96, 16) and shapes["ca_conv"] == (64, 48, 16)
     rates = gemm_peak(shapes, threads=1, repeats=3)
     assert set(rates) == set(shapes) and all(np.isfinite(r) and r > 0 for r in rates.values())
+
+
+def test_voting_time_and_its_share_of_training(corpus):
+    """One vote is timed with the teacher on every training video; its share of the training time
+    counts the voting epochs of each schedule: all of them, or the default window's."""
+    import torch
+
+    from copl_dist.method.engine import build_models
+
+    cfg = _cfg()
+    video_ids = corpus.video_ids(cfg.data.train_subset)
+    _, teacher, _ = build_models(cfg, CLASSES, 0, torch.device("cpu"))
+    seconds = vote_seconds(cfg, corpus, video_ids, teacher.state_dict(), CLASSES, threads=1, repeats=1)
+    assert np.isfinite(seconds) and seconds > 0
+    # A vote as long as half an epoch: every epoch votes -> 50%; the window (22 epochs at alpha 0.9,
+    # vote_tol 0.1) in 300 epochs -> 22 x 0.5 / 300, in 40 -> 22 x 0.5 / 40.
+    text = format_voting([{"mode": "in-process", "vote_s": 1.0, "epoch_s": 2.0}], cfg)
+    assert "window 22 @300 ep" in text and "window 22 @40 ep" in text
+    row = text.splitlines()[-1].split()
+    assert row[0] == "in-process" and row[2:] == ["50.0%", f"{22 * 0.5 / 300:.1%}", f"{22 * 0.5 / 40:.1%}"]

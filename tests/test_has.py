@@ -15,6 +15,8 @@ from copl_dist.method.has import (
     novelty_feature,
     top_k_attention,
     vote,
+    vote_window,
+    voting_epochs,
 )
 
 # medians: a_cs 0.5 -> [1,1,0,0,1,0]; a_ca 0.45 -> [1,0,1,0,1,0]; both at snippets 0 and 4
@@ -73,6 +75,28 @@ def test_vote_is_decayed_sum_newest_weight_one():
         v = vote(v, a, alpha=0.5)
     np.testing.assert_allclose(v, 0.25 * a0 + 0.5 * a1 + a2)
     assert vote(None, a0, 0.5) is not a0  # a copy, not an alias
+
+
+@pytest.mark.parametrize(
+    ("alpha", "tol", "window"),
+    [(0.9, 0.1, 22), (0.9, 0.05, 29), (0.5, 0.25, 2), (0.5, 0.3, 2), (0.5, 0.2, 3), (0.0, 0.1, 1)],
+)
+def test_vote_window_leaves_out_at_most_tol_of_the_weight(alpha, tol, window):
+    assert vote_window(alpha, tol) == window
+    # Over a long training, the votes older than the window hold at most tol of the weight, and one
+    # epoch fewer would leave out more.
+    weights = alpha ** np.arange(2000.0)
+    assert weights[window:].sum() / weights.sum() <= tol + 1e-12
+    assert weights[window - 1:].sum() / weights.sum() > tol
+
+
+def test_voting_epochs():
+    assert voting_epochs(40, 0.9, 0, 0.1) == range(40)  # the paper: every epoch
+    assert voting_epochs(40, 0.9, 10, 0.1) == range(30, 40)
+    assert voting_epochs(40, 0.9, -1, 0.1) == range(18, 40)  # the last 22
+    assert voting_epochs(12, 0.9, -1, 0.1) == range(12)  # a training shorter than the window
+    with pytest.raises(ValueError, match="tol"):
+        vote_window(0.9, 1.0)
 
 
 def test_global_feature_weighted_sum():

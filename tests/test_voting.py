@@ -94,11 +94,13 @@ def _expected(attention: list[dict[str, np.ndarray]], voted: list[int], vid: str
 @pytest.mark.parametrize(
     ("has", "first_voting_epoch", "decayed"),
     [
-        ({}, 0, True),  # the paper: every epoch votes
+        ({"vote_last": 0}, 0, True),  # the paper: every epoch votes
         ({"vote_last": 2}, EPOCHS - 2, True),  # only the last 2 epochs vote
-        ({"voting": False}, 0, False),  # "w/o voting": the newest epoch's A_HAS alone
+        # The default window: 0.5^2 = 0.25 <= 0.3 < 0.5^1, the last 2 epochs.
+        ({"vote_tol": 0.3}, EPOCHS - 2, True),
+        ({"voting": False, "vote_last": 0}, 0, False),  # "w/o voting": the newest epoch's A_HAS alone
     ],
-    ids=["all-epochs", "vote-last-2", "no-voting"],
+    ids=["all-epochs", "vote-last-2", "window-from-alpha", "no-voting"],
 )
 def test_votes_are_the_decayed_sum_of_the_voting_epochs_teachers(corpus, has, first_voting_epoch, decayed):
     cfg, ids, votes, epochs = _train(corpus, **has)

@@ -21,6 +21,11 @@ preset's 200 training videos of synthetic seed 2029, 20 classes, 256 snippets). 
   counted in the mode's own process, not in Ray workers (the count depends on shapes only);
 - achieved GFLOP/s: the FLOPs of an epoch (step FLOPs x the videos trained per epoch / the step's
   videos: they are linear in the batch) over the epoch's wall time;
+- voting: one HAS vote (engine.LocalVoter.vote: the trained teacher on every snippet of every
+  training video, Eqs. 1-4) timed in the mode's process at a rank's torch threads, the median of 3;
+  its share of the training time is K x vote s / (E x epoch s) for the K voting epochs of an
+  E-epoch training: every epoch (the paper, has.vote_last 0) and the default window
+  (has.vote_last -1) at the preset's 300 epochs and at the acceptance check's 40;
 - GEMM peak GFLOP/s: float32 torch.matmul on the model's own shapes (its widest convolutions
   unfolded, forward and weight gradient), the median of 5 repeats after a warm-up, the best shape,
   at the training's total torch threads, timed in the same process after training; peak ratio is
@@ -47,7 +52,8 @@ from copl_dist.data.corpus import Corpus
 from copl_dist.data.formats import import_dataset
 from copl_dist.data.synth import make_synthetic
 from copl_dist.distributed.ray_runtime import ensure_ray
-from copl_dist.method.engine import build_models, epoch_batches, form_batch, train_step
+from copl_dist.method.engine import LocalVoter, build_models, epoch_batches, form_batch, train_step
+from copl_dist.method.has import vote_window, voting_epochs
 from copl_dist.run.driver import (
     cluster_iteration,
     default_train_fn,
@@ -93,9 +99,12 @@ def run(args: argparse.Namespace) -> int:
         rows.append(_measure(mode, corpus.root, split, case["snippets"], args, out))
     doc = {"machine": _machine(), "case": args.case, "videos": int(mask.size), "classes": len(corpus.classes),
            "pseudo_labelled": int(mask.sum()), "unlabelled": int((~mask).sum()), "epochs": args.epochs,
-           "snippets": case["snippets"], "results": rows}
+           "snippets": case["snippets"], "results": rows,
+           "voting": _voting_doc(rows, bench_config(case["snippets"]))}
     (out / "bench_train.json").write_text(json.dumps(doc, indent=2))
     print(format_table(rows))
+    print()
+    print(format_voting(rows, bench_config(case["snippets"])))
     print(f"written: {(out / 'bench_train.json').resolve()}")
     return 0
 
@@ -114,6 +123,68 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{r['workers_peak_mb']:>10.0f} {r['load_avg_1min'][0]:>4.1f}-{r['load_avg_1min'][1]:<4.1f}"
         )
     return "\n".join(lines)
+
+
+# Training lengths the voting share is shown for: the THUMOS preset's (the paper's) and the
+# acceptance check's.
+VOTING_SCHEDULES = (300, 40)
+
+
+def voting_share(vote_s: float, epoch_s: float, epochs: int, voting: range) -> float:
+    """Voting time over training time for an `epochs`-epoch training whose epochs `voting` vote."""
+    return len(voting) * vote_s / (epochs * epoch_s)
+
+
+def format_voting(rows: list[dict[str, Any]], cfg: CoplConfig) -> str:
+    window = vote_window(cfg.has.alpha, cfg.has.vote_tol)
+    cols = [f"{'vote s':>7}", f"{'every epoch':>11}"] + [
+        f"{f'window {window} @{e} ep':>16}" for e in VOTING_SCHEDULES
+    ]
+    head = f"{'voting':<11} " + " ".join(cols)
+    lines = [f"HAS voting: one vote's time and its share of the training time (alpha {cfg.has.alpha}, "
+             f"vote_tol {cfg.has.vote_tol})", head, "-" * len(head)]
+    for r in rows:
+        shares = [voting_share(r["vote_s"], r["epoch_s"], 1, range(1))] + [
+            voting_share(r["vote_s"], r["epoch_s"], e, voting_epochs(e, cfg.has.alpha, -1, cfg.has.vote_tol))
+            for e in VOTING_SCHEDULES
+        ]
+        lines.append(f"{r['mode']:<11} {r['vote_s']:>7.2f} {shares[0]:>11.1%} "
+                     + " ".join(f"{x:>16.1%}" for x in shares[1:]))
+    return "\n".join(lines)
+
+
+def _voting_doc(rows: list[dict[str, Any]], cfg: CoplConfig) -> dict[str, Any]:
+    doc: dict[str, Any] = {"alpha": cfg.has.alpha, "vote_tol": cfg.has.vote_tol,
+                           "window": vote_window(cfg.has.alpha, cfg.has.vote_tol), "share": {}}
+    for r in rows:
+        doc["share"][r["mode"]] = {"every_epoch": r["vote_s"] / r["epoch_s"], **{
+            f"window_at_{e}_epochs": voting_share(r["vote_s"], r["epoch_s"], e,
+                                                  voting_epochs(e, cfg.has.alpha, -1, cfg.has.vote_tol))
+            for e in VOTING_SCHEDULES}}
+    return doc
+
+
+def vote_seconds(cfg: CoplConfig, corpus: Corpus, video_ids: list[str], teacher_state: dict[str, Any],
+                 num_classes: int, threads: int, repeats: int = 3) -> float:
+    """One HAS vote over the training videos with the trained teacher, at `threads` torch threads:
+    the median of `repeats` after a warm-up."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _, teacher, _ = build_models(cfg, num_classes, 0, torch.device("cpu"))
+        teacher.load_state_dict(teacher_state)
+        voter = LocalVoter(corpus, video_ids, cfg)
+        voter.vote(0, teacher)
+        times = []
+        for epoch in range(1, repeats + 1):
+            t0 = time.perf_counter()
+            voter.vote(epoch, teacher)
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+    finally:
+        torch.set_num_threads(before)
 
 
 def bench_config(snippets: int, epochs: int = 2, workers: int = 0) -> CoplConfig:
@@ -324,6 +395,7 @@ def _child(argv: list[str]) -> int:
     epoch_flops = counted["flops"] * trained_videos / counted["videos"]
     rows_per_rank = -(-batch // world) * a.snippets  # the largest rank's share of a batch, x snippets
     rates = gemm_peak(gemm_shapes(rows_per_rank, cfg.model.feature_dim, cfg.model.hidden_dim), threads * world)
+    vote_s = vote_seconds(cfg, corpus, video_ids, trained["teacher"], classes, threads)
     achieved = epoch_flops / epoch_s / 1e9
     peak = max(rates.values())
     row = {
@@ -343,6 +415,7 @@ def _child(argv: list[str]) -> int:
         "snippets_per_s": snippets_per_epoch / epoch_s,
         "epoch_s": epoch_s,
         "epoch_intervals_s": [float(x) for x in intervals],
+        "vote_s": vote_s,
         "end_to_end_s": end_to_end,
         "ray_init_s": ray_init_s,
         "end_to_end_snippets_per_s": snippets_per_epoch * a.epochs / end_to_end,

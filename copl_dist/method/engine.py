@@ -320,7 +320,7 @@ def train_loop_per_worker(
         )
 
     batch = min(cfg.train.batch_size, len(video_ids))
-    first_vote_epoch = 0 if cfg.has.vote_last == 0 else max(0, cfg.train.epochs - cfg.has.vote_last)
+    voting = has_lib.voting_epochs(cfg.train.epochs, cfg.has.alpha, cfg.has.vote_last, cfg.has.vote_tol)
     for epoch in range(start_epoch, cfg.train.epochs):
         student.train()
         sums = dict.fromkeys(LOSS_KEYS, 0.0)
@@ -346,7 +346,7 @@ def train_loop_per_worker(
         metrics = _all_reduce_mean({key: sums[key] / max(1, len(batches)) for key in LOSS_KEYS}, world)
         metrics["epoch"] = float(epoch)
         history.append(metrics)
-        if voter is not None and rank == 0 and collect_votes and epoch >= first_vote_epoch:
+        if voter is not None and rank == 0 and collect_votes and epoch in voting:
             voter.vote(epoch, teacher)
         if report is not None:
             checkpoint = None

@@ -96,6 +96,28 @@ def vote(previous: np.ndarray | None, a_has: np.ndarray, alpha: float) -> np.nda
     return alpha * prev + current
 
 
+def vote_window(alpha: float, tol: float) -> int:
+    """The number of last epochs whose votes (Eq. 4) matter: the fewest K for which all older votes
+    together hold at most `tol` of the vote's total weight. Over many epochs the votes older than K
+    weigh sum_{k>=K} alpha^k / sum_{k>=0} alpha^k = alpha^K, so K = ceil(log tol / log alpha)."""
+    if not 0 < tol < 1:
+        raise ValueError(f"tol must be in (0, 1), got {tol}")
+    if not 0 <= alpha < 1:
+        raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+    if alpha == 0:
+        return 1
+    return max(1, math.ceil(math.log(tol) / math.log(alpha) - 1e-9))
+
+
+def voting_epochs(epochs: int, alpha: float, vote_last: int, tol: float) -> range:
+    """The epochs of one training that vote: every one (vote_last 0, the paper), the last vote_last,
+    or (vote_last -1) the last vote_window(alpha, tol)."""
+    if vote_last == 0:
+        return range(epochs)
+    window = vote_window(alpha, tol) if vote_last < 0 else vote_last
+    return range(max(0, epochs - window), epochs)
+
+
 def mean_feature(x: np.ndarray) -> np.ndarray:
     """Iteration 0 (no model yet): L2-normalised mean snippet feature. (T, D) -> (D,) float32."""
     arr = np.asarray(x)
