@@ -132,8 +132,21 @@ def test_default_train_fn_in_process_unless_workers(monkeypatch, tmp_path):
     built = []
     monkeypatch.setattr(driver, "make_ray_train_fn", lambda cfg, storage: built.append((cfg.distributed.workers, storage)) or "ray")
     assert default_train_fn(_cfg(workers=2), tmp_path) == "ray"
+    from copl_dist.distributed import ray_runtime
+
+    # -1 fits the machine: one CPU worker on this machine trains in-process (the faster path); more
+    # workers, a GPU or a cluster train on Ray Train.
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray_runtime, "_available_gpus_cpus", lambda: (0, 2))
+    assert default_train_fn(_cfg(workers=-1)) is engine.train_loop_per_worker
+    monkeypatch.setattr(ray_runtime, "_available_gpus_cpus", lambda: (0, 4))
     assert default_train_fn(_cfg(workers=-1)) == "ray"
-    assert built == [(2, str(tmp_path / "ray_storage")), (-1, None)]
+    monkeypatch.setattr(ray_runtime, "_available_gpus_cpus", lambda: (1, 2))
+    assert default_train_fn(_cfg(workers=-1)) == "ray"
+    monkeypatch.setattr(ray_runtime, "_available_gpus_cpus", lambda: (0, 2))
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert default_train_fn(_cfg(workers=-1)) == "ray"
+    assert built == [(2, str(tmp_path / "ray_storage")), (-1, None), (-1, None), (-1, None)]
     monkeypatch.undo()
     fn = default_train_fn(_cfg(workers=2))  # the real one builds a Ray trainer and starts nothing
     assert fn is not engine.train_loop_per_worker and fn.__module__ == ray_train.__name__

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickled W-TALC object arrays (runs code from the file)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--has-actors", type=int, metavar="N", help="HAS voting and global features in N Ray actors (0: in this process)")
-    p.add_argument("--workers", type=int, metavar="N", help="train IOCNet on N Ray Train workers (DDP); 0: in this process; -1 (default, or $COPL_WORKERS): fit the machine, or the cluster at $RAY_ADDRESS")
+    p.add_argument("--workers", type=int, metavar="N", help="train IOCNet on N Ray Train workers (DDP); 0: in this process; -1 (default, or $COPL_WORKERS): fit the machine, or the cluster at $RAY_ADDRESS (a fit of one CPU worker on this machine trains in this process, the faster path)")
     p.add_argument("--resume", action="store_true", help="continue a killed run in --out after its last completed iteration")
     p.add_argument("--overwrite", action="store_true",
                    help="start again in an --out that holds another run's saved iterations (deletes them and its outputs)")

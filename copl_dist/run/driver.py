@@ -45,7 +45,7 @@ from copl_dist.config import (
     to_dict,
 )
 from copl_dist.data.corpus import Corpus
-from copl_dist.distributed.ray_runtime import ensure_ray, ray_address
+from copl_dist.distributed.ray_runtime import ensure_ray, fits_one_local_cpu_worker, ray_address
 from copl_dist.distributed.train import make_ray_train_fn
 from copl_dist.method import baseline as baseline_lib
 from copl_dist.method import has as has_lib
@@ -265,8 +265,9 @@ def run_provenance(
 
 def default_train_fn(cfg: CoplConfig, out_dir: Path | None = None) -> TrainFn:
     """The trainer `cfg.distributed.workers` asks for: 0 trains in this process; N > 0 (or -1, fit the
-    machine or cluster) on Ray Train, checkpointing to distributed.storage_path, else OUT/ray_storage."""
-    if cfg.distributed.workers == 0:
+    machine or cluster) on Ray Train, checkpointing to distributed.storage_path, else OUT/ray_storage.
+    A -1 that fits one CPU worker on this machine trains in this process too (the faster path)."""
+    if cfg.distributed.workers == 0 or fits_one_local_cpu_worker(cfg.distributed):
         return train_loop_per_worker
 
     storage = cfg.distributed.storage_path or (str(out_dir / "ray_storage") if out_dir is not None else None)
