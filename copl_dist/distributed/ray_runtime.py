@@ -142,8 +142,8 @@ def resolve_workers(workers: int, use_gpu: str = "auto") -> tuple[int, bool]:
 def fits_one_local_cpu_worker(cfg_distributed: Any) -> bool:
     """Whether `distributed.workers` -1 would train on a single CPU worker of a Ray on this machine.
     Such a fit trains in the driver's process instead: the same training without Ray Train's
-    start-up per iteration and checkpoint per epoch, about twice as fast on two cores
-    (docs/results.md, `copl bench train`)."""
+    start-up per training (18-22 s on two cores) and checkpoint per epoch (Ray Train's one worker
+    reached 75% of the in-process throughput on a small corpus; docs/results.md, `copl bench train`)."""
     if cfg_distributed.workers != -1 or ray_address(cfg_distributed) != "local":
         return False
     return resolve_workers(-1, cfg_distributed.use_gpu) == (1, False)
