@@ -137,7 +137,8 @@ class TrackingConfig:
 @dataclass
 class DistributedConfig:
     # Ray Train workers for IOCNet training: 0 trains in this process (no Ray); -1 fits the machine
-    # (GPUs if any, else CPU cores // 2, at least 1).
+    # (GPUs if any, else CPU cores // 2, at least 1; a fit of one CPU worker on a local Ray trains in
+    # this process, the faster path).
     workers: int = 0
     # Whether each Ray Train worker takes a GPU (NCCL) or not (gloo): "auto" = when the Ray cluster (or
     # this machine, before Ray starts) has GPUs; "true"/"false" force it (e.g. "true" on an autoscaling

@@ -2,8 +2,9 @@
 
 import os
 
-# `copl run` defaults to Ray Train fitted to the machine; the suite's many tiny runs train in-process
-# unless a test asks for workers (tests/test_ray_train.py). Export COPL_WORKERS=-1 to run them all on Ray.
+# `copl run` defaults to workers fitted to the machine (Ray Train where that is more than one CPU
+# worker); the suite's many tiny runs train in-process unless a test asks for workers
+# (tests/test_ray_train.py). Export COPL_WORKERS=1 to run them all on Ray Train.
 os.environ.setdefault("COPL_WORKERS", "0")
 
 import pytest

@@ -95,6 +95,7 @@ def test_voting_epochs():
     assert voting_epochs(40, 0.9, 10, 0.1) == range(30, 40)
     assert voting_epochs(40, 0.9, -1, 0.1) == range(18, 40)  # the last 22
     assert voting_epochs(12, 0.9, -1, 0.1) == range(12)  # a training shorter than the window
+    assert voting_epochs(40, 0.9, 0, 0.1, voting=False) == range(39, 40)  # the ablation keeps the last alone
     with pytest.raises(ValueError, match="tol"):
         vote_window(0.9, 1.0)
 

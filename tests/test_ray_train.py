@@ -110,7 +110,7 @@ def test_copl_run_workers_default(monkeypatch, tmp_path):
         return run_workers(run_request(build_parser().parse_args(["run", *argv])))
 
     monkeypatch.delenv("COPL_WORKERS", raising=False)
-    assert workers() == -1  # the embedded default: Ray Train fitted to the machine
+    assert workers() == -1  # the embedded default: fitted to the machine
     assert workers("--workers", "0") == 0 and workers("--workers", "3") == 3
     assert workers("--set", "distributed.workers=2") is None  # --set decides
     conf = tmp_path / "c.yaml"
@@ -143,10 +143,12 @@ def test_default_train_fn_in_process_unless_workers(monkeypatch, tmp_path):
     assert default_train_fn(_cfg(workers=-1)) == "ray"
     monkeypatch.setattr(ray_runtime, "_available_gpus_cpus", lambda: (1, 2))
     assert default_train_fn(_cfg(workers=-1)) == "ray"
+    # A GPU the workers are told not to use: in-process training would take it, so Ray Train.
+    assert default_train_fn(_cfg(workers=-1, use_gpu="false")) == "ray"
     monkeypatch.setattr(ray_runtime, "_available_gpus_cpus", lambda: (0, 2))
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
     assert default_train_fn(_cfg(workers=-1)) == "ray"
-    assert built == [(2, str(tmp_path / "ray_storage")), (-1, None), (-1, None), (-1, None)]
+    assert built == [(2, str(tmp_path / "ray_storage")), (-1, None), (-1, None), (-1, None), (-1, None)]
     monkeypatch.undo()
     fn = default_train_fn(_cfg(workers=2))  # the real one builds a Ray trainer and starts nothing
     assert fn is not engine.train_loop_per_worker and fn.__module__ == ray_train.__name__
@@ -416,20 +418,28 @@ def test_sigkilled_worker_restarts_and_the_run_ends_the_same(undisturbed, corpus
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_copl_run_defaults_to_ray_train(ray_local, corpus, tmp_path, monkeypatch):
-    """`copl run` with no --workers trains on Ray Train fitted to the machine (here the fixture's
-    Ray with 2 CPUs: 1 worker), checkpointing under OUT/ray_storage."""
+def test_copl_run_default_fits_the_machine(ray_local, corpus, tmp_path, monkeypatch):
+    """`copl run` with no --workers fits the machine: on the fixture's Ray with 2 CPUs that is one
+    CPU worker, which trains in-process (no Ray Train checkpoints); where the fit is more (here
+    claimed: 4 CPUs, 2 workers) it trains on Ray Train, checkpointing under OUT/ray_storage."""
     from copl_dist.cli import main
+    from copl_dist.distributed import ray_runtime
 
     monkeypatch.delenv("COPL_WORKERS", raising=False)
-    out = tmp_path / "out"
-    argv = ["run", "--data", str(corpus.root), "--out", str(out), "--iterations", "1", "--epochs", "2",
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    argv = ["run", "--data", str(corpus.root), "--iterations", "1", "--epochs", "2",
             "--snippets", "32", "--no-progress", "--set", "train.batch_size=4", "--set", "model.hidden_dim=32",
             "--set", "train.shift_channels=64", "--set", "tracking.enabled=false"]
-    assert main(argv) == 0
-    assert "workers: -1" in (out / "config.yaml").read_text()
-    assert len(list((out / "ray_storage").glob("copl-it0-*"))) == 1
-    assert (out / "detections.json").exists()
+    small = tmp_path / "one-worker"
+    assert main([*argv, "--out", str(small)]) == 0
+    assert "workers: -1" in (small / "config.yaml").read_text()
+    assert not (small / "ray_storage").exists() and (small / "detections.json").exists()
+
+    monkeypatch.setattr(ray_runtime, "_available_gpus_cpus", lambda: (0, 4))
+    wide = tmp_path / "two-workers"
+    assert main([*argv, "--out", str(wide)]) == 0
+    assert len(list((wide / "ray_storage").glob("copl-it0-*"))) == 1
+    assert (wide / "detections.json").exists()
 
 
 def test_ray_train_report_lines_are_quietened():

@@ -62,6 +62,22 @@ def test_resume_of_a_finished_run_is_refused(undisturbed, data, capsys):
     assert _state_files(undisturbed) == before
 
 
+def test_resume_of_a_finished_run_rebuilds_a_lost_output_untrained(undisturbed, data, tmp_path, capsys):
+    """A finished run that lost its detections: --resume writes the outputs again from the saved
+    state, the same as before, and neither trains nor writes a saved iteration again."""
+    import shutil
+
+    out = tmp_path / "lost"
+    shutil.copytree(undisturbed, out)
+    (out / "detections.json").unlink()
+    before = _state_files(out)
+    assert main(["run", "--data", str(data), "--out", str(out), "--resume", *ARGS]) == 0, capsys.readouterr().err
+    _same_result(out, undisturbed)
+    assert _state_files(out) == before
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["complete"] is True and not any(it.get("resumed_from") is not None for it in metrics["iterations"])
+
+
 def _same_result(a: Path, b: Path) -> None:
     ma, mb = (json.loads((p / "metrics.json").read_text()) for p in (a, b))
     assert ma["final"] == mb["final"]

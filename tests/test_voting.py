@@ -98,7 +98,8 @@ def _expected(attention: list[dict[str, np.ndarray]], voted: list[int], vid: str
         ({"vote_last": 2}, EPOCHS - 2, True),  # only the last 2 epochs vote
         # The default window: 0.5^2 = 0.25 <= 0.3 < 0.5^1, the last 2 epochs.
         ({"vote_tol": 0.3}, EPOCHS - 2, True),
-        ({"voting": False, "vote_last": 0}, 0, False),  # "w/o voting": the newest epoch's A_HAS alone
+        # "w/o voting": the newest epoch's A_HAS alone, so only the last epoch runs the teacher.
+        ({"voting": False, "vote_last": 0}, EPOCHS - 1, False),
     ],
     ids=["all-epochs", "vote-last-2", "window-from-alpha", "no-voting"],
 )

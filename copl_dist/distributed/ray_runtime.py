@@ -142,11 +142,13 @@ def resolve_workers(workers: int, use_gpu: str = "auto") -> tuple[int, bool]:
 def fits_one_local_cpu_worker(cfg_distributed: Any) -> bool:
     """Whether `distributed.workers` -1 would train on a single CPU worker of a Ray on this machine.
     Such a fit trains in the driver's process instead: the same training without Ray Train's
-    start-up per training (18-22 s on two cores) and checkpoint per epoch (Ray Train's one worker
+    start-up per training (18-24 s on two cores) and checkpoint per epoch (Ray Train's one worker
     reached 75% of the in-process throughput on a small corpus; docs/results.md, `copl bench train`)."""
     if cfg_distributed.workers != -1 or ray_address(cfg_distributed) != "local":
         return False
-    return resolve_workers(-1, cfg_distributed.use_gpu) == (1, False)
+    # With a GPU visible, in-process training would take it (train.device auto) where a worker
+    # told use_gpu=false would not.
+    return _available_gpus_cpus()[0] == 0 and resolve_workers(-1, cfg_distributed.use_gpu) == (1, False)
 
 
 def _available_gpus_cpus() -> tuple[int, int]:
@@ -158,7 +160,20 @@ def _available_gpus_cpus() -> tuple[int, int]:
     import torch
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return gpus, os.cpu_count() or 1
+    return gpus, _local_cpus()
+
+
+def _local_cpus() -> int:
+    """The CPUs a local ray.init would count: it reads the container's CPU quota, which
+    os.cpu_count() does not (a 2-CPU container on a 64-core host)."""
+    try:
+        from ray._private.utils import get_num_cpus  # what ray.init counts; private, hence the fallback
+    except ImportError:
+        return os.cpu_count() or 1
+    try:
+        return max(1, int(get_num_cpus()))
+    except Exception:  # noqa: BLE001 - any failure of a private helper: count as the OS does
+        return os.cpu_count() or 1
 
 
 class RaySession:

@@ -320,7 +320,7 @@ def train_loop_per_worker(
         )
 
     batch = min(cfg.train.batch_size, len(video_ids))
-    voting = has_lib.voting_epochs(cfg.train.epochs, cfg.has.alpha, cfg.has.vote_last, cfg.has.vote_tol)
+    voting = has_lib.voting_epochs(cfg.train.epochs, cfg.has.alpha, cfg.has.vote_last, cfg.has.vote_tol, cfg.has.voting)
     for epoch in range(start_epoch, cfg.train.epochs):
         student.train()
         sums = dict.fromkeys(LOSS_KEYS, 0.0)

@@ -109,9 +109,12 @@ def vote_window(alpha: float, tol: float) -> int:
     return max(1, math.ceil(math.log(tol) / math.log(alpha) - 1e-9))
 
 
-def voting_epochs(epochs: int, alpha: float, vote_last: int, tol: float) -> range:
+def voting_epochs(epochs: int, alpha: float, vote_last: int, tol: float, voting: bool = True) -> range:
     """The epochs of one training that vote: every one (vote_last 0, the paper), the last vote_last,
-    or (vote_last -1) the last vote_window(alpha, tol)."""
+    or (vote_last -1) the last vote_window(alpha, tol). Without voting (the ablation) the last
+    epoch's A_HAS is all that is kept, so only the last epoch runs the teacher."""
+    if not voting:
+        return range(max(0, epochs - 1), epochs)
     if vote_last == 0:
         return range(epochs)
     window = vote_window(alpha, tol) if vote_last < 0 else vote_last

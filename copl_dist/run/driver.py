@@ -300,7 +300,7 @@ class CoplRun:
         self.data_files = data_files  # run_state.files_fingerprint of it: --resume checks it too
         self.corpus = corpus
         self.tracker = tracker
-        # None: in-process unless cfg.distributed.workers says Ray Train (default_train_fn).
+        # None: the trainer cfg.distributed.workers asks for (default_train_fn).
         self.train_fn = train_fn if train_fn is not None else default_train_fn(cfg, tracker.out_dir if tracker else None)
         self.progress = progress
         self.on_iteration = on_iteration

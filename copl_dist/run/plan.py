@@ -75,8 +75,8 @@ from copl_dist.tracking.runs import (
 # minutes on two CPU cores (docs/results.md). Explicit settings still win.
 EMBEDDED_SYNTH = {"videos": 48, "classes": 6, "duration_scale": 0.5}
 EMBEDDED_OVERRIDES = {"iterations": 3, "train.epochs": 12, "data.snippets": 128, "has.vote_last": 6}
-# A run trains on Ray Train with workers fitted to the machine (a local Ray started in-process), or to
-# the cluster at $RAY_ADDRESS, unless the request, --set, the config file or $COPL_WORKERS says
+# A run trains with workers fitted to the machine (on a local Ray started in-process; in this process
+# where the fit is one CPU worker), or to the cluster at $RAY_ADDRESS, unless the request, --set, the config file or $COPL_WORKERS says
 # otherwise. The config default stays 0 (in-process): code that builds a CoplRun itself starts no
 # Ray, and the test suite sets COPL_WORKERS=0 (tests/conftest.py) so its many small runs skip Ray's
 # start-up.
@@ -117,7 +117,7 @@ class RunPlan:
     dataset: str  # what the registry tags as the dataset: what the user named, not the converted copy
     tracking_uri: str | None  # the resolved store (None: tracking off)
     registered_model: str | None  # the registry name the teacher goes to (None: not registered)
-    ray_address: str | None  # None: no Ray (in-process training, no HAS actors)
+    ray_address: str | None  # None: no Ray asked for (workers 0, no HAS actors); "local" may still train in-process
     init_checkpoint: dict[str, Any] | None
 
     @property
@@ -222,8 +222,7 @@ def check_saved_state(out: Path, request: RunRequest) -> None:
     """A fresh run over another run's saved iterations would delete them: refused unless asked for."""
     if request.resume and request.overwrite:
         raise InputError("--resume and --overwrite: choose one (continue the run in --out, or start it again)")
-    if request.resume and _finished(out) and not _missing_outputs(out):
-        # A finished run that lost an output is resumed: its saved state rebuilds it, untrained.
+    if request.resume and _finished(out) and not _rebuilds_lost_outputs(out):
         raise InputError(
             f"--out {out}: holds a finished run, nothing to resume; start again over it with --overwrite, "
             "or choose another --out"
@@ -246,8 +245,21 @@ def _iterations(saved: list[int]) -> str:
     return f"iteration {saved[0]}" if len(saved) == 1 else f"iterations {saved[0]}-{saved[-1]}"
 
 
-def _missing_outputs(out: Path) -> list[str]:
-    return [name for name in ("detections.json", "config.yaml", "teacher.pt", "pseudo_labels.parquet") if not (out / name).exists()]
+def _rebuilds_lost_outputs(out: Path) -> bool:
+    """A finished utal run that lost an output but kept its last iteration's state: --resume rebuilds
+    the outputs from that state without training. (wtal and baseline runs keep no state.)"""
+    import json
+
+    try:
+        doc = json.loads((out / "metrics.json").read_text())
+        last = len(doc["iterations"]) - 1
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    saved = saved_iterations(out / "state")
+    if doc.get("mode") != "utal" or not saved or saved[-1] != last:
+        return False
+    outputs = ("detections.json", "config.yaml", "teacher.pt", "pseudo_labels.parquet")
+    return any(not (out / name).exists() for name in outputs)
 
 
 def _finished(out: Path) -> bool:

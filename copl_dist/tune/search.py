@@ -147,7 +147,7 @@ def user_config(
 
 
 # Where a run executes and logs, not what it learns: left out of best_config.yaml, so that `copl run
-# --config` chooses them as for any run (Ray Train workers fitted to the machine, its own MLflow store)
+# --config` chooses them as for any run (workers fitted to the machine, its own MLflow store)
 # instead of inheriting the tuning session's (workers 0 in-process, a tune store).
 RUN_ONLY_SECTIONS = ("distributed", "tracking")
 
