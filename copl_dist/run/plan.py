@@ -76,10 +76,10 @@ from copl_dist.tracking.runs import (
 EMBEDDED_SYNTH = {"videos": 48, "classes": 6, "duration_scale": 0.5}
 EMBEDDED_OVERRIDES = {"iterations": 3, "train.epochs": 12, "data.snippets": 128, "has.vote_last": 6}
 # A run trains with workers fitted to the machine (on a local Ray started in-process; in this process
-# where the fit is one CPU worker), or to the cluster at $RAY_ADDRESS, unless the request, --set, the config file or $COPL_WORKERS says
-# otherwise. The config default stays 0 (in-process): code that builds a CoplRun itself starts no
-# Ray, and the test suite sets COPL_WORKERS=0 (tests/conftest.py) so its many small runs skip Ray's
-# start-up.
+# where the fit is one CPU worker), or to the cluster at $RAY_ADDRESS, unless the request, --set, the
+# config file or $COPL_WORKERS says otherwise. The config default stays 0 (in-process): code that
+# builds a CoplRun itself starts no Ray, and the test suite sets COPL_WORKERS=0 (tests/conftest.py)
+# so its many small runs skip Ray's start-up.
 RUN_DEFAULT_WORKERS = -1
 
 _ABSENT = object()
