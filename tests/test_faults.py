@@ -207,6 +207,19 @@ def test_a_rerun_over_saved_iterations_is_refused(data, tmp_path, capsys):
     assert not (out / "plots" / "old.png").exists()
 
 
+@pytest.mark.parametrize("mode", ["wtal", "baseline"])
+def test_resume_of_a_finished_run_without_state_is_refused(mode, data, tmp_path, capsys):
+    """wtal and baseline runs keep no per-iteration state: --resume of a finished one, even one that
+    lost an output, has nothing to continue from and is refused (it would train again)."""
+    out = tmp_path / "r"
+    assert main(["run", "--data", str(data), "--out", str(out), "--mode", mode, *ONE]) == 0
+    (out / "detections.json").unlink()
+    capsys.readouterr()
+    assert main(["run", "--data", str(data), "--out", str(out), "--mode", mode, "--resume", *ONE]) == 2
+    one_line_error(capsys, "holds a finished run, nothing to resume", "--overwrite")
+    assert not (out / "detections.json").exists()
+
+
 # -- where a run may write -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("inside", ["", "runs/r", "features/r"])
