@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     doc = {"machine": _machine(), "case": args.case, "videos": int(mask.size), "classes": len(corpus.classes),
            "pseudo_labelled": int(mask.sum()), "unlabelled": int((~mask).sum()), "epochs": args.epochs,
            "snippets": case["snippets"], "results": rows,
-           "voting": _voting_doc(rows, bench_config(case["snippets"]))}
+           "voting": voting_doc(rows, bench_config(case["snippets"]))}
     (out / "bench_train.json").write_text(json.dumps(doc, indent=2))
     print(format_table(rows))
     print()
@@ -136,7 +136,8 @@ def voting_share(vote_s: float, epoch_s: float, epochs: int, voting: range) -> f
 
 
 def format_voting(rows: list[dict[str, Any]], cfg: CoplConfig) -> str:
-    window = vote_window(cfg.has.alpha, cfg.has.vote_tol)
+    doc = voting_doc(rows, cfg)
+    window = doc["window"]
     cols = [f"{'vote s':>7}", f"{'every epoch':>11}"] + [
         f"{f'window {window} @{e} ep':>16}" for e in VOTING_SCHEDULES
     ]
@@ -144,20 +145,18 @@ def format_voting(rows: list[dict[str, Any]], cfg: CoplConfig) -> str:
     lines = [f"HAS voting: one vote's time and its share of the training time (alpha {cfg.has.alpha}, "
              f"vote_tol {cfg.has.vote_tol})", head, "-" * len(head)]
     for r in rows:
-        shares = [voting_share(r["vote_s"], r["epoch_s"], 1, range(1))] + [
-            voting_share(r["vote_s"], r["epoch_s"], e, voting_epochs(e, cfg.has.alpha, -1, cfg.has.vote_tol))
-            for e in VOTING_SCHEDULES
-        ]
-        lines.append(f"{r['mode']:<11} {r['vote_s']:>7.2f} {shares[0]:>11.1%} "
-                     + " ".join(f"{x:>16.1%}" for x in shares[1:]))
+        share = doc["share"][r["mode"]]
+        lines.append(f"{r['mode']:<11} {r['vote_s']:>7.2f} {share['every_epoch']:>11.1%} "
+                     + " ".join(f"{share[f'window_at_{e}_epochs']:>16.1%}" for e in VOTING_SCHEDULES))
     return "\n".join(lines)
 
 
-def _voting_doc(rows: list[dict[str, Any]], cfg: CoplConfig) -> dict[str, Any]:
+def voting_doc(rows: list[dict[str, Any]], cfg: CoplConfig) -> dict[str, Any]:
+    """Each mode's voting share: every epoch votes, or the default window at each of VOTING_SCHEDULES."""
     doc: dict[str, Any] = {"alpha": cfg.has.alpha, "vote_tol": cfg.has.vote_tol,
                            "window": vote_window(cfg.has.alpha, cfg.has.vote_tol), "share": {}}
     for r in rows:
-        doc["share"][r["mode"]] = {"every_epoch": r["vote_s"] / r["epoch_s"], **{
+        doc["share"][r["mode"]] = {"every_epoch": voting_share(r["vote_s"], r["epoch_s"], 1, range(1)), **{
             f"window_at_{e}_epochs": voting_share(r["vote_s"], r["epoch_s"], e,
                                                   voting_epochs(e, cfg.has.alpha, -1, cfg.has.vote_tol))
             for e in VOTING_SCHEDULES}}
