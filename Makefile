@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # The CPU wheel of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv run test bench-quality clean
+.PHONY: venv run test bench-embedded bench-quality clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ run: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+bench-embedded: venv
+	$(VENV)/bin/copl bench embedded --seeds 3
 
 bench-quality: venv
 	$(VENV)/bin/copl bench quality --seeds 3

@@ -1,14 +1,16 @@
-"""`copl bench quality|cluster|train|has`: the benchmarks' flags; each benchmark lives in copl_dist/bench/."""
+"""`copl bench embedded|quality|cluster|train|has`: the benchmarks' flags; each benchmark lives in copl_dist/bench/."""
 
 from __future__ import annotations
 
 import argparse
 
 from copl_dist.bench import cluster as bench_cluster
+from copl_dist.bench import embedded as bench_embedded
 from copl_dist.bench import has as bench_has
 from copl_dist.bench import quality as bench_quality
 from copl_dist.bench import train as bench_train
 from copl_dist.common.arg_types import (
+    bounded_int,
     finite_float,
     nonnegative_int,
     positive_float,
@@ -18,10 +20,22 @@ from copl_dist.common.arg_types import (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     bench = parser.add_subparsers(dest="bench", required=True)
+    _add_embedded(bench.add_parser("embedded", help="the embedded default of `copl run` over seeds: UTAL beside WTAL and the plain baseline"))
     _add_quality(bench.add_parser("quality", help="the paper's ablations on a synthetic THUMOS-like corpus"))
     _add_cluster(bench.add_parser("cluster", help="exact vs FAISS clustering: seconds and peak memory per N"))
     _add_train(bench.add_parser("train", help="training throughput in-process and over 1 and 2 Ray workers"))
     _add_has(bench.add_parser("has", help="HAS voting throughput in-process and over Ray actors"))
+
+
+def _add_embedded(p: argparse.ArgumentParser) -> None:
+    # No size flags: the runs are sized where `copl run` sizes its embedded default (run/plan.py).
+    p.add_argument("--seeds", type=positive_int, default=3)
+    p.add_argument("--first-seed", type=nonnegative_int, default=0, help="seeds run: first-seed ... first-seed + seeds - 1")
+    p.add_argument("--modes", default=",".join(bench_embedded.MODES),
+                   help=f"comma-separated: utal and any of {','.join(bench_embedded.MODES[1:])}")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every run (repeatable), as `copl run --set` takes it")
+    p.add_argument("--out", default="runs/bench-embedded")
 
 
 def _add_quality(p: argparse.ArgumentParser) -> None:
@@ -44,7 +58,8 @@ def _add_cluster(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dim", type=positive_int, default=2048, help="feature dimension")
     parser.add_argument("--clusters", type=positive_int, default=20)
     parser.add_argument("--knn", type=positive_int, default=30, help="neighbours of the kNN path")
-    parser.add_argument("--knn-pca", type=nonnegative_int, default=256, help="principal components the kNN graph is built on (0: raw)")
+    parser.add_argument("--knn-pca", type=bounded_int(-1, 1 << 20), default=-1,
+                        help="principal components the kNN graph is built on (0: raw; -1: twice the clusters, 32-256)")
     parser.add_argument("--backend", default="auto", choices=["auto", "faiss", "torch", "numpy"], help="kNN back end")
     parser.add_argument("--paths", default=",".join(bench_cluster.PATHS), help=f"comma-separated subset of {','.join(bench_cluster.PATHS)}")
     parser.add_argument("--separation", type=positive_float, default=1.0, help="latent cluster separation (smaller: more overlap)")
@@ -83,5 +98,6 @@ def _add_has(parser: argparse.ArgumentParser) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    runners = {"quality": bench_quality.run_quality_bench, "cluster": bench_cluster.run, "train": bench_train.run, "has": bench_has.run}
+    runners = {"embedded": bench_embedded.run, "quality": bench_quality.run_quality_bench, "cluster": bench_cluster.run,
+               "train": bench_train.run, "has": bench_has.run}
     return runners[args.bench](args)

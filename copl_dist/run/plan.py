@@ -71,10 +71,13 @@ from copl_dist.tracking.runs import (
     resolve_tracking_uri,
 )
 
-# With no data, a run sizes a synthetic THUMOS-like corpus and the schedule to finish within 10
-# minutes on two CPU cores (docs/results.md). Explicit settings still win.
+# With no data, a run sizes a synthetic THUMOS-like corpus and the schedule to finish within 5
+# minutes on two CPU cores (`copl bench embedded` measures it with the weakly-supervised mode beside
+# it, docs/results.md). Explicit settings still win. HAS votes over the last 6 epochs: a vote costs
+# about half a training epoch here, and the default window (22 epochs at alpha 0.9) would add a
+# minute to the three trainings.
 EMBEDDED_SYNTH = {"videos": 48, "classes": 6, "duration_scale": 0.5}
-EMBEDDED_OVERRIDES = {"iterations": 3, "train.epochs": 12, "data.snippets": 128, "has.vote_last": 6}
+EMBEDDED_OVERRIDES = {"iterations": 3, "train.epochs": 24, "data.snippets": 128, "has.vote_last": 6}
 # A run trains with workers fitted to the machine (on a local Ray started in-process; in this process
 # where the fit is one CPU worker), or to the cluster at $RAY_ADDRESS, unless the request, --set, the
 # config file or $COPL_WORKERS says otherwise. The config default stays 0 (in-process): code that
