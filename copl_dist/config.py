@@ -74,9 +74,10 @@ class ClusterConfig:
     scale_affinity: str = "knn"
     knn: int = 30  # neighbours for the kNN graph (at most N / (4 C): scale.graph_neighbours)
     # The kNN graph is built on the features' top knn_pca principal components (0: on the raw
-    # features): in 2048 raw dims the noise decides which neighbours are nearest near cluster
-    # borders (ARI vs exact 0.957 raw, 0.993 at 256 components, N = 10,000; cluster/scale.py).
-    knn_pca: int = 256
+    # features; -1: 2 x clusters of them, within 32-256, scale.graph_dims): in 2048 raw dims the
+    # noise decides which neighbours are nearest near cluster borders (ARI vs exact 0.957 raw,
+    # 0.989-0.996 at 32-256 components, N = 10,000; cluster/scale.py).
+    knn_pca: int = -1
     # Iterations >= 1 cluster the global features projected by LDA fitted on the last iteration's
     # pseudo-labelled set P (projection.py; not in the paper): "lda" or "none" (the paper). Only
     # with plri: without it there is no P to learn from.
@@ -351,7 +352,7 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("cluster.delta", lambda v: -1 <= v <= 1, "in [-1, 1]"),
     ("cluster.exact_max_n", lambda v: v >= 0, ">= 0"),
     ("cluster.knn", lambda v: v >= 1, ">= 1"),
-    ("cluster.knn_pca", lambda v: v >= 0, ">= 0"),
+    ("cluster.knn_pca", lambda v: v >= -1, ">= -1 (-1: twice the clusters)"),
     ("loss.q", lambda v: 0 < v <= 1, "in (0, 1]"),  # Eq. 16 divides by q
     ("loss.mu1", lambda v: math.isfinite(v) and v >= 0, ">= 0 and finite"),
     ("loss.mu2", lambda v: math.isfinite(v) and v >= 0, ">= 0 and finite"),

@@ -18,6 +18,7 @@ from copl_dist.cluster.plri_scale import plri_scores_blocked, plri_scores_sample
 from copl_dist.cluster.scale import (
     cluster_videos_scale,
     estimate_sigma,
+    graph_dims,
     graph_neighbours,
     mean_pairwise_distance,
     nystrom_embedding,
@@ -80,6 +81,48 @@ def test_knn_approximate_faiss_route_recall(approx):
     d, i = knn_search(X, 15, backend="faiss", flat_max_n=0, pca_dim=64, approx=approx, info=info)
     assert "PCA 128->64" in info["knn_index"]
     assert knn_recall(X, i, n_queries=300) >= 0.8
+
+
+def test_knn_search_in_row_blocks_equals_one_block(monkeypatch):
+    """The approximate route searches and re-ranks in blocks of rows; each block's candidates
+    belong to its own rows (a block offset lost would pair them with the first rows)."""
+    from copl_dist.cluster import knn as knn_module
+
+    X, _ = make_cluster_features(3000, 32, seed=3)
+    d1, i1 = knn_search(X, 10, backend="faiss", flat_max_n=0)
+    monkeypatch.setattr(knn_module, "SEARCH_BLOCK_ROWS", 700)
+    d2, i2 = knn_search(X, 10, backend="faiss", flat_max_n=0)
+    np.testing.assert_array_equal(i2, i1)
+    np.testing.assert_allclose(d2, d1, rtol=1e-6)
+    np.testing.assert_allclose(d2[2999], np.linalg.norm(X[i2[2999]] - X[2999], axis=1), rtol=1e-4)
+
+
+def test_graph_dims_twice_the_clusters_within_bounds():
+    assert graph_dims(-1, 20) == 40
+    assert graph_dims(-1, 3) == 32
+    assert graph_dims(-1, 500) == 256
+    assert graph_dims(0, 20) == 0 and graph_dims(100, 20) == 100  # as asked
+
+
+def test_kmeans_restarts_on_a_sample_give_the_full_partition(monkeypatch):
+    """Above KMEANS_SAMPLE rows the restarts run on a sample and the best one's centroids are
+    refined on every row: the same partition as restarts on every row."""
+    X, truth = _blobs([3000, 2000, 2500, 1500, 1000], dim=8, spread=0.5)
+    full = cluster_scale.kmeans(X, 5, seed=0)
+    calls = []
+    real = cluster_scale._lloyd
+
+    def spy(faiss, X32, init, seed, niter=cluster_scale.KMEANS_NITER):
+        calls.append((len(X32), niter))
+        return real(faiss, X32, init, seed, niter)
+
+    monkeypatch.setattr(cluster_scale, "KMEANS_SAMPLE", 1000)
+    monkeypatch.setattr(cluster_scale, "_lloyd", spy)
+    sampled = cluster_scale.kmeans(X, 5, seed=0)
+    assert calls[:-1] == [(1000, cluster_scale.KMEANS_NITER)] * cluster_scale.KMEANS_N_INIT
+    assert calls[-1] == (10000, cluster_scale.KMEANS_FINAL_NITER)
+    assert adjusted_rand_score(truth, full) == 1.0
+    assert adjusted_rand_score(full, sampled) == 1.0
 
 
 def test_graph_neighbours_capped_by_cluster_size():
@@ -232,6 +275,41 @@ def test_sampled_plri_error_bound_and_refinement():
     assert np.all(se_all == 0)
 
 
+def test_sampled_plri_refines_in_stages_over_the_clusters_that_can_matter():
+    """Borderline videos of a first stage of 16 members per cluster are re-estimated from 96
+    members, then the ones still borderline from all members, each time only for the clusters
+    that can matter to them (their own and the possible nearest ones): every video ends on its
+    exact side, and every video whose error is 0 has its exact score."""
+    X, _ = make_cluster_features(4000, 32, n_clusters=5, seed=8, separation=0.8)
+    labels = cluster_videos_scale(X, 5, seed=0, delta=0.0)[0]
+    sigma = estimate_sigma(X)
+    exact = plri_scores_blocked(X, labels, sigma)
+    info: dict = {}
+    s, se = plri_scores_sampled(X, labels, sigma, sample=16, seed=1, delta=0.0, refine_samples=(96,), refine_max_frac=1.0, info=info)
+    rows = info["plri_stage_rows"]
+    assert len(rows) == 2 and rows[0] == info["plri_borderline"] > rows[1] == info["plri_refined"] > 0
+    assert max(info["plri_stage_clusters"]) < 4  # not every cluster re-estimated
+    assert info["plri_undecided"] == 0
+    assert np.array_equal(s >= 0, exact >= 0)
+    np.testing.assert_allclose(s[se == 0], exact[se == 0], atol=1e-5)
+    assert np.mean(se == 0) < 1  # sampled estimates remain where the side was already certain
+
+
+@pytest.mark.parametrize("data_seed", [3, 4])
+def test_sampled_plri_defaults_put_every_video_on_its_exact_side(data_seed):
+    """The defaults (32 members, then 1,024, then all members of the clusters that can matter) on
+    20,000 videos in 5 overlapping clusters: the P/U side of every video is the exact one."""
+    X, labels = make_cluster_features(20000, 64, n_clusters=5, seed=data_seed, separation=0.8)
+    sigma = estimate_sigma(X)
+    exact = plri_scores_blocked(X, labels, sigma, dtype=np.float32)
+    info: dict = {}
+    s, se = plri_scores_sampled(X, labels, sigma, seed=0, delta=0.0, info=info)
+    assert len(info["plri_stage_rows"]) == 2 and info["plri_borderline"] > 0
+    assert info["plri_undecided"] == info["plri_refine_dropped"] == 0
+    np.testing.assert_array_equal(s >= 0, exact >= 0)
+    np.testing.assert_allclose(s[se == 0], exact[se == 0], atol=1e-5)
+
+
 def test_sampled_plri_error_covers_an_undersampled_nearest_cluster():
     """Six clusters of 15 videos (sampled whole) beside large ones (sampled 16 of up to 562): for
     videos of a small cluster whose nearest cluster the sample picked among the small ones, the
@@ -323,16 +401,16 @@ def exact_5000_2048():
 
 @pytest.mark.slow
 def test_n5000_exact_and_default_scale_path_agree(exact_5000_2048):
-    """The scale path's agreement bar on its defaults (FAISS kNN graph of the top 256 principal
-    components, sparse eigsh, FAISS k-means, sampled PLRI): ARI >= 0.95 and >= 98% of videos on
-    the same P/U side (measured: ARI 0.990, 99.4%)."""
+    """The scale path's agreement bar on its defaults (FAISS kNN graph of the top 40 principal
+    components, twice the clusters; sparse eigsh, FAISS k-means, sampled PLRI): ARI >= 0.95 and
+    >= 98% of videos on the same P/U side (measured: ARI 0.992, 99.5%)."""
     X, _, labels, _, mask = exact_5000_2048
     info: dict = {}
     # sampled PLRI forced (the default picks exact blocked sums at this N) so the check covers it.
     l2, _, m2 = cluster_videos_scale(X, 20, seed=0, delta=0.0, plri_method="sampled", plri_sample=64, info=info)
     assert adjusted_rand_score(labels, l2) >= 0.95
     assert np.mean(mask == m2) >= 0.98
-    assert info["affinity"] == "knn" and info["knn_dims"] == 256 and info["plri_method"] == "sampled"
+    assert info["affinity"] == "knn" and info["knn_dims"] == 40 and info["plri_method"] == "sampled"  # 2 x 20 clusters
     assert info["knn_backend"] in ("faiss", "torch")
 
 
@@ -354,7 +432,7 @@ def test_n5000_knn_graph_of_raw_features_agrees(exact_5000):
     on the 256-dim set: ARI 0.990, 99.3% same side)."""
     X, _, labels, _, mask = exact_5000
     info: dict = {}
-    l2, _, m2 = cluster_videos_scale(X, 20, seed=0, delta=0.0, info=info)
+    l2, _, m2 = cluster_videos_scale(X, 20, seed=0, delta=0.0, knn_pca=256, info=info)
     assert info["knn_dims"] == 256 and "pca" not in info["seconds"]
     assert adjusted_rand_score(labels, l2) >= 0.95
     assert np.mean(mask == m2) >= 0.98
@@ -365,13 +443,13 @@ def test_knn_graph_of_principal_components_recovers_clusters_the_raw_graph_mixes
     """Why the graph is built on principal components: on the benchmark's N = 10,000 set in 2048 dims
     the isotropic noise decides the nearest neighbours at the borders of overlapping clusters. The
     raw graph mixed two pairs (measured ARI 0.955 against the generating labels, 0.957 against the
-    exact path); the graph of 256 components recovers them (0.991; 0.993 against the exact path)."""
+    exact path); the graph of 40 components (the default: twice the clusters) recovers them."""
     X, truth = make_cluster_features(10000, 2048, n_clusters=20, seed=0)
     raw_info: dict = {}
     raw, _, _ = cluster_videos_scale(X, 20, seed=0, delta=0.0, knn_pca=0, info=raw_info)
     pcs_info: dict = {}
     pcs, _, _ = cluster_videos_scale(X, 20, seed=0, delta=0.0, info=pcs_info)
-    assert raw_info["knn_dims"] == 2048 and pcs_info["knn_dims"] == 256
+    assert raw_info["knn_dims"] == 2048 and pcs_info["knn_dims"] == 40
     assert adjusted_rand_score(truth, raw) < 0.97
     assert adjusted_rand_score(truth, pcs) >= 0.98
 
@@ -428,7 +506,7 @@ def test_cluster_videos_dispatches_by_exact_max_n(monkeypatch):
     cluster_videos(X, 3, seed=0, delta=0.0, exact_max_n=120)  # N = 120: exact
     assert calls == []
     cluster_videos(X, 3, seed=0, delta=0.0, exact_max_n=119, knn=12, backend="torch")
-    assert calls == [{"knn": 12, "knn_pca": 256, "backend": "torch", "affinity": "knn"}]
+    assert calls == [{"knn": 12, "knn_pca": -1, "backend": "torch", "affinity": "knn"}]
 
 
 def test_run_config_reaches_the_dispatch(monkeypatch):

@@ -53,7 +53,7 @@ def test_yaml_round_trip_and_hash(tmp_path):
         (["train.epochs=abc"], "'train.epochs' expects int"),
         (["has.branch=xx"], "'has.branch' must be one of"),
         (["has.alpha=1.5"], "'has.alpha' must be in [0, 1)"),
-        (["cluster.knn_pca=-1"], "'cluster.knn_pca' must be >= 0"),
+        (["cluster.knn_pca=-2"], "'cluster.knn_pca' must be >= -1"),
         (["cluster.knn=0"], "'cluster.knn' must be >= 1"),
         (["train=3"], "'train' expects a mapping"),
         (["novalue"], "expected key=value"),

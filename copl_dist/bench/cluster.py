@@ -13,12 +13,13 @@ features, before clustering):
   PLRI), only while its N x N matrices fit (`--exact-max-gb`), else "skipped: would need X GB";
 - nystrom: cluster/scale.py with affinity='nystrom' (landmark approximation of the full kernel);
 - knn: cluster/scale.py with affinity='knn' (the default scale path: the FAISS kNN graph of the top
-  `--knn-pca` (256) principal components; exact flat index up to 50,000 rows, above IVF-Flat with
-  exact re-ranking of 2k candidates; recall@k of the search in that space measured on 500 queries).
+  `--knn-pca` principal components, by default twice the clusters; exact flat index up to 50,000
+  rows, above IVF-Flat; recall@k of the search in that space measured on 500 queries).
 
 Both scale paths use sigma from a 4096-row sample and, above 20,000 videos, per-cluster sampled PLRI
-(128 members a cluster, borderline videos re-computed exactly); its error there is measured on 1000
-random videos against exact PLRI of the same labels. Reported: seconds per stage, peak memory,
+(32 members a cluster, borderline videos refined in stages, plri_scale.plri_scores_sampled); its
+error there is measured against exact PLRI of the same labels on 1000 random videos and on 300 of
+the videos the first stage left borderline. Reported: seconds per stage, peak memory,
 ARI / NMI against the generating labels, and, where the exact path ran, the agreement of each scale
 path with it (ARI, share of videos on the same P/U side, max |s - s_exact|). Written: OUT/bench.json,
 OUT/bench.md (the table), OUT/bench.png (seconds and memory against N, log-log).
@@ -30,9 +31,9 @@ torch kNN back end and PLRI's kernel sums on CUDA; the PCA and Nystroem are nump
 10^6 x 2048 float32 = 8.2 GB (4.1 GB in float16), resident on the GPU.
 
 - sigma: a 4096-row sample, (4096 x 4096) distances: 67 MB, milliseconds.
-- kNN path (default): PCA to 256 components fitted on 10,000 rows, the projection 10^6 x 2048 x 256
-  x 2 = 1 TFLOP (numpy on the CPU: seconds to tens of seconds; 1 GB of float32 out); FAISS GPU
-  IVF-Flat on the 256 components (k = 30 neighbours: indices 10^6 x 30 int64 = 240 MB), or the torch
+- kNN path (default): PCA to 40 components (twice the clusters) fitted on 10,000 rows, the
+  projection 10^6 x 2048 x 40 x 2 = 0.16 TFLOP (6 s on 2 CPU cores); FAISS GPU IVF-Flat on the
+  components (k = 30 neighbours: indices 10^6 x 30 int64 = 240 MB), or the torch
   blocked matmul + top-k back end of this module (exact, 10^12 pairs x 256 = 0.5 PFLOP: well under a
   minute of H100 float32; 14 s were measured for 250,000 rows at 2048 dims, 16x fewer pairs and 8x
   more dims); the graph has <= 6 x 10^7 non-zeros (0.7 GB as CSR) and its 20 eigenvectors come from
@@ -42,10 +43,10 @@ torch kNN back end and PLRI's kernel sums on CUDA; the PCA and Nystroem are nump
   (10^6 x 1000 float32 = 4 GB); Z^T Z (1000 x 1000) and two 1000 x 1000 eigenproblems; embedding
   10^6 x 20. In numpy on the CPU today; with torch this is a few seconds.
 - k-means: FAISS GPU k-means (or torch) on the 10^6 x 20 embedding: 10 restarts in seconds.
-- PLRI: per-cluster samples of 128 members: 10^6 x (20 x 128) kernel entries = 10 TFLOP at 2048
-  dims, seconds; the borderline videos (1-5% here) re-computed exactly cost 10^4-5 x 10^4 rows x
-  10^6 columns = 40-200 TFLOP, tens of seconds; memory a (block x 10^6) float32 tile (4 GB at a
-  block of 1000). The exact PLRI for every video would be 10^12 kernel entries = 4 PFLOP: minutes.
+- PLRI: per-cluster samples of 32 members: 10^6 x (20 x 32) kernel entries = 2.6 TFLOP at 2048
+  dims; the staged refinement of the borderline videos (6% of them at 32 members) about 3 TFLOP
+  more (docs/scale.md); seconds on a GPU. The exact PLRI for every video would be 10^12 kernel
+  entries = 4 PFLOP: minutes.
 - The dense path is out of reach: one (10^6 x 10^6) float64 matrix is 8 TB.
 """
 
@@ -222,14 +223,17 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     result["nmi"] = float(normalized_mutual_info_score(truth, labels))
     result["pseudo_labelled"] = float(mask.mean())
     for key in ("sigma", "graph_sigma", "knn_dims", "knn_k", "knn_index", "graph_components", "graph_edges", "plri_method",
-                "plri_refined", "plri_borderline", "plri_refine_dropped", "plri_se_max", "plri_device",
+                "plri_refined", "plri_borderline", "plri_refine_dropped", "plri_se_max", "plri_device", "plri_sample",
+                "plri_stage_rows", "plri_stage_clusters", "plri_undecided",
                 "nystrom_landmarks", "nystrom_rank"):
         if key in info:
             result[key] = info[key]
     if path == "knn" and "knn_indices" in info:
         t = time.perf_counter()
         # Recall of the search in the space it ran in (the principal components with knn_pca).
-        result["knn_recall"] = knn.knn_recall(info["knn_features"], info["knn_indices"], n_queries=500, seed=seed)
+        dims = info["knn_dims"]
+        Y = knn.pca_project(F, dims, seed) if dims < F.shape[1] else F  # as the scale path projected them
+        result["knn_recall"] = knn.knn_recall(Y, info["knn_indices"], n_queries=500, seed=seed)
         result["knn_recall_check_s"] = time.perf_counter() - t
     if info.get("plri_method") == "sampled":
         # Sampled PLRI against exact PLRI of the same labels on a random subset (outside the timings).
@@ -243,6 +247,17 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
             "side_differs": float(np.mean((exact >= spec["delta"]) != mask[rows])),
             "seconds": time.perf_counter() - t,
         }
+        border = info.get("plri_borderline_sample")
+        if border is not None and len(border):
+            # The videos whose side the first stage left in doubt: where an error would show.
+            t = time.perf_counter()
+            exact = plri_scale.plri_scores_blocked(F, labels, info["sigma"], rows=border, dtype=np.float32, device=device)
+            result["plri_border_check"] = {
+                "videos": len(border),
+                "max_abs_err": float(np.abs(exact - scores[border]).max()),
+                "side_differs": float(np.mean((exact >= spec["delta"]) != mask[border])),
+                "seconds": time.perf_counter() - t,
+            }
     np.savez(spec["arrays"], labels=labels, scores=scores, mask=mask)
     return result
 
@@ -312,7 +327,13 @@ def _table(rows: list[dict[str, Any]]) -> str:
             pc = r["plri_check"]
             note.append(f"PLRI sampled: max err {pc['max_abs_err']:.3f}, side differs {100 * pc['side_differs']:.1f}%")
             if r.get("plri_borderline") is not None:
-                note.append(f"{r['plri_refined']} of {r['plri_borderline']} borderline re-computed exactly")
+                refined = r.get("plri_stage_rows") or []
+                note.append(f"{r['plri_borderline']} borderline, refined in stages of {'/'.join(map(str, refined)) or '0'} videos,"
+                            f" {r.get('plri_refined', 0)} of them from all members, {r.get('plri_refine_dropped', 0)} left by the cap,"
+                            f" {r.get('plri_undecided', 0)} undecided")
+            if "plri_border_check" in r:
+                bc = r["plri_border_check"]
+                note.append(f"{bc['videos']} borderline checked: max err {bc['max_abs_err']:.4f}, side differs {100 * bc['side_differs']:.1f}%")
         if r.get("plri_device") not in (None, "numpy"):
             note.append(f"PLRI on {r['plri_device']}")
         body.append(

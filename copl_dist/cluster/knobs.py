@@ -13,13 +13,18 @@ import numpy as np
 
 # Default knobs of the scale path (documented where they are used).
 KNN_FLAT_MAX_N = 50_000  # FAISS on CPU: exact IndexFlatL2 up to this N, PCA + HNSW above
-PCA_DIM = 256  # PCA target dimension for the approximate kNN (features of more dims only)
+PCA_DIM = 256  # the most principal components the kNN graph is built on (features of more dims only)
+PCA_MIN_DIM = 32  # ... and the fewest, where knn_pca = -1 asks for twice the clusters (scale.graph_dims)
 PCA_TRAIN_MAX = 10_000  # rows the PCA is fitted on
-IVF_LISTS_PER_SQRT_N = 4  # IVF lists: 4 sqrt(N) (1264 at N = 100,000)
+# IVF lists: 2 sqrt(N) (632 at N = 100,000), 4 of them probed: about 2,000 candidates per video at
+# N = 1,000,000. The graph needs neighbours in the right cluster more than the nearest ones: at
+# recall@30 0.37 there the clustering's ARI was 0.999 (docs/scale.md).
+IVF_LISTS_PER_SQRT_N = 2
 IVF_TRAIN_PER_LIST = 40  # rows the IVF quantizer is trained on, per list
-IVF_NPROBE = 16
+IVF_NPROBE = 4
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
+SEARCH_BLOCK_ROWS = 65_536  # queries per approximate kNN search call (bounds its result arrays)
 RERANK_FACTOR = 2  # the approximate index returns RERANK_FACTOR * k candidates, re-ranked exactly
 SIGMA_SAMPLE = 4096
 NYSTROM_LANDMARKS = 1000  # landmarks of the Nystroem approximation of the full kernel
@@ -31,11 +36,18 @@ SPECTRAL_REG = 0.1  # uniform term: tau = SPECTRAL_REG * mean degree (see spectr
 # (docs/bench/kmeans-seeds/, N = 1,000, the benchmark's features).
 KMEANS_N_INIT = 10
 KMEANS_NITER = 50
+KMEANS_SAMPLE = 100_000  # rows the restarts run on, above it (scale._kmeans_restarts) ...
+KMEANS_FINAL_NITER = 10  # ... and Lloyd iterations of the best restart on all rows
 KMEANS_ONE_THREAD_MAX = 4_000_000  # N * dims up to which FAISS k-means runs on one thread
 PLRI_EXACT_MAX_N = 20_000  # "auto" PLRI: exact blocked sums up to this N, per-cluster samples above
-PLRI_SAMPLE = 128  # members sampled per cluster (cost N C m D; see plri_scores_sampled)
-PLRI_REFINE_Z = 3.0  # re-compute exactly every video with |s_i - delta| <= z * se(s_i)
-PLRI_REFINE_MAX_FRAC = 0.1  # ... but at most this fraction of the videos (closest to delta first)
+PLRI_SAMPLE = 32  # members sampled per cluster in the first stage (cost N C m D; see plri_scores_sampled)
+PLRI_REFINE_Z = 3.0  # refine every video with |s_i - delta| <= z * se(s_i)
+# Members per cluster of the refinement stages before the one over all members (plri_scores_sampled):
+# at N = 1,000,000 the first stage (32 members) left 63,210 videos borderline, 1,024 members 12,940
+# of them, 8,192 members 4,181, computed from all members of the clusters that can matter
+# (docs/scale.md).
+PLRI_REFINE_SAMPLES = (1024, 8192)
+PLRI_REFINE_MAX_FRAC = 0.1  # at most this fraction of the videos re-computed exactly (closest to delta first)
 BLOCK_BYTES = 1 << 27  # 128 MB working block for the blocked kernels
 
 # Independent random streams of one seed.

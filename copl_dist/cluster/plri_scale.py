@@ -1,9 +1,10 @@
 """PLRI (Eqs. 6-8) without the N x N matrix: cohesion a_i and separation b_i are means of the full
 Gaussian kernel over cluster members, computed from the features, exactly in row blocks
 (`plri_scores_blocked`, O(block * N) memory) or from per-cluster samples with an error estimate per
-video that covers both a_i's sampling error and which cluster is b_i's nearest, re-computing exactly
-the videos whose P/U side that error could flip, up to a cap that `info` reports
-(`plri_scores_sampled`). Part of the scale path of `cluster/scale.py`.
+video that covers both a_i's sampling error and which cluster is b_i's nearest, refining the videos
+whose P/U side that error could flip from larger samples and then from every member of the
+clusters that can matter to them, up to a cap that `info` reports (`plri_scores_sampled`). Part of
+the scale path of `cluster/scale.py`.
 
 The kernel sums are the whole cost (N x columns x D multiply-adds): with `device` (a torch device
 such as "cuda") they run there, the column features held on the device once and only the (rows,
@@ -21,6 +22,7 @@ import numpy as np
 from copl_dist.cluster.knobs import (
     BLOCK_BYTES,
     PLRI_REFINE_MAX_FRAC,
+    PLRI_REFINE_SAMPLES,
     PLRI_REFINE_Z,
     PLRI_SAMPLE,
     STREAM_PLRI,
@@ -172,6 +174,82 @@ def plri_scores_blocked(
     return out
 
 
+def _means_and_errors(sums: np.ndarray, sums2: np.ndarray, cnt: np.ndarray, pop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sample means of the kernel and their standard errors, sd / sqrt(m) * sqrt(1 - m / population)
+    (finite-population correction: 0 where the sample is the whole population). An empty sample
+    gives mean nan (inf) and error 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = sums / cnt
+        var = np.maximum(sums2 / cnt - mean**2, 0.0) * cnt / np.maximum(cnt - 1.0, 1.0)
+        se = np.sqrt(var / cnt * np.clip(1.0 - cnt / pop, 0.0, 1.0))
+    return mean, np.where(cnt > 0, np.nan_to_num(se, nan=0.0), 0.0)
+
+
+def _scores_and_errors(
+    mean: np.ndarray, se: np.ndarray, own: np.ndarray, counts: np.ndarray, z: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 8 from per-cluster mean estimates (rows, C) and their standard errors: (scores, se(s)).
+
+    a_i is the own cluster's mean, b_i the largest other mean. The true nearest cluster may be
+    another one whose estimate came out low, even where the chosen one is exact, so se_b is the
+    larger of the chosen cluster's error and (max_c (mean_c + z se_c) - b_i) / z over every other
+    cluster c: b_i + z se_b reaches the highest mean any cluster could have. To first order
+    se(s) = sqrt(se_a^2 + se_b^2) / max(a, b)."""
+    ar = np.arange(len(own))
+    a = mean[ar, own]
+    se_a = se[ar, own]
+    means = mean.copy()
+    means[ar, own] = -np.inf
+    scores, b_arg = _scores_from_means(a, means, counts[own])
+    b = means[ar, b_arg]
+    with np.errstate(invalid="ignore"):
+        b_hi = np.max(means + z * se, axis=1)  # the own cluster stays -inf
+        se_b = np.maximum(se[ar, b_arg], (b_hi - b) / z)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ses = np.sqrt(se_a**2 + se_b**2) / np.maximum(a, b)
+    return scores, np.where(counts[own] > 1, np.nan_to_num(ses, nan=0.0, posinf=0.0), 0.0)
+
+
+def _relevant_clusters(mean: np.ndarray, se: np.ndarray, own: np.ndarray, z: float) -> np.ndarray:
+    """(rows, C) bool: the clusters whose means a refinement re-estimates: the own cluster (a_i) and
+    every other cluster that can be the nearest at level z, i.e. whose mean_c + z se_c reaches the
+    chosen nearest cluster's b_i - z se. The others stay below b_i unless an estimate is off by more
+    than z standard errors."""
+    ar = np.arange(len(own))
+    means = mean.copy()
+    means[ar, own] = -np.inf
+    b_arg = np.argmax(means, axis=1)
+    b_lo = means[ar, b_arg] - z * se[ar, b_arg]
+    with np.errstate(invalid="ignore"):
+        rel = (means + z * se) >= b_lo[:, None]
+    rel[ar, own] = True
+    rel[ar, b_arg] = True
+    return rel
+
+
+def _cluster_means(
+    X: np.ndarray, sq: np.ndarray, rows: np.ndarray, cols: np.ndarray, population: np.ndarray, sigma: float, device: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean kernel of each video in `rows` over the videos `cols` (sorted members of one cluster: a
+    sample, or all of them), the row itself left out, with its standard error against `population`
+    (per row: the cluster's size, less one where it is the row's own cluster)."""
+    kernel_sums = _KernelSums(X[cols], sq[cols], np.ones((len(cols), 1)), device)
+    p = np.minimum(np.searchsorted(cols, rows), len(cols) - 1)
+    inside = cols[p] == rows
+    sums = np.empty(len(rows))
+    sums2 = np.empty(len(rows))
+    for s in range(0, len(rows), ROW_BLOCK):
+        e = min(len(rows), s + ROW_BLOCK)
+        hit = np.nonzero(inside[s:e])[0]
+        one, two = kernel_sums(X[rows[s:e]], sq[rows[s:e]], sigma, (hit, p[s:e][hit]), squares=True)
+        sums[s:e], sums2[s:e] = one[:, 0], two[:, 0]
+    cnt = np.full(len(rows), float(len(cols)))
+    sums[inside] -= 1.0  # w_ii = 1 (and w_ii^2 = 1) left out
+    sums2[inside] -= 1.0
+    cnt[inside] -= 1.0
+    return _means_and_errors(sums, sums2, cnt, population)
+
+
 def plri_scores_sampled(
     F: Any,
     labels: Any,
@@ -183,31 +261,36 @@ def plri_scores_sampled(
     refine_max_frac: float = PLRI_REFINE_MAX_FRAC,
     info: dict[str, Any] | None = None,
     device: str | None = None,
+    refine_samples: tuple[int, ...] = PLRI_REFINE_SAMPLES,
 ) -> tuple[np.ndarray, np.ndarray]:
     """PLRI from per-cluster random samples: returns (scores (N,), standard errors (N,)).
 
     Every cluster c contributes m_c = min(sample, |c|) members drawn without replacement (one draw,
     shared by all videos). a_i is the mean kernel over the sample of i's cluster (i itself left out),
-    each candidate mean for b_i over the sample of that cluster; both are unbiased. Standard error of
-    each mean: sd / sqrt(m) * sqrt(1 - m / population) (finite-population correction; 0 where the
-    whole cluster is in the sample). b_i is the largest candidate mean, but the true nearest cluster
-    may be another one whose sample mean came out low, so se_b is the larger of the chosen cluster's
-    se and (max_c (mean_c + z se_c) - b_i) / z over every other cluster c (z = refine_z, or
-    PLRI_REFINE_Z where refine_z <= 0): b_i + z se_b reaches the highest mean any cluster could
-    have. The returned error is, to first order, se(s) = sqrt(se_a^2 + se_b^2) / max(a, b); it is 0
+    each candidate mean for b_i over the sample of that cluster; both are unbiased, with standard
+    errors sd / sqrt(m) * sqrt(1 - m / population) (`_means_and_errors`). The error of s_i
+    (`_scores_and_errors`) covers a_i's sampling error and which cluster is b_i's nearest; it is 0
     only where a_i is exact and no other cluster's mean could exceed b_i within z se (measured in
     tests: |s_sampled - s_exact| <= 4 se(s) for >= 99% of videos, and no video with se 0 is off,
     including videos of clusters sampled whole beside undersampled ones). The max over clusters in
     b_i adds a small upward bias where two clusters tie.
 
-    `delta` given: videos with |s_i - delta| <= refine_z * se(s_i) (the borderline ones, whose P/U
-    side the sampling error could flip) are re-computed exactly over all N columns (se 0), at most
-    refine_max_frac * N of them, closest to delta in units of se first. `info` receives
-    plri_borderline (found), plri_refined (re-computed) and plri_refine_dropped (left sampled by
-    the cap, with a warning when > 0): only the dropped ones can be on the wrong side beyond the
-    z-level error. Cost: N * C * sample + n_refined * N kernel entries. The Gram products are
-    float32 (kernel error about 1e-7, far below the sampling error). `device`: a torch device for
-    the kernel sums, the re-computation included (module docstring).
+    `delta` given: the borderline videos, |s_i - delta| <= z se(s_i) (z = refine_z), whose P/U side
+    the sampling error could flip, are refined in stages: each stage re-estimates, for the videos
+    still borderline, the means of the clusters that can matter to them (their own and those that
+    can be the nearest at level z: `_relevant_clusters`) from a larger sample, `refine_samples`
+    members per cluster, then from all members (exact means, se 0), at most refine_max_frac * N
+    videos in that last stage, closest to delta in units of se first. A cluster is left out of a
+    video's refinement only where its estimate is more than 2 z standard errors below the nearest
+    one's, so a refined video's side is exact unless an estimate was off by more than z standard
+    errors (one-sided normal tail 0.13% at z = 3 per such cluster); the videos that are still
+    borderline after the last stage (se > 0 because of such a cluster) are counted. `info`
+    receives plri_borderline (found by the first stage), plri_stage_rows (videos refined per
+    stage), plri_refined (means re-computed from all members), plri_refine_dropped (left sampled by
+    the cap, with a warning when > 0) and plri_undecided (still within z se of delta at the end).
+    Cost: N * C * sample + the refined videos times the members of their relevant clusters, kernel
+    entries of D multiply-adds each. The Gram products are float32 (kernel error about 1e-7, far
+    below the sampling error). `device`: a torch device for the kernel sums (module docstring).
     """
     X = as_features32(F)
     n = X.shape[0]
@@ -217,20 +300,17 @@ def plri_scores_sampled(
     scores = np.zeros(n, dtype=np.float64)
     se_s = np.zeros(n, dtype=np.float64)
     if m < 2:
-        info["plri_refined"] = info["plri_borderline"] = info["plri_refine_dropped"] = 0
+        info["plri_refined"] = info["plri_borderline"] = info["plri_refine_dropped"] = info["plri_undecided"] = 0
+        info["plri_stage_rows"], info["plri_stage_clusters"] = [], []
         return scores, se_s
     z = float(refine_z) if refine_z > 0 else PLRI_REFINE_Z  # the level se_b covers (below)
     rng = stream_rng(seed, STREAM_PLRI)
-    members = np.argsort(idx, kind="stable")
+    members_sorted = np.argsort(idx, kind="stable")
     starts = np.concatenate([[0], np.cumsum(counts.astype(np.int64))])
-    picks, col_cluster = [], []
-    for c in range(m):
-        mem = members[starts[c] : starts[c + 1]]
-        take = mem if len(mem) <= sample else np.sort(rng.choice(mem, sample, replace=False))
-        picks.append(take)
-        col_cluster.append(np.full(len(take), c))
+    members = [members_sorted[starts[c] : starts[c + 1]] for c in range(m)]  # each ascending
+    picks = [mem if len(mem) <= sample else np.sort(rng.choice(mem, sample, replace=False)) for mem in members]
     S = np.concatenate(picks)
-    col_c = np.concatenate(col_cluster)
+    col_c = np.concatenate([np.full(len(p), c) for c, p in enumerate(picks)])
     m_c = np.bincount(col_c, minlength=m).astype(np.float64)
     pos = np.full(n, -1, dtype=np.int64)  # column of each sampled video in S
     pos[S] = np.arange(len(S))
@@ -238,6 +318,7 @@ def plri_scores_sampled(
     onehot[np.arange(len(S)), col_c] = 1.0
     sq = np.einsum("ij,ij->i", X, X)
     kernel_sums = _KernelSums(X[S], sq[S], onehot, device)
+    border_rows, border_mean, border_se = [], [], []
     # Few columns (C x sample): rows sized so that all of them fit one kernel block, at least ROW_BLOCK.
     step = max(ROW_BLOCK, block_rows(len(S), 8 * 4, BLOCK_BYTES * (_DEVICE_BLOCK_FACTOR if device else 1)))
     for s in range(0, n, step):
@@ -255,51 +336,68 @@ def plri_scores_sampled(
         cnt[ar[in_s], own[in_s]] -= 1.0
         pop = np.broadcast_to(counts, sums.shape).copy()
         pop[ar, own] -= 1.0  # the own cluster's population excludes i
-        with np.errstate(divide="ignore", invalid="ignore"):
-            mean = sums / cnt
-            var = np.maximum(sums2 / cnt - mean**2, 0.0) * cnt / np.maximum(cnt - 1.0, 1.0)
-            se = np.sqrt(var / cnt * np.clip(1.0 - cnt / pop, 0.0, 1.0))
-        se = np.where(cnt > 0, se, 0.0)
-        a = mean[ar, own]
-        se_a = se[ar, own]
-        means = mean.copy()
-        means[ar, own] = -np.inf
-        sc, b_arg = _scores_from_means(a, means, counts[own])
-        b = means[ar, b_arg]
-        # b_i is a max over clusters: its true value may come from another cluster whose sample mean
-        # came out low, even where the chosen one was sampled whole (se 0). Widen se_b so that
-        # b + z se_b reaches max_c (mean_c + z se_c), the highest any cluster's mean could be.
-        with np.errstate(invalid="ignore"):
-            b_hi = np.max(means + z * se, axis=1)  # the own cluster stays -inf
-            se_b = np.maximum(se[ar, b_arg], (b_hi - b) / z)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ses = np.sqrt(se_a**2 + se_b**2) / np.maximum(a, b)
-        scores[s:e] = sc
-        se_s[s:e] = np.where(counts[own] > 1, np.nan_to_num(ses, nan=0.0, posinf=0.0), 0.0)
-    refined = np.zeros(0, dtype=np.int64)
-    n_borderline = n_dropped = 0
-    if delta is not None:
-        margin = np.abs(scores - float(delta))
-        cand = np.nonzero((margin <= refine_z * se_s) & (se_s > 0))[0]
-        n_borderline = len(cand)
-        cap = int(refine_max_frac * n)
-        if len(cand) > cap:
-            cand = cand[np.argsort(margin[cand] / se_s[cand], kind="stable")[:cap]]
-            n_dropped = n_borderline - cap
-            warnings.warn(
-                f"sampled PLRI: {n_dropped} of {n_borderline} borderline videos (|s - delta| <= {refine_z:g} se) "
-                f"not re-computed exactly (cap refine_max_frac={refine_max_frac:g} of N={n}); their P/U side may be wrong",
-                stacklevel=2,
-            )
-        refined = np.sort(cand)
-        if len(refined):
-            scores[refined] = plri_scores_blocked(X, idx, sigma, rows=refined, dtype=np.float32, device=device)
-            se_s[refined] = 0.0
+        mean, se = _means_and_errors(sums, sums2, cnt, pop)
+        scores[s:e], se_s[s:e] = _scores_and_errors(mean, se, own, counts, z)
+        if delta is not None and refine_z > 0:  # refine_z <= 0: no refinement
+            b = np.nonzero((np.abs(scores[s:e] - float(delta)) <= z * se_s[s:e]) & (se_s[s:e] > 0))[0]
+            border_rows.append(b + s)
+            border_mean.append(mean[b])
+            border_se.append(se[b])
+    stage_rows: list[int] = []
+    stage_clusters: list[float] = []  # mean clusters re-estimated per video, per stage
+    n_borderline = n_dropped = n_exact = 0
+    rows = np.zeros(0, dtype=np.int64)
+    if border_rows:
+        rows = np.concatenate(border_rows)
+        mean, se = np.concatenate(border_mean), np.concatenate(border_se)
+        n_borderline = len(rows)
+        # A random few of them, for a check against exact scores (the benchmark's); a stream of its
+        # own, so that the refinement's draws do not depend on it.
+        check_rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, STREAM_PLRI, 1])
+        info["plri_borderline_sample"] = np.sort(check_rng.choice(rows, min(len(rows), 300), replace=False))
+        # 0: every member. A sample as large as the largest cluster is that already.
+        stages = [int(k) for k in refine_samples if sample < int(k) < counts.max()] + [0]
+        for k in stages:
+            if not len(rows):
+                break
+            if k == 0:
+                cap = int(refine_max_frac * n)
+                if len(rows) > cap:
+                    margin = np.abs(scores[rows] - float(delta)) / se_s[rows]
+                    keep = np.sort(np.argsort(margin, kind="stable")[:cap])
+                    n_dropped = len(rows) - cap
+                    warnings.warn(
+                        f"sampled PLRI: {n_dropped} of {len(rows)} borderline videos (|s - delta| <= {refine_z:g} se) "
+                        f"not re-computed exactly (cap refine_max_frac={refine_max_frac:g} of N={n}); their P/U side may be wrong",
+                        stacklevel=2,
+                    )
+                    rows, mean, se = rows[keep], mean[keep], se[keep]
+                n_exact = len(rows)
+                if not len(rows):
+                    break
+            stage_rows.append(len(rows))
+            own = idx[rows]
+            rel = _relevant_clusters(mean, se, own, z)
+            stage_clusters.append(float(rel.sum(axis=1).mean()))
+            for c in range(m):
+                sel = np.nonzero(rel[:, c])[0]
+                if not len(sel):
+                    continue
+                mem = members[c]
+                cols = mem if k == 0 or len(mem) <= k else np.sort(rng.choice(mem, k, replace=False))
+                population = counts[c] - (own[sel] == c)
+                mean[sel, c], se[sel, c] = _cluster_means(X, sq, rows[sel], cols, population, float(sigma), device)
+            scores[rows], se_s[rows] = _scores_and_errors(mean, se, own, counts, z)
+            still = (np.abs(scores[rows] - float(delta)) <= z * se_s[rows]) & (se_s[rows] > 0)
+            rows, mean, se = rows[still], mean[still], se[still]
     info["plri_device"] = device or "numpy"
     info["plri_sample"] = int(sample)
     info["plri_borderline"] = int(n_borderline)
+    info["plri_stage_rows"] = stage_rows
+    info["plri_stage_clusters"] = stage_clusters
     info["plri_refine_dropped"] = int(n_dropped)
-    info["plri_refined"] = int(len(refined))
+    info["plri_refined"] = int(n_exact)
+    info["plri_undecided"] = int(len(rows))
     info["plri_se_max"] = float(se_s.max())
     info["plri_se_mean"] = float(se_s.mean())
     return scores, se_s

@@ -8,9 +8,9 @@ O(N m) memory (m landmarks or k neighbours):
    dense path's convention (the mean over all N^2 ordered pairs, the N zero self-distances included).
 2. The spectral embedding, two ways (`cluster_videos_scale(affinity=...)`):
    - 'knn' (default): the k-nearest-neighbour graph (k = 30, at most N / (4 C): `graph_neighbours`)
-     of the features' top `knn_pca` (256) principal components (`knn.pca_project`;
-     `knn.knn_search`: FAISS flat exact index for moderate N, IVF-Flat (or HNSW) with exact
-     re-ranking for large N, on GPUs when FAISS sees any; or a blocked torch matmul + top-k on
+     of the features' top principal components (`knn_pca`; by default twice the clusters, 32-256:
+     `graph_dims`; `knn.pca_project`;
+     `knn.knn_search`: FAISS flat exact index for moderate N, IVF-Flat (or HNSW) for large N, on GPUs when FAISS sees any; or a blocked torch matmul + top-k on
      CUDA), the Gaussian kernel on its edges with sigma of the same space
      (`sparse_gaussian_affinity`, symmetric, zero diagonal), the top eigenvectors of the normalised
      adjacency D^-1/2 W D^-1/2 by scipy's `eigsh` with a small uniform term that connects the graph
@@ -26,12 +26,13 @@ O(N m) memory (m landmarks or k neighbours):
    of 256 components at 0.993 (99.6%); 32-128 components gave 0.99-0.996, so the choice is not
    sharp. Nystroem agrees at 0.999 and is kept as the alternative. The graph's sigma is the mean
    pairwise distance of the components (as the dense path's, in the space the graph lives in).
-3. k-means: FAISS Lloyd iterations from greedy k-means++ seeds, best of 10, seeded.
+3. k-means: FAISS Lloyd iterations from greedy k-means++ seeds, best of 10, seeded (above 100,000
+   videos the restarts run on a sample of that size, the best one refined on all videos).
 4. PLRI (`plri_scale.plri_scores_blocked`, `plri_scale.plri_scores_sampled`): cohesion a_i and separation b_i are means of
    the *full* Gaussian kernel (every pair, as in the dense path, not only the graph's edges), so
    they are computed from the features: exactly in row blocks (O(block * N) memory, O(N^2 D) time)
-   or from per-cluster random samples with a standard error per video, re-computing exactly the
-   videos whose P/U side the sampling error could flip; the kernel sums on the GPU when torch
+   or from per-cluster random samples with a standard error per video, refining the videos whose
+   P/U side the sampling error could flip in stages; the kernel sums on the GPU when torch
    sees one (`plri_device`).
 
 Labels are canonical (clusters numbered in order of first appearance), as in `cluster/exact.py`.
@@ -52,11 +53,14 @@ from copl_dist.cluster.exact import canonical_labels, check_n_clusters, plri_spl
 from copl_dist.cluster.knn import knn_search, pca_project
 from copl_dist.cluster.knobs import (
     KMEANS_N_INIT,
+    KMEANS_FINAL_NITER,
     KMEANS_NITER,
     KMEANS_ONE_THREAD_MAX,
+    KMEANS_SAMPLE,
     NYSTROM_LANDMARKS,
     NYSTROM_RCOND,
     PCA_DIM,
+    PCA_MIN_DIM,
     PLRI_EXACT_MAX_N,
     PLRI_SAMPLE,
     SIGMA_SAMPLE,
@@ -126,14 +130,24 @@ def sparse_gaussian_affinity(dist: np.ndarray, idx: np.ndarray, sigma: float, sy
     if symmetrize not in ("max", "mean"):
         raise ValueError(f"symmetrize must be 'max' or 'mean', got {symmetrize!r}")
     n, k = idx.shape
-    d = np.asarray(dist, dtype=np.float64).ravel()
-    w = np.ones_like(d) if sigma == 0.0 else np.exp(-(d**2) / (2.0 * float(sigma) ** 2))
-    rows = np.repeat(np.arange(n), k)
-    cols = np.asarray(idx, dtype=np.int64).ravel()
-    ok = (cols >= 0) & (cols != rows)
-    W = sp.csr_matrix((w[ok], (rows[ok], cols[ok])), shape=(n, n))
-    W = W.maximum(W.T) if symmetrize == "max" else (W + W.T) * 0.5
-    W = sp.csr_matrix(W)
+    # Built as CSR directly, int32 indices where N allows: at N = 1,000,000 the COO route held
+    # about 2.7 GB of temporaries (int64 row and column arrays, their masked copies).
+    itype = np.int32 if n * k < 2**31 - 1 else np.int64  # indptr holds up to N k
+    cols = np.asarray(idx).astype(itype, copy=False)
+    w = np.array(dist, dtype=np.float64)  # the weights computed in place in this copy
+    if sigma == 0.0:
+        w[:] = 1.0
+    else:
+        w *= w
+        w *= -1.0 / (2.0 * float(sigma) ** 2)
+        np.exp(w, out=w)
+    ok = (cols >= 0) & (cols != np.arange(n, dtype=itype)[:, None])
+    indptr = np.zeros(n + 1, dtype=itype)
+    np.cumsum(ok.sum(axis=1), out=indptr[1:])
+    W = sp.csr_matrix((w[ok], cols[ok], indptr), shape=(n, n))
+    del cols, w, ok
+    W.sum_duplicates()
+    W = sp.csr_matrix(W.maximum(W.T.tocsr()) if symmetrize == "max" else (W + W.T) * 0.5)
     W.sort_indices()
     return W
 
@@ -196,11 +210,12 @@ def spectral_embedding(
 
 
 def _fix_signs(vecs: np.ndarray) -> np.ndarray:
-    """Each column's largest-magnitude entry made positive: deterministic eigenvector signs."""
+    """Each column's largest-magnitude entry made positive, in place: deterministic eigenvector signs."""
     pivot = np.argmax(np.abs(vecs), axis=0)
     signs = np.sign(vecs[pivot, np.arange(vecs.shape[1])])
     signs[signs == 0] = 1.0
-    return vecs * signs
+    vecs *= signs
+    return vecs
 
 
 def nystrom_embedding(
@@ -294,7 +309,8 @@ def kmeans(X: np.ndarray, n_clusters: int, seed: int, n_init: int = KMEANS_N_INI
     FAISS's own initialisation (random rows) often lands two seeds in one cluster and none in
     another with 20 clusters, and ten restarts did not repair it (ARI 0.67 where scikit-learn's
     k-means++ gave 1.0 on the same embedding), hence the k-means++ seeds. FAISS's training set is not
-    subsampled (max_points_per_centroid = N): the embedding has few dims, so all rows are cheap.
+    subsampled (max_points_per_centroid = N): the embedding has few dims, so all rows are cheap
+    (above KMEANS_SAMPLE rows the restarts run on a sample: `_kmeans_restarts`).
     Up to KMEANS_ONE_THREAD_MAX values FAISS runs on one OpenMP thread: tiny Lloyd steps are
     dominated by OpenMP barriers, and on a loaded 2-core machine 5000 x 20 took 12.8 s with two
     threads and 1.1 s with one.
@@ -309,42 +325,64 @@ def kmeans(X: np.ndarray, n_clusters: int, seed: int, n_init: int = KMEANS_N_INI
         _, labels, _ = k_means(X32, k, random_state=int(seed) & 0x7FFFFFFF, n_init=n_init)
         return labels.astype(np.int64)
     rng = stream_rng(seed, STREAM_KMEANS)
-    best_obj, best_labels = np.inf, None
+    _, best_labels = _kmeans_restarts(faiss, X32, k, rng, int(n_init))
+    return best_labels
+
+
+def _lloyd(faiss: Any, X32: np.ndarray, init: np.ndarray, seed: int, niter: int = KMEANS_NITER) -> tuple[float, np.ndarray, np.ndarray]:
+    """`niter` FAISS Lloyd iterations from `init`: (objective, labels, centroids)."""
+    n, d = X32.shape
     threads = faiss.omp_get_max_threads()
     if n * d <= KMEANS_ONE_THREAD_MAX:
         faiss.omp_set_num_threads(1)
     try:
-        best_obj, best_labels = _kmeans_restarts(faiss, X32, k, rng, int(n_init))
-    finally:
-        faiss.omp_set_num_threads(threads)
-    return best_labels
-
-
-def _kmeans_restarts(faiss: Any, X32: np.ndarray, k: int, rng: np.random.Generator, n_init: int) -> tuple[float, np.ndarray]:
-    n, d = X32.shape
-    best_obj, best_labels = np.inf, None
-    for _ in range(n_init):
-        init = _kmeans_pp(X32, k, rng)
         km = faiss.Kmeans(
-            d, k, niter=KMEANS_NITER, nredo=1, seed=int(rng.integers(1, 2**31 - 1)),
+            d, len(init), niter=niter, nredo=1, seed=seed,
             max_points_per_centroid=n, min_points_per_centroid=1, verbose=False, gpu=faiss.get_num_gpus() > 0,
         )
         km.train(X32, init_centroids=init)
         dist, labels = km.index.search(X32, 1)
-        obj = float(dist.astype(np.float64).sum())
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return float(dist.astype(np.float64).sum()), labels.ravel().astype(np.int64), km.centroids
+
+
+def _kmeans_restarts(faiss: Any, X32: np.ndarray, k: int, rng: np.random.Generator, n_init: int) -> tuple[float, np.ndarray]:
+    """The best of `n_init` restarts. Above KMEANS_SAMPLE rows the restarts run on that many random
+    rows and the best one's centroids start KMEANS_FINAL_NITER Lloyd iterations on all of them: at
+    N = 1,000,000 ten restarts on every row took 53-68 s on 2 loaded cores, this 7 s, with the same
+    partition (ARI 0.9985 against the generating labels either way; the spectral embedding's
+    clusters are compact, so a sample of 100,000 places the centroids as well)."""
+    n = X32.shape[0]
+    S = X32 if n <= KMEANS_SAMPLE else X32[np.sort(rng.choice(n, KMEANS_SAMPLE, replace=False))]
+    best_obj, best_labels, best_centroids = np.inf, None, None
+    for _ in range(n_init):
+        obj, labels, centroids = _lloyd(faiss, S, _kmeans_pp(S, k, rng), int(rng.integers(1, 2**31 - 1)))
         if obj < best_obj:
-            best_obj, best_labels = obj, labels.ravel().astype(np.int64)
+            best_obj, best_labels, best_centroids = obj, labels, centroids
+    if S is not X32:
+        best_obj, best_labels, _ = _lloyd(faiss, X32, best_centroids, int(rng.integers(1, 2**31 - 1)), KMEANS_FINAL_NITER)
     return best_obj, best_labels
 
 
-def spectral_labels(W: sp.spmatrix, n_clusters: int, seed: int, info: dict[str, Any] | None = None) -> np.ndarray:
-    """Ng-Jordan-Weiss on a sparse affinity: embedding, rows normalised to unit length, k-means;
-    canonical labels."""
+def njw_embedding(W: sp.spmatrix, n_clusters: int, seed: int, info: dict[str, Any] | None = None) -> np.ndarray:
+    """Ng-Jordan-Weiss's embedding of a sparse affinity: `spectral_embedding`, rows normalised to
+    unit length."""
     info = info if info is not None else {}
     with stage(info, "eigen"):
         U = spectral_embedding(W, n_clusters, seed, info=info)
         norms = np.linalg.norm(U, axis=1, keepdims=True)
-        U = U / np.where(norms > 0, norms, 1.0)
+        U /= np.where(norms > 0, norms, 1.0)
+        return U
+
+
+def spectral_labels(W: sp.spmatrix, n_clusters: int, seed: int, info: dict[str, Any] | None = None) -> np.ndarray:
+    """Ng-Jordan-Weiss on a sparse affinity: `njw_embedding`, k-means; canonical labels."""
+    info = info if info is not None else {}
+    return _embedding_labels(njw_embedding(W, n_clusters, seed, info=info), n_clusters, seed, info)
+
+
+def _embedding_labels(U: np.ndarray, n_clusters: int, seed: int, info: dict[str, Any]) -> np.ndarray:
     with stage(info, "kmeans"):
         labels = kmeans(U, n_clusters, seed)
     return canonical_labels(labels)
@@ -363,6 +401,19 @@ def graph_neighbours(knn: int, n: int, n_clusters: int) -> int:
     return max(1, min(int(knn), max(5, n // (4 * max(1, n_clusters))), n - 1))
 
 
+def graph_dims(knn_pca: int, n_clusters: int) -> int:
+    """Principal components the kNN graph is built on: `knn_pca`, or with -1 twice the clusters,
+    within PCA_MIN_DIM (32) and PCA_DIM (256). The clusters' centres span at most C - 1 dimensions
+    (LDA's space from iteration 1 on); the components past them are what the noise adds, and they
+    cost kNN time in proportion (at N = 1,000,000 in 2048 dims: 32 components made the IVF search
+    about 2.4x faster than 64, with 99.9% of the neighbours in their video's cluster either way).
+    On the benchmark's 20 clusters, 32 to 256 components agreed with the exact path alike
+    (docs/bench/knn-pca/k-and-dims.out)."""
+    if int(knn_pca) >= 0:
+        return int(knn_pca)
+    return min(PCA_DIM, max(PCA_MIN_DIM, 2 * int(n_clusters)))
+
+
 def cluster_videos_scale(
     F: Any,
     n_clusters: int,
@@ -372,7 +423,7 @@ def cluster_videos_scale(
     *,
     affinity: str = "knn",
     knn: int = 30,
-    knn_pca: int = PCA_DIM,
+    knn_pca: int = -1,
     backend: str = "auto",
     landmarks: int = NYSTROM_LANDMARKS,
     plri_method: str = "auto",
@@ -384,17 +435,18 @@ def cluster_videos_scale(
     """videos.cluster_videos without N x N matrices: (labels (N,) int64, PLRI scores (N,), mask (N,) bool).
 
     affinity: 'knn' (default: the `graph_neighbours(knn, ...)`-nearest-neighbour graph from `knn_search` with `backend` on
-    the top `knn_pca` principal components (0 or >= D: the raw features), `sparse_gaussian_affinity`
+    the top `graph_dims(knn_pca, n_clusters)` principal components (0 or >= D: the raw features), `sparse_gaussian_affinity`
     with sigma of that space, `spectral_labels`: NJW on the sparse graph) or 'nystrom'
     (`nystrom_embedding` of the full kernel, then k-means on the embedding as the dense path does).
     Sigma from `estimate_sigma` in each path's space; PLRI always on the full features.
     plri_method: 'exact' (blocked sums, O(N^2 D) time), 'sampled' (per-cluster samples of
-    `plri_sample`, with the borderline videos re-computed exactly), or 'auto' (exact up to
+    `plri_sample`, with the borderline videos refined in stages), or 'auto' (exact up to
     `plri_exact_max_n` videos). plri_device: the torch device of PLRI's kernel sums, None for numpy,
     'auto' for 'cuda' when torch sees a GPU (else numpy). `info` (a dict, optional) receives per-stage seconds and diagnostics
     (sigma, kNN index, graph components, eigenvalues, PLRI error estimates); with
-    info["keep_knn"] = True the kNN indices and the features they were searched in are kept in
-    info["knn_indices"] and info["knn_features"] (for a recall check).
+    info["keep_knn"] = True the kNN indices are kept in info["knn_indices"] (int32 where N allows,
+    for a recall check; the space they were searched in is `pca_project(F, info["knn_dims"], seed)`
+    where knn_dims < D, else F: kept, it would count in the path's peak memory).
     """
     if affinity not in ("nystrom", "knn"):
         raise ValueError(f"affinity must be 'nystrom' or 'knn', got {affinity!r}")
@@ -414,9 +466,10 @@ def cluster_videos_scale(
         labels = np.arange(n, dtype=np.int64)
     elif affinity == "knn":
         Y, graph_sigma = X, sigma
-        if 0 < int(knn_pca) < X.shape[1]:
+        dims = graph_dims(knn_pca, n_clusters)
+        if 0 < dims < X.shape[1]:
             with stage(info, "pca"):
-                Y = pca_project(X, int(knn_pca), seed)
+                Y = pca_project(X, dims, seed)
                 graph_sigma = estimate_sigma(Y, seed=seed)
         info["knn_dims"] = int(Y.shape[1])
         info["graph_sigma"] = graph_sigma
@@ -424,12 +477,16 @@ def cluster_videos_scale(
         info["knn_k"] = k_graph
         with stage(info, "knn"):
             dist, idx = knn_search(Y, k_graph, backend, seed=seed, info=info)
+            if n < 2**31 - 1:
+                idx = idx.astype(np.int32)  # half the memory of the graph's inputs
         if info.get("keep_knn"):
-            info["knn_indices"], info["knn_features"] = idx, Y
+            info["knn_indices"] = idx
         with stage(info, "affinity"):
             W = sparse_gaussian_affinity(dist, idx, graph_sigma)
         del dist, idx, Y
-        labels = spectral_labels(W, int(n_clusters), seed, info=info)
+        U = njw_embedding(W, int(n_clusters), seed, info=info)
+        del W  # 0.5 GB at N = 1,000,000, not needed by k-means or PLRI
+        labels = _embedding_labels(U, int(n_clusters), seed, info)
     else:
         with stage(info, "eigen"):
             E = nystrom_embedding(X, int(n_clusters), sigma, seed, landmarks=landmarks, info=info)

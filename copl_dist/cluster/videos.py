@@ -23,7 +23,7 @@ def cluster_videos(
     *,
     exact_max_n: int = 10000,
     knn: int = 30,
-    knn_pca: int = 256,
+    knn_pca: int = -1,
     backend: str = "auto",
     scale_affinity: str = "knn",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
