@@ -83,23 +83,40 @@ def resolve_registry_uri(tracking_uri: str | None) -> str:
     return uri
 
 
+# MLflow's alias rules (its registry refuses the others), written out here: the functions that check
+# them are private to MLflow and were renamed in 3.18.
+_ALIAS_CHARS = re.compile(r"[\w\-]+")
+_ALIAS_VERSION = re.compile(r"[vV]\d+")
+_ALIAS_MAX = 255
+
+
+def _alias_problem(alias: str) -> str | None:
+    if alias == "":
+        return "Registered model alias name cannot be empty."
+    if not _ALIAS_CHARS.fullmatch(alias):
+        return f"Invalid alias name: '{alias}'. Names may only contain alphanumerics, underscores (_), and dashes (-)."
+    if len(alias) > _ALIAS_MAX:
+        return f"Registered model alias name exceeds the maximum length of {_ALIAS_MAX} characters."
+    if alias.lower() == "latest":
+        return "'latest' alias name (case insensitive) is reserved."
+    if _ALIAS_VERSION.fullmatch(alias):
+        return f"Version alias name '{alias}' is reserved."
+    return None
+
+
 def check_registry_names(model_name: str | None = None, alias: str | None = None, source: str = "") -> None:
     """MLflow's own rules for a registered model's name and an alias (no '/' in a name; an alias of
     letters, digits, '_' and '-', neither 'latest' nor 'v<digits>'), checked before anything runs."""
     from mlflow.exceptions import MlflowException
     from mlflow.utils import validation
 
-    checks = []
     if model_name is not None:
-        checks.append((validation._validate_model_name, model_name, "model name"))
-    if alias is not None:
-        checks += [(validation._validate_model_alias_name, alias, "alias"),
-                   (validation._validate_model_alias_name_reserved, alias, "alias")]
-    for check, value, what in checks:
         try:
-            check(value)
+            validation._validate_model_name(model_name)
         except MlflowException as exc:
-            raise InputError(f"{source or what} {value!r}: {first_line(exc)}") from None
+            raise InputError(f"{source or 'model name'} {model_name!r}: {first_line(exc)}") from None
+    if alias is not None and (problem := _alias_problem(alias)) is not None:
+        raise InputError(f"{source or 'alias'} {alias!r}: {problem}")
 
 
 def _client(tracking_uri: str) -> Any:
