@@ -542,3 +542,17 @@ def test_bench_cluster_small(tmp_path, capsys):
     assert "nystrom" in capsys.readouterr().out
     with pytest.raises(InputError, match="--n"):
         run(parser.parse_args(["bench", "cluster", "--n", "10,x", "--out", str(tmp_path)]))
+
+
+def test_bench_cluster_checks_sampled_plri_on_random_and_borderline_videos(tmp_path):
+    """Above 20,000 videos PLRI is sampled: the benchmark checks it against exact scores on random
+    videos and on borderline ones, and reports the refinement's stages."""
+    parser = build_parser()
+    args = parser.parse_args(["bench", "cluster", "--n", "21000", "--dim", "16", "--clusters", "4", "--paths", "knn",
+                              "--out", str(tmp_path), "--threads", "1"])
+    assert run(args) == 0
+    (row,) = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert row["plri_method"] == "sampled" and row["plri_stage_rows"][0] == row["plri_borderline"] > 0
+    assert row["plri_check"]["videos"] == 1000 and row["plri_border_check"]["videos"] == 300
+    assert row["plri_check"]["side_differs"] == row["plri_border_check"]["side_differs"] == 0.0
+    assert "borderline checked" in (tmp_path / "bench.md").read_text()

@@ -236,28 +236,20 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         result["knn_recall"] = knn.knn_recall(Y, info["knn_indices"], n_queries=500, seed=seed)
         result["knn_recall_check_s"] = time.perf_counter() - t
     if info.get("plri_method") == "sampled":
-        # Sampled PLRI against exact PLRI of the same labels on a random subset (outside the timings).
-        t = time.perf_counter()
-        rows = np.sort(np.random.default_rng([seed, 7]).choice(n, min(n, 1000), replace=False))
+        # Sampled PLRI against exact PLRI of the same labels (outside the timings): on random videos,
+        # and on the videos whose side the first stage left in doubt, where an error would show.
         device = None if info.get("plri_device") in (None, "numpy") else info["plri_device"]
-        exact = plri_scale.plri_scores_blocked(F, labels, info["sigma"], rows=rows, dtype=np.float32, device=device)
-        result["plri_check"] = {
-            "videos": len(rows),
-            "max_abs_err": float(np.abs(exact - scores[rows]).max()),
-            "side_differs": float(np.mean((exact >= spec["delta"]) != mask[rows])),
-            "seconds": time.perf_counter() - t,
-        }
+
+        def check(rows: np.ndarray) -> dict[str, Any]:
+            t = time.perf_counter()
+            exact = plri_scale.plri_scores_blocked(F, labels, info["sigma"], rows=rows, dtype=np.float32, device=device)
+            return {"videos": len(rows), "max_abs_err": float(np.abs(exact - scores[rows]).max()),
+                    "side_differs": float(np.mean((exact >= spec["delta"]) != mask[rows])), "seconds": time.perf_counter() - t}
+
+        result["plri_check"] = check(np.sort(np.random.default_rng([seed, 7]).choice(n, min(n, 1000), replace=False)))
         border = info.get("plri_borderline_sample")
         if border is not None and len(border):
-            # The videos whose side the first stage left in doubt: where an error would show.
-            t = time.perf_counter()
-            exact = plri_scale.plri_scores_blocked(F, labels, info["sigma"], rows=border, dtype=np.float32, device=device)
-            result["plri_border_check"] = {
-                "videos": len(border),
-                "max_abs_err": float(np.abs(exact - scores[border]).max()),
-                "side_differs": float(np.mean((exact >= spec["delta"]) != mask[border])),
-                "seconds": time.perf_counter() - t,
-            }
+            result["plri_border_check"] = check(border)
     np.savez(spec["arrays"], labels=labels, scores=scores, mask=mask)
     return result
 
