@@ -43,8 +43,8 @@ PLRI_EXACT_MAX_N = 20_000  # "auto" PLRI: exact blocked sums up to this N, per-c
 PLRI_SAMPLE = 32  # members sampled per cluster in the first stage (cost N C m D; see plri_scores_sampled)
 PLRI_REFINE_Z = 3.0  # refine every video with |s_i - delta| <= z * se(s_i)
 # Members per cluster of the refinement stages before the one over all members (plri_scores_sampled):
-# at N = 1,000,000 the first stage (32 members) left 63,210 videos borderline, 1,024 members 12,940
-# of them, 8,192 members 4,181, computed from all members of the clusters that can matter
+# at N = 1,000,000 the first stage (32 members) left 63,210 videos borderline, 1,024 members 12,965
+# of them, 8,192 members 4,349, computed from all members of the clusters that can matter
 # (docs/scale.md).
 PLRI_REFINE_SAMPLES = (1024, 8192)
 PLRI_REFINE_MAX_FRAC = 0.1  # at most this fraction of the videos re-computed exactly (closest to delta first)
