@@ -546,3 +546,39 @@ def test_cluster_address_checked_before_anything_starts(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")  # closed now
     with pytest.raises(InputError, match=rf"^\$RAY_ADDRESS: nothing answers at 127.0.0.1:{port}"):
         check_ray_address(SimpleNamespace(ray_address=""))
+
+
+def test_a_checkpoint_snapshot_does_not_follow_training():
+    """Rank 0 hands Ray's upload thread a copy of the state: the next epoch's optimizer steps,
+    which change the tensors in place, must not reach a checkpoint still being written."""
+    from copl_dist.distributed.train import _detached_copy
+
+    weights = torch.ones(3)
+    optimizer = {"state": {0: {"exp_avg": weights * 2}}, "param_groups": [{"lr": 1e-4}]}
+    state = {"student": {"w": weights}, "optimizer": optimizer, "history": [{"loss": 1.0}], "epoch": 4}
+    snapshot = _detached_copy(state)
+    weights.add_(5.0)
+    state["optimizer"]["state"][0]["exp_avg"].zero_()
+    assert torch.equal(snapshot["student"]["w"], torch.ones(3))
+    assert torch.equal(snapshot["optimizer"]["state"][0]["exp_avg"], torch.full((3,), 2.0))
+    assert snapshot["history"] == [{"loss": 1.0}] and snapshot["epoch"] == 4
+    assert snapshot["optimizer"]["param_groups"] == [{"lr": 1e-4}]
+
+
+def test_one_checkpoint_in_flight_at_a_time():
+    """The next epoch's report waits until the previous checkpoint is written."""
+    import threading
+
+    from copl_dist.distributed.train import _UploadInFlight
+
+    uploads = _UploadInFlight()
+    uploads.start()
+    second = threading.Thread(target=uploads.start)
+    second.start()
+    second.join(0.3)
+    assert second.is_alive()  # blocked behind the first upload
+    uploads.done()
+    second.join(5)
+    assert not second.is_alive()
+    uploads.done()
+    uploads.wait(1)

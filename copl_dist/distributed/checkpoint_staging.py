@@ -1,7 +1,8 @@
-"""Where a Ray Train worker writes an epoch's checkpoint before `ray.train.report` copies it to storage.
+"""Where a Ray Train worker stages an epoch's checkpoint before it is copied to storage.
 
-A temporary directory, removed when the report returns; but a worker killed inside the report (`ray
-job stop`, Ctrl-C, Tune stopping a trial, a lost node) leaves it behind, one per kill, the size of the
+A temporary directory, removed once the checkpoint is stored (empty when the storage is a local
+path, which the checkpoint is written to directly); but a worker killed meanwhile (`ray job stop`,
+Ctrl-C, Tune stopping a trial, a lost node) leaves it behind, one per kill, up to the size of the
 training state: 95 of them (6.1 MB each, the tests' tiny model) had piled up in /tmp after a day of
 this project's stop tests and benchmarks. So each is named by its worker's process id, and a worker
 starting on the node removes those whose process is gone.
@@ -24,6 +25,11 @@ def staging_dir(root: str | os.PathLike[str] | None = None) -> Iterator[Path]:
     """A fresh directory `PREFIX<pid>-<random>` under `root` (the system's temp dir), removed on exit."""
     with tempfile.TemporaryDirectory(prefix=f"{PREFIX}{os.getpid()}-", dir=root) as tmp:
         yield Path(tmp)
+
+
+def make_dir(root: str | os.PathLike[str] | None = None) -> Path:
+    """A fresh directory named like `staging_dir`'s, which the caller removes."""
+    return Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=root))
 
 
 def remove_stale(root: str | os.PathLike[str] | None = None) -> list[Path]:

@@ -52,13 +52,19 @@ class IOCNet(nn.Module):
         embedding (B, T, H)."""
         if x.dim() != 3 or x.shape[-1] != self.feature_dim:
             raise ValueError(f"IOCNet expects (B, T, {self.feature_dim}) features, got {tuple(x.shape)}")
-        xc = x.transpose(1, 2)  # (B, D, T): Conv1d runs over time
-        hidden = F.relu(self.cs_conv(xc))  # (B, H, T)
-        cas = self.cs_classifier(self.cs_dropout(hidden)).transpose(1, 2)  # (B, T, C)
+        # The three k=3 convolutions run as GEMMs on one unfolded copy of the features rather than as
+        # Conv1d calls: on the CPU, oneDNN's convolutions of these shapes (and the transposes to and
+        # from (B, D, T)) ran at about three quarters of a plain matmul's speed (docs/results.md).
+        # Same weights (the state dict is unchanged), same result up to float rounding.
+        b, t, d = x.shape
+        half = d // 2
+        u = _unfold_k3(x)  # (B*T, 3D): [RGB t-1, t, t+1 | Flow t-1, t, t+1]
+        hidden = F.relu(torch.addmm(self.cs_conv.bias, u, _k3_weight(self.cs_conv.weight, modalities=2)))
+        cas = _pointwise(self.cs_classifier, self.cs_dropout(hidden)).view(b, t, -1)  # (B, T, C)
         a_cs = torch.sigmoid(cas.sum(dim=-1))  # Eq. 11
-        half = self.feature_dim // 2
-        a_ca_r = torch.sigmoid(self.ca_rgb(xc[:, :half]).squeeze(1))  # Eq. 12, (B, T)
-        a_ca_f = torch.sigmoid(self.ca_flow(xc[:, half:]).squeeze(1))
+        # Column slices of u: each modality's three time steps, read in place (BLAS takes the stride).
+        a_ca_r = torch.sigmoid(_agnostic(self.ca_rgb, u[:, : 3 * half]).view(b, t))  # Eq. 12, (B, T)
+        a_ca_f = torch.sigmoid(_agnostic(self.ca_flow, u[:, 3 * half :]).view(b, t))
         return {
             "cas": cas,
             "a_cs": a_cs,
@@ -66,8 +72,41 @@ class IOCNet(nn.Module):
             "a_ca_f": a_ca_f,
             "a_ca": (a_ca_r + a_ca_f) / 2,  # Eq. 13
             # Before dropout, so the contrastive loss sees the same embedding in train and eval mode.
-            "embedding": hidden.transpose(1, 2),  # (B, T, H)
+            "embedding": hidden.view(b, t, -1),  # (B, T, H)
         }
+
+
+def _unfold_k3(x: Tensor) -> Tensor:
+    """(B, T, D) -> (B*T, 3D): row (b, t) holds the RGB half at t-1, t, t+1, then the Flow half at
+    t-1, t, t+1, zeros beyond the video's ends (a k=3 convolution's padding=1)."""
+    b, t, d = x.shape
+    half = d // 2
+    u = x.new_empty(b, t, 2, 3, half)
+    xv = x.reshape(b, t, 2, half)
+    u[:, 1:, :, 0] = xv[:, :-1]
+    u[:, 0, :, 0] = 0
+    u[:, :, :, 1] = xv
+    u[:, :-1, :, 2] = xv[:, 1:]
+    u[:, -1, :, 2] = 0
+    return u.view(b * t, 3 * d)
+
+
+def _k3_weight(weight: Tensor, modalities: int) -> Tensor:
+    """A Conv1d(k=3) weight (H, D, 3) as the (3D, H) matrix for `_unfold_k3`'s rows: D split into
+    `modalities` consecutive halves, each with its three time steps."""
+    h, d, k = weight.shape
+    return weight.view(h, modalities, d // modalities, k).permute(1, 3, 2, 0).reshape(k * d, h)
+
+
+def _pointwise(conv: nn.Conv1d, x: Tensor) -> Tensor:
+    """A Conv1d(k=1) on rows of (N, H) features."""
+    return F.linear(x, conv.weight.squeeze(-1), conv.bias)
+
+
+def _agnostic(head: nn.Sequential, u: Tensor) -> Tensor:
+    """`_agnostic_head`'s layers on one modality's unfolded rows (N, 3 D/2) -> (N, 1) logits."""
+    conv, relu, dropout, out = head
+    return _pointwise(out, dropout(relu(torch.addmm(conv.bias, u, _k3_weight(conv.weight, modalities=1)))))
 
 
 def selection_score(cas: Tensor, a_ca_r: Tensor, a_ca_f: Tensor, beta: float) -> Tensor:
