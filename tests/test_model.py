@@ -41,26 +41,16 @@ def test_modalities_read_their_own_half():
     assert not torch.allclose(out["a_ca_f"], out2["a_ca_f"])
 
 
-def _conv_reference(net: IOCNet, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Eqs. 11-13 through the Conv1d modules themselves, on (B, D, T)."""
-    xc = x.transpose(1, 2)
-    half = net.feature_dim // 2
-    hidden = torch.relu(net.cs_conv(xc))
-    cas = net.cs_classifier(net.cs_dropout(hidden)).transpose(1, 2)
-    a_r = torch.sigmoid(net.ca_rgb(xc[:, :half]).squeeze(1))
-    a_f = torch.sigmoid(net.ca_flow(xc[:, half:]).squeeze(1))
-    return {"cas": cas, "a_ca_r": a_r, "a_ca_f": a_f, "embedding": hidden.transpose(1, 2)}
-
-
 @pytest.mark.parametrize("shape", [(3, 9, 8), (2, 1, 8), (1, 2, 6), (2, 40, 64)])
 def test_the_convolutions_as_gemms_equal_conv1d(shape):
-    """The forward runs the k=3 convolutions as GEMMs on unfolded features: the same outputs and
-    weight gradients as the Conv1d modules, including the zero padding at both ends of a video."""
+    """On the CPU the forward runs the k=3 convolutions as GEMMs on unfolded features: the same
+    outputs and weight gradients as the Conv1d modules (the GPU's forward), including the zero
+    padding at both ends of a video and features that are not contiguous."""
     torch.manual_seed(0)
     b, t, d = shape
     net = IOCNet(num_classes=3, feature_dim=d, hidden_dim=5, dropout=0.0)
-    x = torch.randn(b, t, d)
-    out, ref = net(x), _conv_reference(net, x)
+    x = torch.randn(b, d, t).transpose(1, 2)  # (B, T, D), not contiguous
+    out, ref = net(x), net._forward_conv(x)
     for key in ref:
         torch.testing.assert_close(out[key], ref[key], rtol=1e-5, atol=1e-5)
     grads = []

@@ -82,7 +82,7 @@ def ray_worker_loop(config: dict[str, Any]) -> None:
     import ray.train
 
     _quiet_ray_train_reports()
-    checkpoint_staging.remove_stale()  # left by workers killed inside a report
+    checkpoint_staging.remove_stale()  # left by workers killed while a checkpoint was written
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as path:
@@ -102,9 +102,15 @@ def ray_worker_loop(config: dict[str, Any]) -> None:
             f.write(f"iteration {int(config.get('iteration', 0))} epoch {int(resume['epoch']) + 1 if resume else 0}\n")
         kill_step = fault.get("step")
 
+    # Tests: rank 0 appends "iteration I epoch E" to "<marker>.written" once an epoch's checkpoint is
+    # written (off the training thread), so that a kill waits for the checkpoint it should resume from.
+    written = f"{fault['marker']}.written" if fault is not None else None
+    iteration = int(config.get("iteration", 0))
+    last_reported: list[str] = []
+
     def _on_step(step: int) -> None:
         if step == int(kill_step):
-            _kill_once(Path(fault["marker"]), rank, f"step {step}")
+            _kill_once(Path(fault["marker"]), rank, f"step {step}", written, last_reported[-1:])
 
     clock = config.get("clock") if rank == 0 else None  # benchmarks: a file of "epoch wall-time" lines
     progress = config.get("progress_file") if rank == 0 else None  # the driver's live progress (EpochFeed)
@@ -118,14 +124,14 @@ def ray_worker_loop(config: dict[str, Any]) -> None:
                 f.write(json.dumps(metrics) + "\n")
         at_epoch = fault.get("epoch") if fault is not None and rank == int(fault["rank"]) else None
         if at_epoch is not None and int(metrics["epoch"]) == int(at_epoch):
-            _kill_once(Path(fault["marker"]), rank, f"epoch {int(metrics['epoch'])}")
+            _kill_once(Path(fault["marker"]), rank, f"epoch {int(metrics['epoch'])}", written, last_reported[-1:])
+        last_reported.append(f"iteration {iteration} epoch {int(metrics['epoch'])}")
         if state is None:
             ray.train.report(metrics, checkpoint=None)
             return
-        _report_checkpoint(metrics, state)
+        _report_checkpoint(metrics, state, written=written and (written, last_reported[-1]))
 
     engine.train_loop_per_worker(config, report=_report, on_step=_on_step if kill_step is not None else None)
-    _UPLOAD.wait()  # Ray flushes its upload threads too; this also surfaces nothing half-done
     # Nothing returned: the driver reads the final checkpoint rather than shipping weights twice.
 
 
@@ -151,17 +157,18 @@ class _UploadInFlight:
 _UPLOAD = _UploadInFlight()
 
 
-def _report_checkpoint(metrics: dict[str, float], state: dict[str, Any]) -> None:
+def _report_checkpoint(
+    metrics: dict[str, float], state: dict[str, Any], written: tuple[str, str] | None = None
+) -> None:
     """Report an epoch with its checkpoint, written off the training thread.
 
-    Writing the state (student, teacher, Adam: 76 MB at hidden 512) and copying it to storage took
-    0.3-0.7 s per epoch on the training thread, a quarter of a short epoch on 2 cores. Here the
-    training thread only snapshots the tensors (a copy in memory: training goes on changing them in
-    place) and reports; Ray's upload thread (checkpoint_upload_mode ASYNC) calls `upload`, which
-    writes the snapshot straight into the storage folder when that is a local filesystem, and
+    The training thread only snapshots the tensors (a copy in memory: training goes on changing
+    them in place) and reports; Ray's upload thread (checkpoint_upload_mode ASYNC) calls `upload`,
+    which writes the snapshot straight into the storage folder when that is a local filesystem, and
     through a local staging folder otherwise. Ray registers the checkpoint once it is written, in
     report order, so a worker killed mid-write resumes from the epoch before: per-epoch fault
-    tolerance, with one more epoch to re-train at most.
+    tolerance, with one more epoch to re-train at most. `written` (tests): (file, line) appended
+    once the checkpoint is written.
     """
     import pyarrow.fs
     import ray.train
@@ -170,20 +177,31 @@ def _report_checkpoint(metrics: dict[str, float], state: dict[str, Any]) -> None
     snapshot = _detached_copy(state)
     placeholder = checkpoint_staging.make_dir()  # what report() is handed; the state goes where upload puts it
 
-    def upload(_checkpoint: Any, dir_name: str) -> Any:
-        try:
-            storage = ray.train.get_context().get_storage()
-            dest = storage.build_checkpoint_path_from_name(dir_name)
-            if isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
-                Path(dest).mkdir(parents=True, exist_ok=True)
-                _save_state(snapshot, Path(dest) / CHECKPOINT_FILE)
-                return ray.train.Checkpoint(path=dest, filesystem=storage.storage_filesystem)
-            _save_state(snapshot, placeholder / CHECKPOINT_FILE)
-            return storage.persist_current_checkpoint(ray.train.Checkpoint.from_directory(str(placeholder)), dir_name)
-        finally:
-            shutil.rmtree(placeholder, ignore_errors=True)
-            _UPLOAD.done()
+    def release() -> None:
+        shutil.rmtree(placeholder, ignore_errors=True)
+        _UPLOAD.done()
 
+    def upload(_checkpoint: Any, dir_name: str) -> Any:
+        # Ray retries a failed upload (transient storage errors): each attempt starts afresh, and
+        # only a success releases the slot; a final failure fails the run, and the folder left is
+        # removed as stale by the next worker on the node.
+        storage = ray.train.get_context().get_storage()
+        dest = storage.build_checkpoint_path_from_name(dir_name)
+        if isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
+            Path(dest).mkdir(parents=True, exist_ok=True)
+            _save_state(snapshot, Path(dest) / CHECKPOINT_FILE)
+            stored = ray.train.Checkpoint(path=dest, filesystem=storage.storage_filesystem)
+        else:
+            placeholder.mkdir(parents=True, exist_ok=True)
+            _save_state(snapshot, placeholder / CHECKPOINT_FILE)
+            stored = storage.persist_current_checkpoint(ray.train.Checkpoint.from_directory(str(placeholder)), dir_name)
+        if written is not None:
+            with open(written[0], "a") as f:
+                f.write(written[1] + "\n")
+        release()
+        return stored
+
+    before = _report_index()
     try:
         ray.train.report(
             metrics,
@@ -193,9 +211,21 @@ def _report_checkpoint(metrics: dict[str, float], state: dict[str, Any]) -> None
             delete_local_checkpoint_after_upload=False,  # upload removes it
         )
     except BaseException:
-        shutil.rmtree(placeholder, ignore_errors=True)
-        _UPLOAD.done()
+        release()
         raise
+    if before is not None and _report_index() == before:
+        release()  # Ray skipped the report (its barrier was reset by a failed worker): no upload comes
+
+
+def _report_index() -> int | None:
+    """Ray Train's count of this worker's reports, which a skipped report leaves unchanged; None where
+    this Ray version keeps it elsewhere (then a skipped report holds the slot until the worker stops)."""
+    try:
+        from ray.train.v2._internal.execution.context import get_train_context
+
+        return int(get_train_context().report_call_index)
+    except Exception:
+        return None
 
 
 def _detached_copy(value: Any) -> Any:
@@ -209,10 +239,19 @@ def _detached_copy(value: Any) -> Any:
     return value
 
 
-def _kill_once(marker: Path, rank: int, where: str) -> None:
+def _kill_once(marker: Path, rank: int, where: str, written: str | None = None, last: list[str] = ()) -> None:
     if marker.exists():
         return  # already killed once: this is the restarted attempt
-    _UPLOAD.wait(30.0)  # the last epoch's checkpoint written, so that the test knows where a resume starts
+    # The last reported epoch's checkpoint written by rank 0 (off its training thread), so that the
+    # test knows which epoch a resume starts from.
+    deadline = time.monotonic() + 60.0
+    while written and last and time.monotonic() < deadline:
+        try:
+            if last[0] in Path(written).read_text().splitlines():
+                break
+        except FileNotFoundError:
+            pass
+        time.sleep(0.05)
     _wait_reports_consumed()
     try:
         fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)

@@ -52,28 +52,47 @@ class IOCNet(nn.Module):
         embedding (B, T, H)."""
         if x.dim() != 3 or x.shape[-1] != self.feature_dim:
             raise ValueError(f"IOCNet expects (B, T, {self.feature_dim}) features, got {tuple(x.shape)}")
-        # The three k=3 convolutions run as GEMMs on one unfolded copy of the features rather than as
-        # Conv1d calls: on the CPU, oneDNN's convolutions of these shapes (and the transposes to and
-        # from (B, D, T)) ran at about three quarters of a plain matmul's speed (docs/results.md).
-        # Same weights (the state dict is unchanged), same result up to float rounding.
+        if x.is_cuda:
+            return self._forward_conv(x)
+        return self._forward_gemm(x)
+
+    def _forward_gemm(self, x: Tensor) -> dict[str, Tensor]:
+        """The forward on the CPU: the three k=3 convolutions as GEMMs on one unfolded copy of the
+        features, whose forward and backward ran 1.13x faster than oneDNN's convolutions of these shapes on 2 cores
+        (docs/results.md). The same weights and the same outputs up to float rounding; in training,
+        dropout draws its masks over (B*T, H) rather than (B, H, T), so the random path differs."""
         b, t, d = x.shape
         half = d // 2
         u = _unfold_k3(x)  # (B*T, 3D): [RGB t-1, t, t+1 | Flow t-1, t, t+1]
         hidden = F.relu(torch.addmm(self.cs_conv.bias, u, _k3_weight(self.cs_conv.weight, modalities=2)))
         cas = _pointwise(self.cs_classifier, self.cs_dropout(hidden)).view(b, t, -1)  # (B, T, C)
-        a_cs = torch.sigmoid(cas.sum(dim=-1))  # Eq. 11
         # Column slices of u: each modality's three time steps, read in place (BLAS takes the stride).
         a_ca_r = torch.sigmoid(_agnostic(self.ca_rgb, u[:, : 3 * half]).view(b, t))  # Eq. 12, (B, T)
         a_ca_f = torch.sigmoid(_agnostic(self.ca_flow, u[:, 3 * half :]).view(b, t))
-        return {
-            "cas": cas,
-            "a_cs": a_cs,
-            "a_ca_r": a_ca_r,
-            "a_ca_f": a_ca_f,
-            "a_ca": (a_ca_r + a_ca_f) / 2,  # Eq. 13
-            # Before dropout, so the contrastive loss sees the same embedding in train and eval mode.
-            "embedding": hidden.view(b, t, -1),  # (B, T, H)
-        }
+        return _outputs(cas, a_ca_r, a_ca_f, hidden.view(b, t, -1))
+
+    def _forward_conv(self, x: Tensor) -> dict[str, Tensor]:
+        """The forward on a GPU: the Conv1d modules (cuDNN, TF32 where torch allows it for
+        convolutions; the GEMM path would hold a 3x copy of the features for backward)."""
+        xc = x.transpose(1, 2)  # (B, D, T): Conv1d runs over time
+        hidden = F.relu(self.cs_conv(xc))  # (B, H, T)
+        cas = self.cs_classifier(self.cs_dropout(hidden)).transpose(1, 2)  # (B, T, C)
+        half = self.feature_dim // 2
+        a_ca_r = torch.sigmoid(self.ca_rgb(xc[:, :half]).squeeze(1))  # Eq. 12, (B, T)
+        a_ca_f = torch.sigmoid(self.ca_flow(xc[:, half:]).squeeze(1))
+        return _outputs(cas, a_ca_r, a_ca_f, hidden.transpose(1, 2))
+
+
+def _outputs(cas: Tensor, a_ca_r: Tensor, a_ca_f: Tensor, embedding: Tensor) -> dict[str, Tensor]:
+    return {
+        "cas": cas,
+        "a_cs": torch.sigmoid(cas.sum(dim=-1)),  # Eq. 11
+        "a_ca_r": a_ca_r,
+        "a_ca_f": a_ca_f,
+        "a_ca": (a_ca_r + a_ca_f) / 2,  # Eq. 13
+        # Before dropout, so the contrastive loss sees the same embedding in train and eval mode.
+        "embedding": embedding,  # (B, T, H)
+    }
 
 
 def _unfold_k3(x: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ from copl_dist.method.model import IOCNet
 
 
 def conv1d_forward(net: IOCNet, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Eqs. 11-13 through the Conv1d modules, on (B, D, T): how IOCNet ran before it unfolded."""
+    """Eqs. 11-13 through the Conv1d modules, on (B, D, T), as IOCNet._forward_conv runs them on a GPU."""
     xc = x.transpose(1, 2)
     half = net.feature_dim // 2
     hidden = torch.relu(net.cs_conv(xc))
