@@ -58,8 +58,8 @@ class IOCNet(nn.Module):
 
     def _forward_gemm(self, x: Tensor) -> dict[str, Tensor]:
         """The forward on the CPU: the three k=3 convolutions as GEMMs on one unfolded copy of the
-        features, whose forward and backward ran 1.13x faster than oneDNN's convolutions of these shapes on 2 cores
-        (docs/results.md). The same weights and the same outputs up to float rounding; in training,
+        features, whose forward and backward ran 1.13x faster than oneDNN's convolutions of these
+        shapes on 2 cores (docs/results.md). The same weights and the same outputs up to float rounding; in training,
         dropout draws its masks over (B*T, H) rather than (B, H, T), so the random path differs."""
         b, t, d = x.shape
         half = d // 2
