@@ -8,6 +8,7 @@ from copl_dist.bench import cluster as bench_cluster
 from copl_dist.bench import embedded as bench_embedded
 from copl_dist.bench import has as bench_has
 from copl_dist.bench import quality as bench_quality
+from copl_dist.bench import robustness as bench_robustness
 from copl_dist.bench import train as bench_train
 from copl_dist.common.arg_types import (
     bounded_int,
@@ -25,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_cluster(bench.add_parser("cluster", help="exact vs FAISS clustering: seconds and peak memory per N"))
     _add_train(bench.add_parser("train", help="training throughput in-process and over 1 and 2 Ray workers"))
     _add_has(bench.add_parser("has", help="HAS voting throughput in-process and over Ray actors"))
+    _add_robustness(bench.add_parser("robustness", help="UTAL, WTAL, ASL and the plain baseline on a grid of corpora from a second generator"))
 
 
 def _add_embedded(p: argparse.ArgumentParser) -> None:
@@ -97,7 +99,33 @@ def _add_has(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/bench-has")
 
 
+def _add_robustness(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cells", default="all", help="'all' or a comma-separated subset of " + ",".join(bench_robustness.CELLS))
+    p.add_argument("--seeds", type=positive_int, default=3)
+    p.add_argument("--first-seed", type=nonnegative_int, default=0, help="seeds run: first-seed ... first-seed + seeds - 1")
+    p.add_argument("--modes", default="all", help="'all' or a comma-separated subset of " + ",".join(bench_robustness.MODES))
+    p.add_argument("--size", default="acceptance", choices=list(bench_robustness.SIZES),
+                   help="acceptance: 150 training / 100 test videos of 10 classes, 3 iterations of 40 epochs at 256 "
+                        "snippets; smoke: seconds per run (CI)")
+    p.add_argument("--train-videos", type=positive_int, help="default: the size's")
+    p.add_argument("--test-videos", type=positive_int, help="default: the size's")
+    p.add_argument("--classes", type=positive_int, help="default: the size's")
+    p.add_argument("--epochs", type=positive_int, help="default: the size's")
+    p.add_argument("--snippets", type=positive_int, help="default: the size's")
+    p.add_argument("--iterations", type=positive_int, help="UTAL iterations (default: the size's)")
+    p.add_argument("--duration-scale", type=positive_float, help="default: the size's")
+    p.add_argument("--feature-dim", type=bounded_int(2, 65536), help="default: the size's")
+    p.add_argument("--asl-lr", type=positive_float, default=1e-4, help="the reference's learning rate (ASL's published 1e-4)")
+    p.add_argument("--curve-every", type=nonnegative_int, default=10,
+                   help="score ASL and the weakly supervised mode every this many epochs (training curves; 0: only at the end)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for the UTAL, WTAL and plain runs (repeatable)")
+    p.add_argument("--merge", nargs="+", metavar="DIR", help="only merge outputs of the same settings (cells or seeds split over machines) into --out")
+    p.add_argument("--out", default="runs/bench-robustness")
+
+
 def handle(args: argparse.Namespace) -> int:
     runners = {"embedded": bench_embedded.run, "quality": bench_quality.run_quality_bench, "cluster": bench_cluster.run,
-               "train": bench_train.run, "has": bench_has.run}
+               "train": bench_train.run, "has": bench_has.run,
+               "robustness": bench_robustness.run}
     return runners[args.bench](args)
