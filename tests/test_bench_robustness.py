@@ -31,7 +31,8 @@ def test_every_cell_and_mode_is_measured_and_reported(grid):
     curves = [r for r in doc["runs"] if r["mode"] in ("asl", "wtal")]
     assert len(curves) == 4 and all([p["epoch"] for p in r["curve"]] == [1, 2] for r in curves)  # --curve-every 1
     text = (grid / "robustness.md").read_text()
-    assert text.startswith("copl bench robustness --cells base,sparse --seeds 1")
+    assert text.startswith("copl bench robustness --cells base,sparse --train-videos 12 ")
+    assert "--curve-every 1\nseeds in these tables: 0\n" in text
     for fragment in ("UTAL / WTAL", "WTAL within 5 of ASL", "NMI rises", "median cell's UTAL / WTAL"):
         assert fragment in text
     assert (grid / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -50,6 +51,7 @@ def test_a_second_call_skips_what_is_done(grid, capsys):
     (["--cells", "base,nowhere"], ["--cells base,nowhere", "base, context-strong"]),
     (["--modes", "utal,fancy"], ["--modes utal,fancy"]),
     (["--set", "train.lr=-1"], ["train.lr"]),
+    (["--set", "train.epochs=5"], ["--set train.epochs=5: train.epochs is the benchmark's own (--epochs)"]),
 ])
 def test_bad_arguments_fail_before_anything_is_written(tmp_path, capsys, args, fragments):
     out = tmp_path / "out"
@@ -71,11 +73,15 @@ def test_scoring_the_curve_leaves_the_run_as_it_is(grid):
     from copl_dist.data.corpus import Corpus
 
     corpus = Corpus.open(grid / "data" / "base-seed0-corpus")
-    s = settings(argparse.Namespace(size="smoke", asl_lr=1e-4, sets=[]))
-    scored, plain = _copl(corpus, s, "wtal", 0, 1), _copl(corpus, s, "wtal", 0, 0)
+
+    def sized(every):
+        return settings(argparse.Namespace(size="smoke", asl_lr=1e-4, curve_every=every, sets=[]))
+
+    scored, plain = _copl(corpus, sized(1), "wtal", 0), _copl(corpus, sized(0), "wtal", 0)
     assert [p["epoch"] for p in scored["curve"]] == [1, 2] and "curve" not in plain
     assert scored["iterations"][0]["map@avg"] == plain["iterations"][0]["map@avg"]
-    assert scored["curve"][-1]["map@avg"] == plain["iterations"][0]["map@avg"]
+    # The last point is scored by the curve's own hook: it must agree with the run's own scoring.
+    assert scored["curve"][-1]["map@avg"] == pytest.approx(plain["iterations"][0]["map@avg"], abs=1e-9)
 
 
 def test_outputs_split_over_machines_merge_into_one_grid(grid, tmp_path, capsys):
@@ -109,3 +115,13 @@ def test_a_stopped_grid_runs_only_what_is_missing(tmp_path, capsys):
     assert len(printed) == 1 and " asl " in printed[0]
     doc = json.loads((tmp_path / "out" / "robustness.json").read_text())
     assert [r["mode"] for r in doc["runs"]] == ["baseline", "asl"]
+
+
+def test_a_broken_output_file_is_one_line(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "robustness.json").write_text(json.dumps({"settings": {}, "runs": [{"cell": "base", "seed": 0}]}))
+    assert main(["bench", "robustness", "--size", "smoke", "--seeds", "1", "--out", str(out)]) != 0
+    one_line_error(capsys, "robustness.json: run 0 is not a complete run")
+    assert main(["bench", "robustness", "--merge", str(out), "--out", str(tmp_path / "m")]) != 0
+    one_line_error(capsys, "robustness.json: run 0 is not a complete run")

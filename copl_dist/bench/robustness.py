@@ -30,7 +30,7 @@ from copl_dist.data.corpus import MANIFEST, Corpus
 from copl_dist.data.formats import import_dataset
 from copl_dist.data.synth_i3d import CELLS, make_i3d_like
 from copl_dist.method.asl import detect_asl, train_asl
-from copl_dist.method.engine import infer_video
+from copl_dist.method.engine import infer_video, train_loop_per_worker
 from copl_dist.run.driver import CoplRun, evaluate, load_teacher, localize_all
 from copl_dist.run.plan import check_run_inputs
 from copl_dist.run.report import table
@@ -45,7 +45,10 @@ SIZES = {
               "iterations": 2, "duration_scale": 0.2, "feature_dim": 2048},
 }
 SETTINGS = ("train_videos", "test_videos", "classes", "epochs", "snippets", "iterations", "duration_scale",
-            "feature_dim", "asl_lr", "sets")
+            "feature_dim", "asl_lr", "curve_every", "sets")
+# Config keys the benchmark sets from its own flags: a --set of one would be overridden unseen.
+OWN_KEYS = {"mode": "--modes", "seed": "--seeds", "iterations": "--iterations", "train.epochs": "--epochs",
+            "data.snippets": "--snippets", "model.feature_dim": "--feature-dim", "tracking.enabled": "(always off)"}
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -55,6 +58,11 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, key, None) is not None:
             out[key] = getattr(args, key)
     out["asl_lr"] = args.asl_lr
+    out["curve_every"] = args.curve_every
+    for item in args.sets:
+        key = item.split("=", 1)[0].strip()
+        if key in OWN_KEYS:
+            raise InputError(f"--set {item}: {key} is the benchmark's own ({OWN_KEYS[key]}), not a --set")
     out["sets"] = list(args.sets)
     return out
 
@@ -75,25 +83,27 @@ def _config(s: dict[str, Any], mode: str, seed: int):
         "train.epochs": s["epochs"], "data.snippets": s["snippets"], "model.feature_dim": s["feature_dim"]})
 
 
-def _copl(corpus, s: dict[str, Any], mode: str, seed: int, curve_every: int) -> dict[str, Any]:
+def _copl(corpus, s: dict[str, Any], mode: str, seed: int) -> dict[str, Any]:
     cfg = _config(s, mode, seed)
     check_run_inputs(cfg, corpus)
     run = CoplRun(cfg, corpus, tracker=None, progress=False)
     curve: list[dict[str, float]] = []
+    curve_every = s["curve_every"]
     if mode == "wtal" and curve_every:
-        run.train_fn = _scored_every(run.train_fn, cfg, corpus, curve_every, curve)
+        # In this process: Ray Train's workers keep the per-epoch teacher to themselves.
+        run.train_fn = _scored_every(train_loop_per_worker, cfg, corpus, curve_every, curve)
     result = run.execute()
     keep = ("iteration", "nmi", "purity", "map@avg", "agnostic_map@avg", "auc_a_cs", "auc_a_ca",
             "num_pseudo_labelled", "num_unlabelled", "seconds")
     out: dict[str, Any] = {"iterations": [{k: it[k] for k in keep if k in it} for it in result.iterations]}
     if mode == "wtal" and curve_every:
-        out["curve"] = [*curve, {"epoch": s["epochs"], "map@avg": result.iterations[-1]["map@avg"]}]
+        out["curve"] = curve
     return out
 
 
 def _scored_every(train_fn, cfg, corpus, every: int, curve: list[dict[str, float]]):
-    """The weakly supervised training, its teacher scored on the test subset every `every` epochs
-    (a training curve; the run's own result is untouched)."""
+    """The weakly supervised training, its teacher scored on the test subset every `every` epochs and
+    after the last (a training curve; the run's own result is untouched)."""
     test = corpus.video_ids(cfg.data.test_subset)
     identity = {c: c for c in range(len(corpus.classes))}
 
@@ -102,7 +112,7 @@ def _scored_every(train_fn, cfg, corpus, every: int, curve: list[dict[str, float
             if report is not None:
                 report(metrics, checkpoint)
             done = int(metrics["epoch"]) + 1  # the engine counts epochs from 0
-            if checkpoint is not None and done % every == 0 and done < cfg.train.epochs:
+            if checkpoint is not None and (done % every == 0 or done == cfg.train.epochs):
                 teacher = load_teacher(checkpoint["teacher"], config["num_classes"], cfg)
                 outputs = {v: infer_video(teacher, corpus.features(v), cfg.train.beta, cfg.train.topl_ratio) for v in test}
                 dets = localize_all(corpus, test, cfg, lambda v: (outputs[v].h_cs, outputs[v].class_scores), identity)
@@ -113,7 +123,7 @@ def _scored_every(train_fn, cfg, corpus, every: int, curve: list[dict[str, float
     return scored
 
 
-def _asl(corpus, s: dict[str, Any], seed: int, curve_every: int) -> dict[str, Any]:
+def _asl(corpus, s: dict[str, Any], seed: int) -> dict[str, Any]:
     """ASL trained on the training subset's true video labels, scored on the test subset."""
     train, test = corpus.video_ids("validation"), corpus.video_ids("test")
     index = {c: i for i, c in enumerate(corpus.classes)}
@@ -136,7 +146,7 @@ def _asl(corpus, s: dict[str, Any], seed: int, curve_every: int) -> dict[str, An
     curve: list[dict[str, float]] = []
 
     def on_epoch(epoch: int, net) -> None:
-        if curve_every and epoch % curve_every == 0 and epoch < s["epochs"]:
+        if s["curve_every"] and epoch % s["curve_every"] == 0 and epoch < s["epochs"]:
             curve.append({"epoch": epoch, "map@avg": score(net)["map@avg"]})
 
     started = time.perf_counter()
@@ -149,27 +159,36 @@ def _asl(corpus, s: dict[str, Any], seed: int, curve_every: int) -> dict[str, An
     return {"iterations": [record], "curve": curve}
 
 
+def _read(path: Path) -> dict[str, Any]:
+    """A robustness.json with settings and well-formed runs (each a cell, seed, mode and iterations)."""
+    doc = read_json(path)
+    if not isinstance(doc, dict) or not isinstance(doc.get("runs"), list) or not isinstance(doc.get("settings"), dict):
+        raise InputError(f"{path}: not a `copl bench robustness` output (expected 'settings' and 'runs')")
+    for i, r in enumerate(doc["runs"]):
+        if not (isinstance(r, dict) and r.get("cell") in CELLS and isinstance(r.get("seed"), int)
+                and r.get("mode") in MODES and isinstance(r.get("iterations"), list) and r["iterations"]
+                and all(isinstance(it, dict) and isinstance(it.get("map@avg"), (int, float)) for it in r["iterations"])):
+            raise InputError(f"{path}: run {i} is not a complete run (a cell, seed, mode and iterations with avg mAP)")
+    return doc
+
+
 def _load(path: Path, s: dict[str, Any]) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    doc = read_json(path)
-    if not isinstance(doc, dict) or not isinstance(doc.get("runs"), list):
-        raise InputError(f"{path}: not a `copl bench robustness` output (expected 'settings' and 'runs')")
+    doc = _read(path)
     if doc.get("settings") != s:
         raise InputError(f"{path}: written with other settings ({', '.join(SETTINGS)} must match); use another --out")
     return doc["runs"]
 
 
-def merge(folders: list[str], out: Path, cells: list[str], args: argparse.Namespace) -> int:
+def merge(folders: list[str], out: Path, cells: list[str]) -> int:
     """One grid from several outputs of the same settings (cells or seeds split over machines)."""
     docs = []
     for folder in folders:
         path = Path(folder) / "robustness.json"
         if not path.is_file():
             raise InputError(f"{path}: not found (expected a `copl bench robustness` output)")
-        doc = read_json(path)
-        if not isinstance(doc, dict) or not isinstance(doc.get("runs"), list) or not isinstance(doc.get("settings"), dict):
-            raise InputError(f"{path}: not a `copl bench robustness` output (expected 'settings' and 'runs')")
+        doc = _read(path)
         if docs and doc["settings"] != docs[0]["settings"]:
             raise InputError(f"{path}: other settings than {folders[0]}/robustness.json ({', '.join(SETTINGS)} must match)")
         docs.append(doc)
@@ -179,11 +198,8 @@ def merge(folders: list[str], out: Path, cells: list[str], args: argparse.Namesp
         raise InputError(f"{', '.join(folders)}: a cell, seed and mode appear in more than one output")
     present = [c for c in cells if any(r["cell"] == c for r in runs)]
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "robustness.json", {"settings": docs[0]["settings"], "machines": [d.get("machine") for d in docs],
-                                         "runs": runs, "merged_from": list(folders)})
-    args.seeds = len({r["seed"] for r in runs})
-    args.first_seed = min((r["seed"] for r in runs), default=0)
-    text = report(runs, docs[0]["settings"], present, args)
+    write_json(out / "robustness.json", {"settings": docs[0]["settings"], "runs": runs, "merged_from": list(folders)})
+    text = report(runs, docs[0]["settings"], present)
     write_text(out / "robustness.md", text + "\n")
     plot(runs, present, out / "robustness.png")
     print(text)
@@ -193,7 +209,7 @@ def merge(folders: list[str], out: Path, cells: list[str], args: argparse.Namesp
 def run(args: argparse.Namespace) -> int:
     cells = parse_list(args.cells, list(CELLS), "cells")
     if args.merge:
-        return merge(args.merge, Path(args.out), cells, args)
+        return merge(args.merge, Path(args.out), cells)
     s = settings(args)
     modes = parse_list(args.modes, MODES, "modes")
     for mode in ("utal", "wtal", "baseline"):  # a bad --set fails here, before any corpus is made
@@ -202,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "robustness.json"
     runs = _load(path, s)
+    write_json(path, {"settings": s, "runs": runs})  # before any corpus: a later call with other settings is refused
     done = {(r["cell"], r["seed"], r["mode"]) for r in runs}
     machine = {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                "load_at_start": [round(v, 2) for v in os.getloadavg()]}
@@ -220,16 +237,16 @@ def run(args: argparse.Namespace) -> int:
             corpus = Corpus.open(stored) if (stored / MANIFEST).is_file() else import_dataset(data, stored)
             for mode in todo:
                 t0 = time.perf_counter()
-                record = (_asl(corpus, s, seed, args.curve_every) if mode == "asl"
-                          else _copl(corpus, s, mode, seed, args.curve_every))
-                record.update({"cell": cell, "seed": seed, "mode": mode, "wall_s": time.perf_counter() - t0})
+                record = _asl(corpus, s, seed) if mode == "asl" else _copl(corpus, s, mode, seed)
+                record.update({"cell": cell, "seed": seed, "mode": mode, "wall_s": time.perf_counter() - t0,
+                               "machine": machine})
                 runs.append(record)
-                write_json(path, {"settings": s, "machine": machine, "runs": runs})
+                write_json(path, {"settings": s, "runs": runs})
                 its = record["iterations"]
                 print(f"{cell:16s} seed {seed} {mode:8s} avg mAP " + " -> ".join(f"{it['map@avg']:.2f}" for it in its)
                       + (f"  NMI {its[0]['nmi']:.3f} -> {its[-1]['nmi']:.3f}" if "nmi" in its[0] else "")
                       + f"  ({record['wall_s']:.0f} s)", flush=True)
-    text = report(runs, s, cells, args)
+    text = report(runs, s, cells)
     write_text(out / "robustness.md", text + "\n")
     plot(runs, cells, out / "robustness.png")
     print(text)
@@ -258,7 +275,7 @@ def summarize(runs: list[dict[str, Any]], cell: str) -> dict[str, Any]:
     w_by_seed = {r["seed"]: r["iterations"][-1]["map@avg"] for r in wtal}
     ratio = [r["iterations"][-1]["map@avg"] / w_by_seed[r["seed"]] for r in utal if w_by_seed.get(r["seed"])]
     out: dict[str, Any] = {
-        "seeds": len(utal),
+        "seeds": len({r["seed"] for r in runs if r["cell"] == cell}),
         "utal_first": _stats(first(utal, "map@avg")), "utal_last": _stats(last(utal, "map@avg")),
         "nmi_first": _stats(first(utal, "nmi")), "nmi_last": _stats(last(utal, "nmi")),
         "wtal": _stats(last(wtal, "map@avg")), "asl": _stats(last(asl, "map@avg")),
@@ -280,7 +297,7 @@ def summarize(runs: list[dict[str, Any]], cell: str) -> dict[str, Any]:
     return out
 
 
-def report(runs: list[dict[str, Any]], s: dict[str, Any], cells: list[str], args: argparse.Namespace) -> str:
+def report(runs: list[dict[str, Any]], s: dict[str, Any], cells: list[str]) -> str:
     sums = {c: summarize(runs, c) for c in cells}
     rows = []
     for c in cells:
@@ -298,8 +315,10 @@ def report(runs: list[dict[str, Any]], s: dict[str, Any], cells: list[str], args
     ratios = [sums[c]["ratio"][0] for c in cells if sums[c]["ratio"]]
     median = f"median cell's UTAL / WTAL: {100 * float(np.median(ratios)):.0f}% (target >= 90%)" if ratios else ""
     sizes = " ".join(f"--{k.replace('_', '-')} {s[k]:g}" for k in SIZES["acceptance"])
-    command = (f"copl bench robustness --cells {','.join(cells)} --seeds {args.seeds} --first-seed {args.first_seed} "
-               f"{sizes} --asl-lr {s['asl_lr']:g}" + "".join(f" --set {x}" for x in s["sets"]))
+    seeds = sorted({r["seed"] for r in runs if r["cell"] in cells})
+    command = (f"copl bench robustness --cells {','.join(cells)} {sizes} --asl-lr {s['asl_lr']:g} "
+               f"--curve-every {s.get('curve_every', 0)}" + "".join(f" --set {x}" for x in s["sets"])
+               + f"\nseeds in these tables: {', '.join(map(str, seeds)) or 'none'}")
     curves = _curves_table(runs, cells)
     return "\n\n".join(x for x in [command, "Per cell, mean ± std over seeds (avg mAP over tIoU 0.1:0.7, %):", main,
                                    "Checks (means over seeds):", checks, median,

@@ -8,22 +8,24 @@ mixes what a clip shows into 1024 non-negative channels per stream:
 
   latent (k = 64, one per stream m in {RGB, Flow}), per snippet t of video v:
     z_t = g                                      what every video shares (I3D features share a large mean)
-        + A_s[m] (1 - 0.5 m_t) s_v               scene; the actor hides half of it on action snippets
+        + A_s[m] (1 - 0.2 m_t) s_v               scene; the actor hides a fifth of it on action snippets
         + A_c[m] sum_c a_t(c) (u_c + j_v)        the class, with a per-video style j_v
         + A_e[m] a_t e                           generic actionness
         + context A_x[m] r_t(c) u_c              class context before and after actions
         + A_q[m] q_t w_v                         unrelated motion: action-like, no class
         + n_t                                    AR(1) noise, rho = 0.8 (neighbouring snippets alike)
-  features x_t[m] = scale[m] * relu(W[m] z_t[m] + b[m]) + 0.02 |noise|, float32, [RGB 1024 | Flow 1024]
+  features x_t[m] = scale[m] * relu(W[m] z_t[m] + b[m] + 0.7 eps_t) + 0.02 |eps'_t|, float32,
+                   [RGB 1024 | Flow 1024]; eps, eps' ~ N(0, I) per channel and snippet
 
-  W has N(0, 1) entries; biases b ~ N(-0.6, 0.3) leave about a third of the channels active;
-  per-channel scales ~ 0.4 LogNormal(0, 0.8) make the dimensions' spread uneven (as in I3D).
+  W has N(0, 1) entries and biases b ~ N(-0.6, 0.3): about half the channels of a snippet are near 0
+  (docs/bench/robustness/cells.txt); per-channel scales ~ 0.4 LogNormal(0, 0.6) make the dimensions'
+  spread uneven (as in I3D).
   Class latents: u_c = sqrt(confusion) P_group + sqrt(1 - confusion) O_c (unit vectors), so two classes
   of a group have cosine `confusion`. Scenes: one type per class; a video takes its class's type
-  with probability 0.4, else a uniform one (scenes say something about the class, not much).
+  with probability 0.25, else a uniform one (scenes say something about the class, not much).
   m_t, a_t, r_t, q_t: each snippet's covered share of actions, context windows and motion intervals,
   smoothed by a [1/4, 1/2, 1/4] kernel; a_t carries a LogNormal(0, 0.3) strength per action and a
-  Gamma(3, 1/3) strength per snippet (some action snippets are weak).
+  Gamma(2, 1/2) strength per snippet (some action snippets are weak).
 
 Layout per video: duration ~ LogNormal(ln 150 s, duration_sigma) within [15, 1200] s; 1 + Poisson(actions
 - 1) actions covering a share ~ Beta around `action_share`; action lengths Dirichlet(2) shares,

@@ -13,7 +13,9 @@ features and the same evaluator. What follows the published code:
     combined score upsampled 24x, thresholded at 0.1 ... 0.9; outer-inner-contrast score (outer
     reach 0.25 of the length) + 0.2 x the class score; soft NMS per class (IoU 0.4, alpha 0.35).
 What differs: the model is evaluated once, after its last epoch (the public code keeps the epoch with
-the best test mAP), and the snippet count per training video is the run's `data.snippets`.
+the best test mAP); a training video gives the run's `data.snippets` snippets (the public code: 750)
+and a test video all its snippets (the public code: 750 evenly spaced ones, top-k 93); the epochs are
+the caller's (the public script: 100); detections end at the video's duration.
 Pure torch / numpy: features and labels in, a model and detections out.
 """
 
