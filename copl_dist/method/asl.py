@@ -135,15 +135,27 @@ def _soft_nms(props: list[tuple[float, float, float]]) -> list[tuple[float, floa
     return keep + decayed
 
 
-def detect_asl(net: ASLNet, features: np.ndarray, duration_s: float) -> list[tuple[float, float, int, float]]:
-    """(start_s, end_s, class, score) detections of one video's (T, D) features, all T snippets."""
+def asl_outputs(net: ASLNet, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One video's (T, D) features, all T snippets -> the combined score (T, C) and the video's class
+    scores (C,): the softmax of the mean CAS over each class's top T // 8 snippets."""
     with torch.no_grad():
         x = torch.from_numpy(np.array(features, dtype=np.float32))[None]  # a copy: corpus arrays are read-only
         cas, a_rgb, a_flow = net(x)
-        combined = _selection(cas, a_rgb, a_flow)[0].numpy()  # (T, C)
-        k = max(1, x.shape[1] // 8)
-        top = torch.topk(torch.from_numpy(combined), k, dim=0).indices  # (k, C)
-        score = torch.softmax(cas[0].gather(0, top).mean(0), -1).numpy()  # (C,)
+        combined = _selection(cas, a_rgb, a_flow)[0]  # (T, C)
+        top = torch.topk(combined, max(1, x.shape[1] // 8), dim=0).indices  # (k, C)
+        score = torch.softmax(cas[0].gather(0, top).mean(0), -1)
+    return combined.numpy(), score.numpy()
+
+
+def detect_asl(net: ASLNet, features: np.ndarray, duration_s: float) -> list[tuple[float, float, int, float]]:
+    """(start_s, end_s, class, score) detections of one video's (T, D) features, all T snippets."""
+    return asl_localize(*asl_outputs(net, features), duration_s)
+
+
+def asl_localize(combined: np.ndarray, score: np.ndarray, duration_s: float) -> list[tuple[float, float, int, float]]:
+    """ASL's inference on a (T, C) score with values in [0, 1] and (C,) class scores (ASL's own from
+    `asl_outputs`, or another network's: the same inference on either)."""
+    combined, score = np.asarray(combined), np.asarray(score)
     pred = np.flatnonzero(score >= CLASS_THRESHOLD)
     if pred.size == 0:
         pred = np.array([int(score.argmax())])
