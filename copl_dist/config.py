@@ -120,7 +120,13 @@ class TrainConfig:
 class InferenceConfig:
     class_threshold: float = 0.2  # keep classes whose video score exceeds this (at least the best)
     thetas: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 10)])
-    nms_iou: float = 0.6
+    # "soft": overlapping proposals are ranked lower, not dropped (ASL's inference); "hard": dropped.
+    nms: str = "soft"
+    nms_iou: float = 0.4  # above this tIoU with a better proposal of its class: decayed (soft) or dropped (hard)
+    soft_nms_alpha: float = 0.35  # decay exp(-tIoU^2 / alpha)
+    # Parts per snippet the scores are interpolated to before thresholding: boundaries between snippet
+    # edges (1: at snippet edges).
+    upsample: int = 24
     outer_ratio: float = 0.25  # outer margin = this share of the proposal length
     class_score_weight: float = 0.25  # share of the video class score in a proposal's score
     max_detections: int = 200  # per video, after NMS; 0: no cap (localize.detect)
@@ -205,6 +211,7 @@ _CHOICES = {
     "mode": ("utal", "wtal", "baseline"),
     "has.branch": ("both", "cs", "ca"),
     "has.init": ("mean", "novelty"),
+    "inference.nms": ("soft", "hard"),
     "cluster.scale_affinity": ("nystrom", "knn"),
     "cluster.project": ("lda", "none"),
     "distributed.use_gpu": ("auto", "true", "false"),
@@ -374,6 +381,8 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("inference.class_threshold", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("inference.thetas", lambda v: len(v) > 0 and all(0 < t < 1 for t in v), "a non-empty list of values in (0, 1)"),
     ("inference.nms_iou", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("inference.soft_nms_alpha", lambda v: math.isfinite(v) and v > 0, "> 0 and finite"),
+    ("inference.upsample", lambda v: 1 <= v <= 100, "in [1, 100]"),
     ("inference.outer_ratio", lambda v: math.isfinite(v) and v >= 0, ">= 0 and finite"),  # 0: a one-snippet margin
     ("inference.class_score_weight", lambda v: math.isfinite(v) and v >= 0, ">= 0 and finite"),
     ("inference.max_detections", lambda v: v >= 0, ">= 0 (0: no cap)"),

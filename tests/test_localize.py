@@ -14,6 +14,8 @@ from copl_dist.method.localize import (
     outer_inner_score,
     proposals_from_scores,
     snippet_times,
+    soft_nms,
+    upsample,
 )
 
 
@@ -65,8 +67,29 @@ def _bump(T=20, C=2):
     return h
 
 
+def test_soft_nms_by_hand():
+    segs = np.array([[0.0, 10.0], [5.0, 15.0], [20.0, 30.0]])
+    scores = np.array([0.9, 0.8, 0.7])
+    idx, out = soft_nms(segs, scores, 0.3, 0.35)
+    # [5,15] overlaps [0,10] at 1/3 > 0.3: kept, decayed by exp(-(1/3)^2 / 0.35), out of the pool
+    np.testing.assert_array_equal(idx, [0, 1, 2])
+    np.testing.assert_allclose(out, [0.9, 0.8 * np.exp(-(1 / 9) / 0.35), 0.7])
+    np.testing.assert_array_equal(nms(segs, scores, 0.3), [0, 2])  # hard NMS drops it
+    idx, out = soft_nms(segs, scores, 0.5, 0.35)  # below the threshold: untouched
+    np.testing.assert_allclose(out, scores)
+    with pytest.raises(ValueError):
+        soft_nms(segs, scores, 0.3, 0.0)
+
+
+def test_upsample_by_hand():
+    h = np.array([[0.0, 2.0], [1.0, 0.0]])
+    # parts of each snippet sampled at 0.25, 0.75, 1.25, 1.75; snippet centres at 0.5 and 1.5
+    np.testing.assert_allclose(upsample(h, 2), [[0, 2], [0.25, 1.5], [0.75, 0.5], [1, 0]])
+    np.testing.assert_array_equal(upsample(h, 1), h)
+
+
 def test_localize_video_single_bump():
-    cfg = InferenceConfig()
+    cfg = InferenceConfig(nms="hard", upsample=1)
     dets = localize_video(_bump(), np.array([0.9, 0.1]), 40.0, cfg)  # 2 s per snippet
     assert len(dets) == 1
     start_s, end_s, c, score = dets[0]
@@ -96,3 +119,32 @@ def test_localize_video_detections_sorted_and_flat_score():
     # a flat score has no boundary: one whole-video proposal
     flat = localize_video(np.full((6, 1), 0.3), np.array([1.0]), 12.0, InferenceConfig())
     assert [(s, e, c) for s, e, c, _ in flat] == [(0.0, 12.0, 0)]
+
+
+def test_localize_video_upsampled_bump_soft_nms():
+    p = np.array([0.9, 0.1])
+    hard = localize_video(_bump(), p, 40.0, InferenceConfig(nms="hard", upsample=24))
+    soft = localize_video(_bump(), p, 40.0, InferenceConfig(nms="soft", upsample=24))
+    # One proposal per theta, nested around the bump's centre (15 s); theta 0.5 crosses halfway between
+    # snippet centres, i.e. on the bump's own edges 10 s and 20 s.
+    assert len(soft) == 9 and len(hard) == 1
+    assert all(abs((s + e) / 2 - 15.0) < 2 / 24 + 1e-9 for s, e, _, _ in soft)
+    assert any(abs(s - 10.0) < 2 / 24 and abs(e - 20.0) < 2 / 24 for s, e, _, _ in soft)
+    assert soft[0] == hard[0]  # the best is kept as it is; the others are ranked lower, not dropped
+
+
+def test_upsampling_finds_boundaries_inside_snippets():
+    # An action on [10.7, 19.3] s with 2 s snippets: the score of each snippet is the share of it the
+    # action covers. At snippet edges the best detection is [10, 20] or [12, 18]; between snippet
+    # centres the boundaries land within a fraction of a snippet of the truth.
+    T, truth = 20, (10.7, 19.3)
+    edges = np.arange(T + 1) * 2.0
+    cover = np.clip(np.minimum(edges[1:], truth[1]) - np.maximum(edges[:-1], truth[0]), 0, None) / 2.0
+    h = np.stack([0.1 + 0.8 * cover, np.full(T, 0.1)], axis=1)
+    p = np.array([0.9, 0.1])
+
+    def best_tiou(factor):
+        dets = localize_video(h, p, 40.0, InferenceConfig(upsample=factor))
+        return max((min(e, truth[1]) - max(s, truth[0])) / (max(e, truth[1]) - min(s, truth[0])) for s, e, _, _ in dets)
+
+    assert best_tiou(1) < 0.87 and best_tiou(24) > 0.95

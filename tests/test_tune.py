@@ -28,7 +28,7 @@ TINY = ["--iterations", "2", "--epochs", "2", "--snippets", "32",
 ROOT = Path(__file__).resolve().parents[1]
 
 # A small space whose post-processing ranges exclude the preset's values (class_threshold 0.2,
-# nms_iou 0.6), so values inside them in best_config.yaml can only come from the search.
+# nms_iou 0.4), so values inside them in best_config.yaml can only come from the search.
 SPACE = {
     "preset": "thumos14",
     "base": {"has.vote_last": 1},
@@ -40,7 +40,7 @@ SPACE = {
     },
     "postprocess": {
         "inference.class_threshold": {"uniform": [0.3, 0.45]},
-        "inference.nms_iou": {"uniform": [0.4, 0.55]},
+        "inference.nms_iou": {"uniform": [0.45, 0.55]},
     },
 }
 
@@ -398,8 +398,8 @@ def test_map_tuning_writes_a_loadable_best_config(map_tune):
     assert cfg.iterations == 2 and cfg.model.hidden_dim == 32 and cfg.has.vote_last == 1  # flags, --set and base kept
     assert -0.1 <= cfg.cluster.delta <= 0.2 and cfg.has.gamma in (4.0, 8.0)
     assert 0.2 <= cfg.train.beta <= 0.5 and 1.0 <= cfg.loss.lambda2 <= 20.0
-    # Post-processing values come from the postprocess space (which excludes the preset's 0.2 / 0.6).
-    assert 0.3 <= cfg.inference.class_threshold <= 0.45 and 0.4 <= cfg.inference.nms_iou <= 0.55
+    # Post-processing values come from the postprocess space (which excludes the preset's 0.2 / 0.4).
+    assert 0.3 <= cfg.inference.class_threshold <= 0.45 and 0.45 <= cfg.inference.nms_iou <= 0.55
 
     doc = json.loads((map_tune / "tune_results.json").read_text())
     assert len(doc["trials"]) == 4 and doc["eval_subset"] == "val_holdout"
@@ -488,7 +488,7 @@ def test_label_free_tuning_with_the_shipped_space(annotated, data, ray_session, 
     first = doc["trials"][0]["params"]
     assert first["has.gamma"] == 20.0 and first["cluster.delta"] == 0.0 and first["loss.lambda2"] == 10.0
     cfg = config_lib.resolve("thumos14", out / "best_config.yaml")
-    assert cfg.inference.class_threshold == 0.2 and cfg.inference.nms_iou == 0.6  # label-free: defaults kept
+    assert cfg.inference.class_threshold == 0.2 and cfg.inference.nms_iou == 0.4  # label-free: defaults kept
     assert cfg.num_classes == 3  # the --set that a run on this corpus needs is in the best config
 
 

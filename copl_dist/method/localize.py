@@ -91,6 +91,48 @@ def nms(segments: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.nd
     return np.asarray(keep, dtype=np.int64)
 
 
+def soft_nms(segments: np.ndarray, scores: np.ndarray, iou_threshold: float, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """ASL's (BaSNet's) soft NMS, one pass: visit by score (desc, ties by index); the best segment left
+    is kept at its score, and every segment left whose tIoU with it exceeds iou_threshold is kept at
+    its score times exp(-tIoU^2 / alpha) and leaves the pool. Returns (indices, scores), every segment
+    once: overlapping proposals are ranked lower instead of dropped, which is what mAP at the stricter
+    tIoUs rewards when the best-scored boundary is not the best one."""
+    seg = np.asarray(segments, dtype=np.float64).reshape(-1, 2)
+    sc = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if seg.shape[0] != sc.shape[0]:
+        raise ValueError(f"{seg.shape[0]} segments but {sc.shape[0]} scores")
+    if not alpha > 0:
+        raise ValueError(f"alpha must be > 0, got {alpha!r}")
+    order = np.argsort(-sc, kind="stable")
+    idx: list[int] = []
+    out: list[float] = []
+    while order.size:
+        i = int(order[0])
+        idx.append(i)
+        out.append(float(sc[i]))
+        rest = order[1:]
+        iou = segment_iou(seg[i], seg[rest])
+        over = iou > iou_threshold
+        idx += rest[over].tolist()
+        out += (sc[rest[over]] * np.exp(-(iou[over] ** 2) / alpha)).tolist()
+        order = rest[~over]
+    return np.asarray(idx, dtype=np.int64), np.asarray(out, dtype=np.float64)
+
+
+def upsample(h: np.ndarray, factor: int) -> np.ndarray:
+    """(T, C) snippet scores -> (T * factor, C): linear interpolation between snippet centres, each
+    snippet cut into `factor` equal parts sampled at their centres (held flat beyond the first and
+    last centre). A threshold then crosses between two snippets where the score does, not at the
+    nearer snippet edge; factor 1 returns h."""
+    h = np.asarray(h, dtype=np.float64)
+    if factor == 1:
+        return h
+    T = h.shape[0]
+    fine = (np.arange(T * factor) + 0.5) / factor  # in snippet units; snippet i's centre is i + 0.5
+    centres = np.arange(T) + 0.5
+    return np.stack([np.interp(fine, centres, h[:, c]) for c in range(h.shape[1])], axis=1)
+
+
 def _min_max(x: np.ndarray) -> np.ndarray:
     lo, hi = float(x.min()), float(x.max())
     if hi - lo <= 0:
@@ -106,11 +148,12 @@ def localize_video(
 
     h_cs (T, C) selection scores (Eq. 14), class_scores (C,) video-level softmax scores.
     Classes with score > class_threshold are kept (at least the best one). For each, h_cs[:, c] is
-    min-max normalised per video and class, so the fixed thetas 0.1..0.9 cut every video at the same
+    upsampled (`upsample` parts per snippet, interpolated between snippet centres) and min-max
+    normalised per video and class, so the fixed thetas 0.1..0.9 cut every video at the same
     relative heights whatever the scale of its scores; the runs above each theta are proposals.
-    Their score is the outer-inner contrast of the *raw* h_cs[:, c] (comparable across videos)
-    plus class_score_weight * class_scores[c]. NMS per class, then the top max_detections overall
-    (max_detections <= 0: no cap).
+    Their score is the outer-inner contrast of the *raw* (upsampled) h_cs[:, c] (comparable across
+    videos) plus class_score_weight * class_scores[c]. Per class, soft or hard NMS (`nms`), then the
+    top max_detections overall (max_detections <= 0: no cap).
     """
     h = np.asarray(h_cs, dtype=np.float64)
     p = np.asarray(class_scores, dtype=np.float64).reshape(-1)
@@ -118,14 +161,15 @@ def localize_video(
         raise ValueError(f"h_cs must be a (T, C) array with T >= 1, got shape {h.shape}")
     if p.shape[0] != h.shape[1]:
         raise ValueError(f"class_scores has {p.shape[0]} classes, h_cs has {h.shape[1]}")
-    T = h.shape[0]
-    times = snippet_times(T, duration_s)
     cfg = cfg_inference
     kept = set(np.flatnonzero(p > cfg.class_threshold).tolist()) | {int(np.argmax(p))}
+    classes = sorted(kept)
+    fine = upsample(h[:, classes], cfg.upsample)
+    times = snippet_times(fine.shape[0], duration_s)
 
     detections: list[tuple[float, float, int, float]] = []
-    for c in sorted(kept):
-        raw = h[:, c]
+    for k, c in enumerate(classes):
+        raw = fine[:, k]
         runs = proposals_from_scores(_min_max(raw), cfg.thetas)
         if not runs:
             continue
@@ -133,9 +177,14 @@ def localize_video(
         scores = np.array(
             [outer_inner_score(raw, s, e, cfg.outer_ratio) + cfg.class_score_weight * p[c] for s, e in runs]
         )
-        for i in nms(bounds, scores, cfg.nms_iou):
+        if cfg.nms == "soft":
+            order, final = soft_nms(bounds, scores, cfg.nms_iou, cfg.soft_nms_alpha)
+        else:
+            order = nms(bounds, scores, cfg.nms_iou)
+            final = scores[order]
+        for i, score in zip(order, final):
             s, e = runs[int(i)]
-            detections.append((float(times[s, 0]), float(times[e - 1, 1]), int(c), float(scores[i])))
+            detections.append((float(times[s, 0]), float(times[e - 1, 1]), int(c), float(score)))
 
     # Stable sort: equal scores keep class-then-NMS order, so output is deterministic.
     detections.sort(key=lambda d: -d[3])
