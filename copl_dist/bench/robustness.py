@@ -123,16 +123,22 @@ def _scored_every(train_fn, cfg, corpus, every: int, curve: list[dict[str, float
     return scored
 
 
-def _asl(corpus, s: dict[str, Any], seed: int) -> dict[str, Any]:
-    """ASL trained on the training subset's true video labels, scored on the test subset."""
-    train, test = corpus.video_ids("validation"), corpus.video_ids("test")
+def asl_training_set(corpus) -> tuple[list[np.ndarray], np.ndarray]:
+    """The training subset's annotated videos: their features and (N, C) multi-hot video labels."""
+    train = corpus.video_ids("validation")
     index = {c: i for i, c in enumerate(corpus.classes)}
     labels = np.zeros((len(train), len(corpus.classes)), dtype=np.float32)
     for row, vid in enumerate(train):
         for seg in corpus.segments(vid):
             labels[row, index[seg.label]] = 1.0
     keep = labels.sum(1) > 0
-    features = [corpus.features(v) for v, k in zip(train, keep) if k]
+    return [corpus.features(v) for v, k in zip(train, keep) if k], labels[keep]
+
+
+def _asl(corpus, s: dict[str, Any], seed: int) -> dict[str, Any]:
+    """ASL trained on the training subset's true video labels, scored on the test subset."""
+    test = corpus.video_ids("test")
+    features, labels = asl_training_set(corpus)
     tious = PRESET_TIOUS["thumos14"]
 
     def score(net) -> dict[str, float]:
@@ -150,7 +156,7 @@ def _asl(corpus, s: dict[str, Any], seed: int) -> dict[str, Any]:
             curve.append({"epoch": epoch, "map@avg": score(net)["map@avg"]})
 
     started = time.perf_counter()
-    net = train_asl(features, labels[keep], s["epochs"], lr=s["asl_lr"], snippets=s["snippets"], seed=seed,
+    net = train_asl(features, labels, s["epochs"], lr=s["asl_lr"], snippets=s["snippets"], seed=seed,
                     on_epoch=on_epoch)
     final = score(net)
     curve.append({"epoch": s["epochs"], "map@avg": final["map@avg"]})

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from copl_dist.bench.robustness import SIZES, _config
+from copl_dist.bench.robustness import SIZES, _config, asl_training_set
 from copl_dist.config import PRESET_TIOUS
 from copl_dist.data.corpus import MANIFEST, Corpus
 from copl_dist.data.formats import import_dataset
@@ -69,16 +69,9 @@ def _asl_net(corpus: Corpus, s: dict, seed: int, path: Path) -> asl.ASLNet:
     if path.exists():
         net.load_state_dict(torch.load(path))
         return net.eval()
-    train = corpus.video_ids("validation")
-    index = {c: i for i, c in enumerate(corpus.classes)}
-    labels = np.zeros((len(train), len(corpus.classes)), dtype=np.float32)
-    for row, vid in enumerate(train):
-        for seg in corpus.segments(vid):
-            labels[row, index[seg.label]] = 1.0
-    keep = labels.sum(1) > 0
+    features, labels = asl_training_set(corpus)
     t0 = time.perf_counter()
-    net = asl.train_asl([corpus.features(v) for v, k in zip(train, keep) if k], labels[keep], s["epochs"],
-                        lr=1e-4, snippets=s["snippets"], seed=seed)
+    net = asl.train_asl(features, labels, s["epochs"], lr=1e-4, snippets=s["snippets"], seed=seed)
     print(f"asl trained in {time.perf_counter() - t0:.0f} s")
     torch.save(net.state_dict(), path)
     return net
