@@ -383,7 +383,7 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("inference.nms_iou", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("inference.soft_nms_alpha", lambda v: math.isfinite(v) and v > 0, "> 0 and finite"),
     ("inference.upsample", lambda v: 1 <= v <= 100, "in [1, 100]"),
-    ("inference.outer_ratio", lambda v: math.isfinite(v) and v >= 0, ">= 0 and finite"),  # 0: a one-snippet margin
+    ("inference.outer_ratio", lambda v: math.isfinite(v) and v >= 0, ">= 0 and finite"),  # 0: a one-sample margin
     ("inference.class_score_weight", lambda v: math.isfinite(v) and v >= 0, ">= 0 and finite"),
     ("inference.max_detections", lambda v: v >= 0, ">= 0 (0: no cap)"),
     ("distributed.workers", lambda v: v >= -1, ">= -1 (-1: fit the machine)"),
