@@ -52,8 +52,9 @@ def _round_half_up(x: float) -> int:
 def outer_inner_score(score_1d: np.ndarray, s: int, e: int, outer_ratio: float) -> float:
     """Inner mean of score over [s, e) minus the mean over the outer margins.
 
-    Each margin is max(1, round_half_up(outer_ratio * (e - s))) samples (snippets, or parts of one) on either side, clipped at
-    the video borders; a proposal spanning the whole video has no margin, and its outer mean is 0.
+    Each margin is max(1, round_half_up(outer_ratio * (e - s))) samples (snippets, or parts of one
+    when upsampled) on either side, clipped at the video borders; a proposal spanning the whole video
+    has no margin, and its outer mean is 0.
     """
     score = np.asarray(score_1d, dtype=np.float64)
     T = score.shape[0]
