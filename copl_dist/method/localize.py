@@ -96,8 +96,8 @@ def soft_nms(segments: np.ndarray, scores: np.ndarray, iou_threshold: float, alp
     """ASL's (BaSNet's) soft NMS, one pass: visit by score (desc, ties by index); the best segment left
     is kept at its score, and every segment left whose tIoU with it exceeds iou_threshold is kept at
     its score times exp(-tIoU^2 / alpha) and leaves the pool. Returns (indices, scores), every segment
-    once: overlapping proposals are ranked lower instead of dropped, which is what mAP at the stricter
-    tIoUs rewards when the best-scored boundary is not the best one."""
+    once: overlapping proposals are ranked lower instead of dropped, so a better boundary that scored
+    lower still counts, at a lower rank."""
     seg = np.asarray(segments, dtype=np.float64).reshape(-1, 2)
     sc = np.asarray(scores, dtype=np.float64).reshape(-1)
     if seg.shape[0] != sc.shape[0]:
